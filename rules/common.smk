@@ -1,0 +1,135 @@
+# Config access, output paths, wildcard constraints and code dependencies shared by all rules.
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without installation
+
+from workflow_scripts import config as cfg
+from workflow_scripts.errors import InputError
+
+try:
+    cfg.check_meaning(config)
+except InputError as err:
+    raise WorkflowError(f"config error: {err}") from None
+
+OUT = config["output_dir"]
+RESOURCES = {
+    "cpus_per_gpu": 8,
+    "mem_mb_per_gpu": 64000,
+    "train_runtime_min": 2880,
+    "extract_runtime_min": 60,
+    **config.get("resources", {}),
+}
+DATA_CHANNELS = list(config["data"]["channels"])
+ARCHS = cfg.architecture_names(config)
+TRAIN_CHANNELS = cfg.training_channels(config)
+EVAL_CHANNELS = cfg.evaluation_channels(config)
+PYTHON = sys.executable  # the interpreter running Snakemake also runs the jobs
+
+
+def out(*parts):
+    return os.path.join(OUT, *parts)
+
+
+def as_json(obj):
+    """Settings handed to a CLI on its command line; params changes trigger reruns."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def code(*subpackages):
+    """Source files a rule's scripts import. Snakemake does not track imported modules, so
+    declaring them as inputs makes an edited module rerun the rules that use it."""
+    base = Path(workflow.basedir) / "workflow_scripts"
+    files = [base / "__init__.py", base / "config.py", base / "errors.py", base / "atomic.py"]
+    for sub in subpackages:
+        files += sorted((base / sub).glob("*.py"))
+    return [str(f) for f in files]
+
+
+wildcard_constraints:
+    arch="|".join(re.escape(a) for a in ARCHS),
+    channel="|".join(EVAL_CHANNELS),
+    epoch=r"\d{4}",
+
+
+# ------------------------------------------------------------------ paths between stages
+PREPARED_TABLE = out("data", "images_prepared.parquet")
+VALIDATED_TABLE = out("data", "images.parquet")
+VALIDATION_REPORT = out("data", "validation_report.json")
+VALIDATION_REPORT_MD = out("data", "validation_report.md")
+CACHE_DIR = out("cache")
+CACHE_TABLE = out("cache", "images.parquet")
+CACHE_META = out("cache", "meta.json")
+CACHE_ARRAYS = expand(out("cache", "{ch}.npy"), ch=DATA_CHANNELS)
+CHECKPOINT = out("train", "{arch}", "{channel}", "epoch_{epoch}.safetensors")
+CHECKPOINT_META = out("train", "{arch}", "{channel}", "epoch_{epoch}.json")
+TRAIN_LOG = out("train", "{arch}", "{channel}", "log.jsonl")
+RESUME_DIR = out("resume", "{arch}", "{channel}")  # not an output: survives reruns
+FEATURES = out("features", "{arch}", "{channel}", "epoch_{epoch}.parquet")
+EVAL_DIR = out("eval", "{arch}", "{channel}", "epoch_{epoch}")
+METRICS = out("eval", "{arch}", "{channel}", "epoch_{epoch}", "metrics.json")
+SUMMARY_DIR = out("summary")
+SUMMARY_TABLE = out("summary", "summary.csv")
+SUMMARY_REPORT = out("summary", "report.html")
+LOGS = out("logs")
+BENCH = out("benchmarks")
+
+
+def epoch_tag(epoch):
+    return f"{int(epoch):04d}"
+
+
+def arch_entry(arch):
+    return cfg.architecture(config, arch)
+
+
+def arch_train(arch):
+    return cfg.train_settings(config, arch)
+
+
+def train_epochs(arch):
+    return [epoch_tag(e) for e in cfg.evaluated_epochs(arch_train(arch))]
+
+
+def eval_epochs(arch):
+    return [
+        epoch_tag(e)
+        for e in cfg.evaluated_epochs(
+            arch_train(arch), include_pretrained=config["evaluate"]["pretrained_baseline"]
+        )
+    ]
+
+
+def weights_file(arch):
+    """Local weights file for an architecture: fetched hub weights, a user file, or none."""
+    weights = arch_entry(arch)["weights"]
+    if weights == "none":
+        return None
+    if weights == "hub":
+        return os.path.join(config["weights_dir"], f"{arch}.safetensors")
+    return weights
+
+
+def weights_input(wildcards):
+    path = weights_file(wildcards.arch)
+    return [path] if path else []
+
+
+def weights_arg(wildcards):
+    path = weights_file(wildcards.arch)
+    return path if path else "none"
+
+
+def gpus(arch):
+    return int(arch_entry(arch)["gpus"])
+
+
+def train_launcher(wildcards):
+    """One process per GPU through torchrun; plain python for CPU or a single GPU."""
+    n = gpus(wildcards.arch)
+    if n > 1:
+        return f"{PYTHON} -m torch.distributed.run --standalone --nproc-per-node={n}"
+    return PYTHON

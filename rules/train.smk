@@ -1,0 +1,61 @@
+# Training stage: DINO fine-tuning, one job per (architecture, channel); outputs = evaluated epochs.
+
+
+rule fetch_weights:
+    # Login node (internet) only: GPU jobs then read the local file, offline.
+    output:
+        os.path.join(config["weights_dir"], "{arch}.safetensors"),
+    input:
+        code=code("train"),
+    log:
+        os.path.join(LOGS, "fetch_weights", "{arch}.log"),
+    shell:
+        "{PYTHON} -m workflow_scripts.train.fetch_weights --arch {wildcards.arch:q} "
+        "--out {output:q} > {log} 2>&1"
+
+
+# One rule per architecture: its epoch list (an output list) may differ from the others', and
+# its params carry only its own settings, so editing one architecture retrains only that one.
+for _arch in ARCHS:
+    _slug = re.sub(r"\W", "_", _arch)
+    _n_gpus = gpus(_arch)
+
+    rule:
+        name:
+            f"train_{_slug}"
+        output:
+            checkpoints=expand(CHECKPOINT, arch=_arch, epoch=train_epochs(_arch), allow_missing=True),
+            metas=expand(CHECKPOINT_META, arch=_arch, epoch=train_epochs(_arch), allow_missing=True),
+            log_jsonl=expand(TRAIN_LOG, arch=_arch, allow_missing=True),
+        input:
+            cache=CACHE_TABLE,
+            meta=CACHE_META,
+            arrays=CACHE_ARRAYS,
+            weights=lambda w, a=_arch: weights_input(type("W", (), {"arch": a})),
+            code=code("train", "data"),
+        params:
+            arch=_arch,
+            settings=as_json(arch_train(_arch)),
+            model_kwargs=as_json(arch_entry(_arch)["model_kwargs"]),
+            weights=weights_file(_arch) or "none",
+            launcher=train_launcher(type("W", (), {"arch": _arch})),
+            out_dir=lambda w, a=_arch: out("train", a, w.channel),
+            resume_dir=lambda w, a=_arch: out("resume", a, w.channel),
+        wildcard_constraints:
+            channel="|".join(TRAIN_CHANNELS),
+        threads: max(1, _n_gpus) * RESOURCES["cpus_per_gpu"] if _n_gpus else 2
+        resources:
+            gpu=_n_gpus,
+            tasks_per_gpu=0,
+            mem_mb=max(1, _n_gpus) * RESOURCES["mem_mb_per_gpu"] if _n_gpus else 8000,
+            runtime=RESOURCES["train_runtime_min"],
+        log:
+            out("logs", "train", _arch, "{channel}.log"),
+        benchmark:
+            out("benchmarks", "train", _arch, "{channel}.tsv")
+        shell:
+            "{params.launcher} -m workflow_scripts.train.cli --arch {params.arch:q} "
+            "--channel {wildcards.channel} --cache-dir {CACHE_DIR:q} "
+            "--weights {params.weights:q} --model-kwargs {params.model_kwargs:q} "
+            "--settings {params.settings:q} --out-dir {params.out_dir:q} "
+            "--resume-dir {params.resume_dir:q} > {log} 2>&1"

@@ -1,0 +1,165 @@
+"""config.yaml: load with overlays, validate (schema + meaning), and derive per-job settings.
+
+The Snakefile and every CLI read the configuration through this module, so a setting means
+the same thing everywhere and each job gets exactly the settings its output depends on.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from workflow_scripts.errors import InputError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+SCHEMA_PATH = REPO_DIR / "schemas" / "config.schema.yaml"
+PER_CHANNEL_MODE = "per_channel"
+RGB = "rgb"
+COMBINED = "combined"
+
+
+def known_models() -> list[str]:
+    """timm pretrained names of the DINOv3 family, as listed in dinov3_models.yaml."""
+    with open(PACKAGE_DIR / "dinov3_models.yaml") as fh:
+        return list(yaml.safe_load(fh)["models"])
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge; lists and scalars in `override` replace those in `base`."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load(paths: Iterable[str | Path]) -> dict:
+    """Load config files in order (later ones overlay earlier ones) and validate the result."""
+    config: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"config file not found: {path}")
+        try:
+            with open(path) as fh:
+                loaded = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(loaded, dict):
+            raise InputError(f"{path}: top level must be a mapping")
+        config = deep_merge(config, loaded)
+    validate(config)
+    return config
+
+
+def validate(config: dict) -> dict:
+    """Validate against the JSON schema (filling nothing) and check what a schema cannot."""
+    import jsonschema
+
+    with open(SCHEMA_PATH) as fh:
+        schema = yaml.safe_load(fh)
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+        raise InputError(f"config key '{key}': {err.message}")
+    check_meaning(config)
+    return config
+
+
+def check_meaning(config: dict) -> None:
+    """Checks beyond the schema: model names, duplicate architectures, epoch settings."""
+    valid = known_models()
+    seen = set()
+    for i, entry in enumerate(config["architectures"]):
+        name = entry["name"]
+        if name not in valid:
+            raise InputError(
+                f"config key 'architectures.{i}.name': unknown architecture '{name}'. "
+                f"Valid DINOv3 models: {', '.join(valid)}"
+            )
+        if name in seen:
+            raise InputError(f"config key 'architectures.{i}.name': '{name}' is listed twice")
+        seen.add(name)
+        settings = train_settings(config, name)
+        for crop_key in ("global_crops", "local_crops"):
+            lo, hi = settings[crop_key]["scale"]
+            if lo > hi:
+                raise InputError(
+                    f"config key 'train.{crop_key}.scale' (architecture {name}): "
+                    f"lower bound {lo} exceeds upper bound {hi}"
+                )
+        if settings["optimizer"]["min_lr"] > settings["optimizer"]["lr"]:
+            raise InputError(
+                f"config key 'train.optimizer.min_lr' (architecture {name}): exceeds lr"
+            )
+    if PER_CHANNEL_MODE not in config["channel_modes"] and RGB not in config["channel_modes"]:
+        raise InputError("config key 'channel_modes': choose per_channel and/or rgb")
+    if RGB in config["channel_modes"] and len(config["data"]["channels"]) != 3:
+        raise InputError("config key 'channel_modes': rgb needs exactly 3 entries in data.channels")
+
+
+def architecture(config: dict, name: str) -> dict:
+    for entry in config["architectures"]:
+        if entry["name"] == name:
+            return {"weights": "hub", "gpus": 1, "model_kwargs": {}, **entry}
+    raise InputError(f"architecture '{name}' is not in config key 'architectures'")
+
+
+def architecture_names(config: dict) -> list[str]:
+    return [entry["name"] for entry in config["architectures"]]
+
+
+def train_settings(config: dict, arch_name: str) -> dict:
+    """The train section with this architecture's overrides applied (only its own)."""
+    return deep_merge(config["train"], architecture(config, arch_name).get("train", {}))
+
+
+def training_channels(config: dict) -> list[str]:
+    """Channel wildcards that get a training job: each data channel and/or 'rgb'."""
+    channels: list[str] = []
+    if PER_CHANNEL_MODE in config["channel_modes"]:
+        channels += list(config["data"]["channels"])
+    if RGB in config["channel_modes"]:
+        channels.append(RGB)
+    return channels
+
+
+def evaluation_channels(config: dict) -> list[str]:
+    """Training channels plus 'combined' (concatenated per-channel features) when it exists."""
+    channels = training_channels(config)
+    if PER_CHANNEL_MODE in config["channel_modes"] and len(config["data"]["channels"]) > 1:
+        channels.append(COMBINED)
+    return channels
+
+
+def image_channels(config: dict, channel: str) -> list[str]:
+    """Raw channels that feed a training/extraction channel wildcard."""
+    if channel in (RGB, COMBINED):
+        return list(config["data"]["channels"])
+    return [channel]
+
+
+def evaluated_epochs(settings: dict, include_pretrained: bool = False) -> list[int]:
+    """Epochs with a checkpoint: every `checkpoint_every` and the last; 0 = pretrained."""
+    last = settings["epochs"]
+    epochs = set(range(settings["checkpoint_every"], last + 1, settings["checkpoint_every"]))
+    epochs.add(last)
+    if include_pretrained:
+        epochs.add(0)
+    return sorted(epochs)
+
+
+def digest(obj: Any) -> str:
+    """Stable short hash of JSON-able settings (recorded beside every checkpoint)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
