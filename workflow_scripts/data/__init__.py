@@ -1,0 +1,1 @@
+"""Data stage: metadata, validation, illumination + image cache, demo generator, download."""

@@ -1,0 +1,75 @@
+"""The image table and feature table formats shared by every stage (see docs/formats.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from workflow_scripts.atomic import atomic_path
+from workflow_scripts.errors import InputError
+
+# Metadata of one field of view; per-channel path columns are `path_<channel>`.
+METADATA_COLUMNS = [
+    "image_id",
+    "plate",
+    "well",
+    "site",
+    "replicate",
+    "batch",
+    "compound",
+    "concentration",
+    "treatment",
+    "moa",
+    "is_control",
+]
+CONTROL_COMPOUND = "DMSO"
+FEATURE_PREFIX = "feat_"
+SORT_KEYS = ["batch", "plate", "well", "site"]
+
+
+def path_column(channel: str) -> str:
+    return f"path_{channel}"
+
+
+def treatment_name(compound: str, concentration: float) -> str:
+    return f"{compound}@{concentration:g}"
+
+
+def feature_columns(df: pd.DataFrame) -> list[str]:
+    """Feature columns are exactly the `feat_*` ones: labels can never leak into features."""
+    return [c for c in df.columns if c.startswith(FEATURE_PREFIX)]
+
+
+def feature_names(dim: int) -> list[str]:
+    width = max(4, len(str(dim - 1)))
+    return [f"{FEATURE_PREFIX}{i:0{width}d}" for i in range(dim)]
+
+
+def read_table(path: str | os.PathLike, required: list[str] | None = None) -> pd.DataFrame:
+    """Read a parquet or CSV table; name the file and the missing columns on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path)
+    except Exception as err:  # pyarrow/pandas raise many types for corrupt files
+        raise InputError(f"{path}: cannot be read as a table ({err})") from err
+    missing = [c for c in (required or []) if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write parquet (or CSV by suffix) atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False)
