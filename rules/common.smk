@@ -27,7 +27,6 @@ DATA_CHANNELS = list(config["data"]["channels"])
 ARCHS = cfg.architecture_names(config)
 TRAIN_CHANNELS = cfg.training_channels(config)
 EVAL_CHANNELS = cfg.evaluation_channels(config)
-PYTHON = sys.executable  # the interpreter running Snakemake also runs the jobs
 
 
 def out(*parts):
@@ -43,9 +42,9 @@ def code(*subpackages):
     """Source files a rule's scripts import. Snakemake does not track imported modules, so
     declaring them as inputs makes an edited module rerun the rules that use it."""
     base = Path(workflow.basedir) / "workflow_scripts"
-    files = [base / "__init__.py", base / "config.py", base / "errors.py", base / "atomic.py"]
+    files = sorted(base.glob("*.py"))
     for sub in subpackages:
-        files += sorted((base / sub).glob("*.py"))
+        files.extend(sorted((base / sub).glob("*.py")))
     return [str(f) for f in files]
 
 
@@ -131,5 +130,80 @@ def train_launcher(wildcards):
     """One process per GPU through torchrun; plain python for CPU or a single GPU."""
     n = gpus(wildcards.arch)
     if n > 1:
-        return f"{PYTHON} -m torch.distributed.run --standalone --nproc-per-node={n}"
-    return PYTHON
+        return f"torchrun --standalone --nproc-per-node={n}"
+    return "python"
+
+
+# ------------------------------------------------------------------ data sources
+SOURCE = config["data"]["source"]
+DEMO_DIR = out("demo_data")
+
+
+def source_tables():
+    """The two tables the prepare rule reads, per data source."""
+    if SOURCE == "demo":
+        return {
+            "image_table": os.path.join(DEMO_DIR, "BBBC021_v1_image.csv"),
+            "moa_table": os.path.join(DEMO_DIR, "BBBC021_v1_moa.csv"),
+        }
+    if SOURCE == "official":
+        return {
+            "image_table": config["data"]["official"]["image_table"],
+            "moa_table": config["data"]["official"]["moa_table"],
+        }
+    return {
+        "annotated": config["data"]["seed_csv"]["annotated"],
+        "dmso": config["data"]["seed_csv"]["dmso"],
+    }
+
+
+def source_args():
+    if SOURCE == "seed_csv":
+        return "--source seed_csv --annotated {input.annotated:q} --dmso {input.dmso:q}"
+    return (
+        "--source official --image-table {input.image_table:q} --moa-table {input.moa_table:q} "
+        "--image-root {params.image_root:q}"
+    )
+
+
+def image_root():
+    if SOURCE == "demo":
+        return os.path.join(DEMO_DIR, "images")
+    return config["data"].get("official", {}).get("image_root", "")
+
+
+# Fail at planning time, naming the key, when the real data is not where config.yaml says.
+if SOURCE != "demo" and not config["data"].get("download", {}).get("enabled", False):
+    _missing = {k: v for k, v in source_tables().items() if not os.path.exists(v)}
+    if SOURCE == "official" and not os.path.isdir(image_root()):
+        _missing["image_root"] = image_root()
+    if _missing:
+        _where = "; ".join(f"config key 'data.{SOURCE}.{k}' -> {v}" for k, v in _missing.items())
+        raise WorkflowError(
+            f"data not found: {_where}. Edit config.yaml (or run the demo: --configfile config/demo.yaml)."
+        )
+
+
+# ------------------------------------------------------------------ evaluation inputs
+EVAL_SETTINGS = config["evaluate"]
+
+
+def extract_inputs(wildcards):
+    """Epoch 0 is the pretrained backbone; other epochs read the training checkpoint."""
+    if int(wildcards.epoch) == 0:
+        return weights_input(wildcards)
+    return [CHECKPOINT.format(**wildcards), CHECKPOINT_META.format(**wildcards)]
+
+
+def extract_model_arg(wildcards):
+    if int(wildcards.epoch) == 0:
+        return f"--weights {weights_arg(wildcards)}"
+    return f"--checkpoint {CHECKPOINT.format(**wildcards)}"
+
+
+def all_metrics():
+    return [
+        path
+        for arch in ARCHS
+        for path in expand(METRICS, arch=arch, channel=EVAL_CHANNELS, epoch=eval_epochs(arch))
+    ]

@@ -1,20 +1,4 @@
 # Evaluation stage: features per (arch, channel, epoch) -> TVN -> profiles -> NSC / NSCB / mAP.
-EVAL_SETTINGS = config["evaluate"]
-
-
-def extract_inputs(wildcards):
-    """Epoch 0 is the pretrained backbone; other epochs read the training checkpoint."""
-    if int(wildcards.epoch) == 0:
-        return weights_input(wildcards)
-    return [CHECKPOINT.format(**wildcards), CHECKPOINT_META.format(**wildcards)]
-
-
-def extract_model_arg(wildcards):
-    if int(wildcards.epoch) == 0:
-        return f"--weights {weights_arg(wildcards)}"
-    return "--checkpoint " + CHECKPOINT.format(**wildcards)
-
-
 rule extract_features:
     output:
         FEATURES,
@@ -28,6 +12,7 @@ rule extract_features:
         settings=as_json({k: EVAL_SETTINGS[k] for k in ("crop_grid", "input_size", "embedding", "batch_size", "num_workers")}),
         model_kwargs=lambda w: as_json(arch_entry(w.arch)["model_kwargs"]),
         model=extract_model_arg,
+        cache_dir=lambda w, input: os.path.dirname(input.meta),
     wildcard_constraints:
         channel="|".join(TRAIN_CHANNELS),
     threads: 4
@@ -35,13 +20,15 @@ rule extract_features:
         gpu=lambda w: 1 if gpus(w.arch) else 0,
         mem_mb=32000,
         runtime=RESOURCES["extract_runtime_min"],
+    conda:
+        "../envs/pytorch-cuda.yaml"
     log:
         out("logs", "extract", "{arch}", "{channel}", "epoch_{epoch}.log"),
     benchmark:
         out("benchmarks", "extract", "{arch}", "{channel}", "epoch_{epoch}.tsv")
     shell:
-        "{PYTHON} -m workflow_scripts.evaluate.extract --arch {wildcards.arch:q} "
-        "--channel {wildcards.channel} --cache-dir {CACHE_DIR:q} {params.model} "
+        "python -m workflow_scripts.evaluate.extract --arch {wildcards.arch:q} "
+        "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} {params.model} "
         "--model-kwargs {params.model_kwargs:q} --settings {params.settings:q} "
         "--epoch {wildcards.epoch} --out {output:q} > {log} 2>&1"
 
@@ -53,11 +40,15 @@ rule combine_channel_features:
     input:
         features=expand(FEATURES, channel=DATA_CHANNELS, allow_missing=True),
         code=code("evaluate"),
+    params:
+        names=DATA_CHANNELS,
+    conda:
+        "../envs/workflow.yaml"
     log:
         out("logs", "combine", "{arch}", "epoch_{epoch}.log"),
     shell:
-        "{PYTHON} -m workflow_scripts.evaluate.combine --inputs {input.features:q} "
-        "--names {DATA_CHANNELS} --out {output:q} > {log} 2>&1"
+        "python -m workflow_scripts.evaluate.combine --inputs {input.features:q} "
+        "--names {params.names} --out {output:q} > {log} 2>&1"
 
 
 rule evaluate_features:
@@ -70,13 +61,15 @@ rule evaluate_features:
         code=code("evaluate"),
     params:
         settings=as_json({k: EVAL_SETTINGS[k] for k in ("tvn", "aggregation", "map")}),
-        out_dir=EVAL_DIR,
+        out_dir=lambda w, output: os.path.dirname(output.metrics),
     threads: 2
+    conda:
+        "../envs/workflow.yaml"
     log:
         out("logs", "evaluate", "{arch}", "{channel}", "epoch_{epoch}.log"),
     benchmark:
         out("benchmarks", "evaluate", "{arch}", "{channel}", "epoch_{epoch}.tsv")
     shell:
-        "{PYTHON} -m workflow_scripts.evaluate.evaluate --features {input.features:q} "
+        "python -m workflow_scripts.evaluate.evaluate --features {input.features:q} "
         "--settings {params.settings:q} --out-dir {params.out_dir:q} "
         "--label {wildcards.arch}/{wildcards.channel}/{wildcards.epoch} > {log} 2>&1"

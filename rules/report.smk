@@ -1,14 +1,6 @@
 # Summary across every (architecture, channel, epoch): table, plots, best epochs, HTML report.
 
 
-def all_metrics():
-    return [
-        path
-        for arch in ARCHS
-        for path in expand(METRICS, arch=arch, channel=EVAL_CHANNELS, epoch=eval_epochs(arch))
-    ]
-
-
 rule summarize:
     output:
         table=SUMMARY_TABLE,
@@ -18,11 +10,13 @@ rule summarize:
         validation=VALIDATION_REPORT,
         code=code("evaluate"),
     params:
-        out_dir=SUMMARY_DIR,
+        out_dir=lambda w, output: os.path.dirname(output.table),
+    conda:
+        "../envs/workflow.yaml"
     log:
         os.path.join(LOGS, "summarize.log"),
     benchmark:
         os.path.join(BENCH, "summarize.tsv")
     shell:
-        "{PYTHON} -m workflow_scripts.evaluate.summary --metrics {input.metrics:q} "
+        "python -m workflow_scripts.evaluate.summary --metrics {input.metrics:q} "
         "--validation-report {input.validation:q} --out-dir {params.out_dir:q} > {log} 2>&1"

@@ -7,10 +7,12 @@ rule fetch_weights:
         os.path.join(config["weights_dir"], "{arch}.safetensors"),
     input:
         code=code("train"),
+    conda:
+        "../envs/pytorch-cuda.yaml"
     log:
         os.path.join(LOGS, "fetch_weights", "{arch}.log"),
     shell:
-        "{PYTHON} -m workflow_scripts.train.fetch_weights --arch {wildcards.arch:q} "
+        "python -m workflow_scripts.train.fetch_weights --arch {wildcards.arch:q} "
         "--out {output:q} > {log} 2>&1"
 
 
@@ -39,7 +41,8 @@ for _arch in ARCHS:
             model_kwargs=as_json(arch_entry(_arch)["model_kwargs"]),
             weights=weights_file(_arch) or "none",
             launcher=train_launcher(type("W", (), {"arch": _arch})),
-            out_dir=lambda w, a=_arch: out("train", a, w.channel),
+            cache_dir=lambda w, input: os.path.dirname(input.meta),
+            out_dir=lambda w, output: os.path.dirname(output.log_jsonl[0]),
             resume_dir=lambda w, a=_arch: out("resume", a, w.channel),
         wildcard_constraints:
             channel="|".join(TRAIN_CHANNELS),
@@ -49,13 +52,15 @@ for _arch in ARCHS:
             tasks_per_gpu=0,
             mem_mb=max(1, _n_gpus) * RESOURCES["mem_mb_per_gpu"] if _n_gpus else 8000,
             runtime=RESOURCES["train_runtime_min"],
+        conda:
+            "../envs/pytorch-cuda.yaml"
         log:
             out("logs", "train", _arch, "{channel}.log"),
         benchmark:
             out("benchmarks", "train", _arch, "{channel}.tsv")
         shell:
             "{params.launcher} -m workflow_scripts.train.cli --arch {params.arch:q} "
-            "--channel {wildcards.channel} --cache-dir {CACHE_DIR:q} "
+            "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
             "--weights {params.weights:q} --model-kwargs {params.model_kwargs:q} "
             "--settings {params.settings:q} --out-dir {params.out_dir:q} "
             "--resume-dir {params.resume_dir:q} > {log} 2>&1"

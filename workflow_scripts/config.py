@@ -66,7 +66,7 @@ def validate(config: dict) -> dict:
 
     with open(SCHEMA_PATH) as fh:
         schema = yaml.safe_load(fh)
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
