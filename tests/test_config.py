@@ -1,0 +1,128 @@
+"""config.yaml: schema validation, meaning checks, per-architecture settings, planning errors."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from workflow_scripts import config as cfg
+from workflow_scripts.errors import InputError
+
+REPO = cfg.REPO_DIR
+
+
+@pytest.fixture
+def demo_config():
+    return cfg.load([REPO / "config.yaml", REPO / "config" / "demo.yaml"])
+
+
+def test_default_and_demo_configs_validate(demo_config):
+    default = cfg.load([REPO / "config.yaml"])
+    assert default["data"]["source"] == "official"
+    assert default["train"]["head"]["out_dim"] == 65536
+    assert demo_config["data"]["source"] == "demo"
+    # the overlay replaces the architecture list instead of appending to it
+    assert cfg.architecture_names(demo_config) == ["vit_small_patch16_dinov3.lvd1689m"]
+
+
+def test_model_list_matches_installed_timm():
+    timm = pytest.importorskip("timm")
+    assert sorted(cfg.known_models()) == sorted(timm.list_pretrained("*dinov3*"))
+
+
+def test_unknown_architecture_names_key_and_valid_models(demo_config):
+    bad = copy.deepcopy(demo_config)
+    bad["architectures"][0]["name"] = "vit_giant_patch16_dinov3.lvd1689m"
+    with pytest.raises(InputError) as err:
+        cfg.validate(bad)
+    message = str(err.value)
+    assert "architectures.0.name" in message
+    assert "vit_giant_patch16_dinov3" in message
+    assert "vit_base_patch16_dinov3.lvd1689m" in message  # the list of valid names
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda c: c["train"]["optimizer"].update(lr=-1.0), "train.optimizer.lr"),
+        (lambda c: c["train"]["global_crops"].update(size=100), "train.global_crops.size"),
+        (lambda c: c["evaluate"]["tvn"].update(scope="per_plate"), "evaluate.tvn.scope"),
+        (lambda c: c["data"].update(channels=["DAPI", "GFP"]), "data.channels.1"),
+        (lambda c: c.update(unexpected_key=1), "<top level>"),
+        (lambda c: c["train"]["local_crops"].update(scale=[0.08, 0.04]), "train.local_crops.scale"),
+        (lambda c: c["train"]["optimizer"].update(min_lr=1.0), "train.optimizer.min_lr"),
+        (lambda c: c["architectures"].append(dict(c["architectures"][0])), "architectures.1.name"),
+    ],
+)
+def test_invalid_settings_name_the_key(demo_config, mutate, key):
+    bad = copy.deepcopy(demo_config)
+    mutate(bad)
+    with pytest.raises(InputError, match=f"config key '{key}'"):
+        cfg.validate(bad)
+
+
+def test_architecture_overrides_reach_only_that_architecture(demo_config):
+    config = copy.deepcopy(demo_config)
+    second = {"name": "vit_small_plus_patch16_dinov3.lvd1689m", "weights": "none",
+              "train": {"epochs": 6, "optimizer": {"lr": 2.0e-4}}}
+    config["architectures"].append(second)
+    cfg.validate(config)
+    first = cfg.train_settings(config, "vit_small_patch16_dinov3.lvd1689m")
+    other = cfg.train_settings(config, second["name"])
+    assert first == config["train"]
+    assert other["optimizer"]["lr"] == 2.0e-4
+    assert other["optimizer"]["min_lr"] == config["train"]["optimizer"]["min_lr"]  # deep merge
+    assert cfg.evaluated_epochs(other) == [2, 4, 6]
+
+
+def test_evaluated_epochs_include_last_and_pretrained():
+    settings = {"epochs": 12, "checkpoint_every": 5}
+    assert cfg.evaluated_epochs(settings) == [5, 10, 12]
+    assert cfg.evaluated_epochs(settings, include_pretrained=True) == [0, 5, 10, 12]
+
+
+def test_channels_per_mode(demo_config):
+    assert cfg.training_channels(demo_config) == ["DAPI", "Tubulin", "Actin", "rgb"]
+    assert cfg.evaluation_channels(demo_config)[-1] == "combined"
+    rgb_only = dict(demo_config, channel_modes=["rgb"])
+    assert cfg.evaluation_channels(rgb_only) == ["rgb"]
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(InputError, match="config file not found"):
+        cfg.load([tmp_path / "missing.yaml"])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [unclosed\n")
+    with pytest.raises(InputError, match="broken.yaml: not valid YAML"):
+        cfg.load([broken])
+
+
+def _snakemake(*args, cwd=REPO):
+    """Run snakemake; returns (exit status, stdout + stderr): it logs errors to either."""
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+        timeout=300,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_dry_run_with_default_config_names_missing_data_path():
+    status, output = _snakemake("-n")
+    assert status != 0
+    assert "config key 'data.official.image_root' -> /path/to/BBBC021/images" in output
+
+
+def test_dry_run_rejects_unknown_architecture_at_start(tmp_path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(yaml.safe_dump({"architectures": [{"name": "vit_nope_patch16_dinov3"}]}))
+    status, output = _snakemake("-n", "--configfile", "config/demo.yaml", str(overlay))
+    assert status != 0
+    assert "unknown architecture 'vit_nope_patch16_dinov3'" in output
+
+
+def test_workflow_lint_is_clean():
+    status, output = _snakemake("--lint", "--configfile", "config/demo.yaml")
+    assert status == 0, output
+    assert "Congratulations" in output
