@@ -1,0 +1,263 @@
+"""Metadata preparation: official tables and seed CSVs -> the normalized image table."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tiff_factory import CHANNELS, make_dataset, official_tables
+from workflow_scripts.data import metadata
+from workflow_scripts.errors import InputError
+from workflow_scripts.tables import METADATA_COLUMNS, SORT_KEYS, path_column
+
+SHARED = Path("/work/shared/data/bbbc021")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    return root, make_dataset(root)
+
+
+def official(dataset, tmp_path, edit=None, edit_moa=None):
+    """Official-format tables for the synthetic dataset, optionally edited."""
+    root, table = dataset
+    image_csv, moa_csv = official_tables(table, root, tmp_path)
+    if edit:
+        raw = pd.read_csv(image_csv)
+        edit(raw)
+        raw.to_csv(image_csv, index=False)
+    if edit_moa:
+        moa = pd.read_csv(moa_csv)
+        edit_moa(moa)
+        moa.to_csv(moa_csv, index=False)
+    return image_csv, moa_csv
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"official BBBC021 tables not present in {SHARED}")
+def test_official_tables_give_the_published_bbbc021_subset():
+    table = metadata.from_official(
+        SHARED / "BBBC021_v1_image.csv.gz", SHARED / "BBBC021_v1_moa.csv", "/data/bbbc021", CHANNELS
+    )
+    treated = table[~table["is_control"]]
+    assert len(treated) == 2528
+    assert int(table["is_control"].sum()) == 1320
+    assert treated["treatment"].nunique() == 103
+    assert treated["compound"].nunique() == 38
+    assert treated["moa"].nunique() == 12
+    assert set(table.loc[table["is_control"], "moa"]) == {"DMSO"}
+    assert table["plate"].nunique() == 55
+    assert table["batch"].nunique() == 10
+    assert table["image_id"].is_unique
+    assert list(table.columns) == METADATA_COLUMNS + [path_column(ch) for ch in CHANNELS]
+    assert table.equals(table.sort_values(SORT_KEYS).reset_index(drop=True))
+    assert set(table["site"]) == {1, 2, 3, 4}
+    # the table's first row (5-fluorouracil at 0.003) has no MoA annotation
+    assert "Week4_27481/G10/s1" not in set(table["image_id"])
+    # line 38: Week1/Week1_22123, Week1_150607_B11_s1_w1AF4E7ECE-...tif, taxol at 0.3
+    row = table.set_index("image_id").loc["Week1_22123/B11/s1"]
+    assert (row["batch"], row["replicate"], row["compound"], row["concentration"]) == ("Week1", 1, "taxol", 0.3)
+    assert (row["treatment"], row["moa"]) == ("taxol@0.3", "Microtubule stabilizers")
+    assert row["path_Actin"] == (
+        "/data/bbbc021/Week1/Week1_22123/Week1_150607_B11_s1_w4DE21EDFB-2D22-47B4-9BFD-C7FD61C7335B.tif"
+    )
+    # Week4 file names have no `Week*_<date>_` prefix
+    assert table.loc[table["batch"] == "Week4", "path_DAPI"].str.contains(r"/Week4_\d+/[A-P]\d\d_s\d_w1").all()
+
+
+def test_official_tables_round_trip(dataset, tmp_path):
+    root, expected = dataset
+    image_csv, moa_csv = official(dataset, tmp_path)
+    table = metadata.from_official(image_csv, moa_csv, root, CHANNELS)
+    pd.testing.assert_frame_equal(table, expected)
+
+
+def test_images_are_not_needed_and_paths_join_root(dataset, tmp_path):
+    image_csv, moa_csv = official(dataset, tmp_path)
+    table = metadata.from_official(image_csv, moa_csv, tmp_path / "elsewhere", ["Actin"])
+    assert list(table.columns) == METADATA_COLUMNS + ["path_Actin"]
+    assert table["path_Actin"].str.startswith(str(tmp_path / "elsewhere" / "Week")).all()
+    assert table["path_Actin"].str.contains(r"_w4[0-9A-F-]+\.tif$").all()
+
+
+def test_unannotated_treatments_are_dropped_and_join_tolerates_float_noise(dataset, tmp_path):
+    def edit(raw):
+        raw.loc[raw["Image_Metadata_Compound"] == "emetine", "Image_Metadata_Compound"] = "unknown"
+        # 1.0 +- float noise must still match the MoA table's 1.000000; 0.3 -> 0.31 must not match 0.3
+        taxol_1 = raw["Image_Metadata_Concentration"] == 1.0
+        raw.loc[taxol_1, "Image_Metadata_Concentration"] = 1.0000000001
+        raw.loc[raw["Image_Metadata_Concentration"] == 0.3, "Image_Metadata_Concentration"] = 0.31
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    table = metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+    assert set(table["treatment"]) == {"DMSO@0", "taxol@1"}
+    assert len(table) == len(dataset[1]) // 2
+
+
+def test_file_name_well_must_match_well_column(dataset, tmp_path):
+    def edit(raw):
+        raw.loc[3, "Image_Metadata_Well_DAPI"] = "H12"
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    with pytest.raises(InputError, match=r"row 3, column 'Image_FileName_DAPI'.* well .* says H12"):
+        metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+
+
+def test_channels_must_agree_on_the_site(dataset, tmp_path):
+    def edit(raw):
+        raw.loc[5, "Image_FileName_Actin"] = re.sub(r"_s\d_", "_s3_", raw.loc[5, "Image_FileName_Actin"])
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    with pytest.raises(InputError, match=r"row 5, column 'Image_FileName_Actin': site s3 differs"):
+        metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+
+
+def test_unparseable_file_name(dataset, tmp_path):
+    def edit(raw):
+        raw.loc[0, "Image_FileName_Tubulin"] = "image0001.tif"
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    with pytest.raises(InputError, match=r"row 0, column 'Image_FileName_Tubulin': file name 'image0001.tif'"):
+        metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+
+
+def test_same_field_of_view_twice(dataset, tmp_path):
+    def edit(raw):
+        raw.loc[len(raw)] = raw.loc[2]
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    with pytest.raises(InputError, match=r"rows 2 and \d+ describe the same field of view"):
+        metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+
+
+def test_moa_table_with_two_moas_for_one_treatment(dataset, tmp_path):
+    def edit_moa(moa):
+        moa.loc[len(moa)] = ["taxol", 1.0, "Actin disruptors"]
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit_moa=edit_moa)
+    with pytest.raises(InputError, match=r"BBBC021_v1_moa.csv: row \d+: taxol at 1 has more than one MoA"):
+        metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+
+
+def test_missing_channel_column(dataset, tmp_path):
+    image_csv, moa_csv = official(dataset, tmp_path, edit=lambda raw: raw.pop("Image_PathName_Actin"))
+    with pytest.raises(InputError, match=r"BBBC021_v1_image.csv: missing column\(s\) Image_PathName_Actin"):
+        metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+
+
+def test_unknown_channel(dataset, tmp_path):
+    image_csv, moa_csv = official(dataset, tmp_path)
+    with pytest.raises(InputError, match=r"--channels: unknown channel name\(s\) GFP"):
+        metadata.from_official(image_csv, moa_csv, dataset[0], ["DAPI", "GFP"])
+
+
+def seed_tables(table: pd.DataFrame, folder: Path, relative_to: Path | None = None) -> tuple[Path, Path]:
+    """The seed's two CSVs for `table`: official columns, full paths in Image_FileName_*, MoA and
+    integer codes; only the annotated table has Plate and Batch."""
+    seed = pd.DataFrame(
+        {
+            "Image_Metadata_Plate_DAPI": table["plate"],
+            "Image_Metadata_Well_DAPI": table["well"],
+            "Replicate": table["replicate"],
+            "Image_Metadata_Compound": table["compound"],
+            "Image_Metadata_Concentration": table["concentration"],
+        }
+    )
+    for ch in CHANNELS:
+        paths = table[path_column(ch)]
+        if relative_to is not None:
+            paths = paths.map(lambda p: os.path.relpath(p, relative_to))
+        seed[f"Image_FileName_{ch}"] = paths
+        seed[f"Image_PathName_{ch}"] = paths.map(lambda p: str(Path(p).parent))
+    treated = seed[~table["is_control"]].assign(
+        MoA=table["moa"],
+        Unique_MoA=table["moa"].astype("category").cat.codes,
+        Unique_Treatments=table["treatment"].astype("category").cat.codes,
+        Unique_Compounds=table["compound"].astype("category").cat.codes,
+        Plate=table["plate"],
+        Batch=table["batch"],
+    )
+    annotated, dmso = folder / "BBBC021_annotated_fixed.csv", folder / "BBBC021_DMSO_fixed.csv"
+    treated.to_csv(annotated)  # the seed's CSVs carry a pandas index column
+    seed[table["is_control"]].to_csv(dmso)
+    return annotated, dmso
+
+
+def test_seed_csvs_give_the_same_table(dataset, tmp_path):
+    root, expected = dataset
+    annotated, dmso = seed_tables(expected, tmp_path)
+    table = metadata.from_seed_csv(annotated, dmso, CHANNELS)
+    pd.testing.assert_frame_equal(table, expected)
+
+
+def test_seed_relative_paths_are_relative_to_the_csv(dataset):
+    root, expected = dataset
+    folder = root / "Week1"  # paths like Week1_22123/... and ../Week2/... from here
+    annotated, dmso = seed_tables(expected, folder, relative_to=folder)
+    relative = pd.read_csv(annotated)["Image_FileName_DAPI"]
+    assert relative.str.startswith("../Week2/").any() and relative.str.startswith("Week1_").any()
+    table = metadata.from_seed_csv(annotated, dmso, CHANNELS)
+    pd.testing.assert_frame_equal(table, expected)
+
+
+def test_seed_annotated_row_without_moa(dataset, tmp_path):
+    annotated, dmso = seed_tables(dataset[1], tmp_path)
+    raw = pd.read_csv(annotated, index_col=0)
+    raw.iloc[4, raw.columns.get_loc("MoA")] = None
+    raw.to_csv(annotated)
+    with pytest.raises(InputError, match=r"annotated_fixed.csv: row 4, column 'MoA': no mechanism of action"):
+        metadata.from_seed_csv(annotated, dmso, CHANNELS)
+
+
+def test_seed_dmso_table_with_a_treatment(dataset, tmp_path):
+    annotated, dmso = seed_tables(dataset[1], tmp_path)
+    raw = pd.read_csv(dmso, index_col=0)
+    raw.iloc[1, raw.columns.get_loc("Image_Metadata_Compound")] = "taxol"
+    raw.to_csv(dmso)
+    with pytest.raises(InputError, match=r"DMSO_fixed.csv: row 1, column 'Image_Metadata_Compound': 'taxol'"):
+        metadata.from_seed_csv(annotated, dmso, CHANNELS)
+
+
+def test_cli_writes_table_and_reports_errors(dataset, tmp_path, capsys):
+    image_csv, moa_csv = official(dataset, tmp_path)
+    out = tmp_path / "prepared.parquet"
+    argv = ["--source", "official", "--image-table", str(image_csv), "--moa-table", str(moa_csv),
+            "--image-root", str(dataset[0]), "--channels", *CHANNELS, "--out", str(out)]
+    assert metadata.main(argv) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out), dataset[1])
+
+    missing_root = tmp_path / "missing.parquet"
+    assert metadata.main(["--source", "official", "--image-table", str(image_csv), "--channels", "DAPI",
+                          "--out", str(missing_root)]) == 2
+    assert "error: --source official needs --moa-table, --image-root" in capsys.readouterr().err
+    assert not missing_root.exists()
+
+
+def test_module_runs_as_a_script(dataset, tmp_path):
+    image_csv, moa_csv = official(dataset, tmp_path, edit=lambda raw: raw.pop("Replicate"))
+    out = tmp_path / "prepared.parquet"
+    result = subprocess.run(
+        [sys.executable, "-m", "workflow_scripts.data.metadata", "--source", "official",
+         "--image-table", str(image_csv), "--moa-table", str(moa_csv), "--image-root", str(tmp_path),
+         "--channels", "DAPI", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {image_csv}: missing column(s) Replicate"
+    assert not out.exists() and not list(tmp_path.glob(".prepared*"))
+
+
+def test_missing_path_value(dataset, tmp_path):
+    def edit(raw):
+        raw.loc[4, "Image_PathName_Tubulin"] = None
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    with pytest.raises(InputError, match=r"row 4, column 'Image_PathName_Tubulin': missing value"):
+        metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)

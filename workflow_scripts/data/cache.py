@@ -1,0 +1,323 @@
+"""The image cache: illumination-corrected, resized, clipped uint16 arrays, one per channel.
+
+Built once from the validated image table so training and feature extraction read memory-mapped
+arrays instead of decoding 11,544 TIFFs every epoch. Plates are processed one at a time (a plate
+is ~70 images per channel), so memory stays at a few hundred MB whatever the dataset size.
+Everything is written into a temporary folder beside the cache folder and moved into place at the
+end, `meta.json` last: a failed or killed job never leaves a cache that looks complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import tifffile
+from numpy.lib.format import open_memmap
+
+from workflow_scripts.config import digest
+from workflow_scripts.data.illumination import (
+    IlluminationSettings,
+    correct,
+    illumination_function,
+)
+from workflow_scripts.data.metadata import check_channels
+from workflow_scripts.errors import InputError, cli
+from workflow_scripts.tables import path_column, read_table
+
+CACHE_DTYPE = np.dtype(np.uint16)
+META = "meta.json"
+TABLE = "images.parquet"
+ILLUMINATION_DIR = "illumination"
+META_KEYS = (
+    "n_images",
+    "height",
+    "width",
+    "channels",
+    "clip_max",
+    "resize_factor",
+    "illumination_correction",
+    "settings_digest",
+)
+
+
+def array_name(channel: str) -> str:
+    return f"{channel}.npy"
+
+
+def parse_settings(settings: dict) -> tuple[IlluminationSettings | None, float, float]:
+    """config.yaml's `preprocess` section -> (illumination settings or None, resize factor,
+    clip max)."""
+
+    def get(mapping: dict, key: str, prefix: str = "preprocess"):
+        if key not in mapping:
+            raise InputError(f"--settings: key '{prefix}.{key}' is missing")
+        return mapping[key]
+
+    resize_factor = get(settings, "resize_factor")
+    clip_max = get(settings, "clip_max")
+    enabled = get(settings, "illumination_correction")
+    if not isinstance(resize_factor, (int, float)) or not 0 < resize_factor <= 1:
+        raise InputError(
+            f"--settings: key 'preprocess.resize_factor' must be in (0, 1], not {resize_factor!r}"
+        )
+    if not isinstance(clip_max, (int, float)) or not 0 < clip_max <= np.iinfo(CACHE_DTYPE).max:
+        raise InputError(
+            "--settings: key 'preprocess.clip_max' must be in (0, 65535] (the cache is uint16), "
+            f"not {clip_max!r}"
+        )
+    if not isinstance(enabled, bool):
+        raise InputError("--settings: key 'preprocess.illumination_correction' must be true or false")
+    illumination = None
+    if enabled:
+        section = get(settings, "illumination")
+        values = {
+            key: get(section, key, "preprocess.illumination")
+            for key in ("statistic", "smoothing_sigma", "robust_floor_quantile")
+        }
+        try:
+            illumination = IlluminationSettings(**values)
+        except ValueError as err:
+            raise InputError(f"--settings: key 'preprocess.illumination': {err}") from err
+    return illumination, float(resize_factor), float(clip_max)
+
+
+def output_shape(height: int, width: int, resize_factor: float) -> tuple[int, int]:
+    return max(1, round(height * resize_factor)), max(1, round(width * resize_factor))
+
+
+def prepare(
+    image: np.ndarray, function: np.ndarray | None, shape: tuple[int, int], clip_max: float
+) -> np.ndarray:
+    """Raw image -> cached image: divide by the illumination function, resize, clip, uint16."""
+    values = correct(image, function) if function is not None else image.astype(np.float32)
+    if values.shape != shape:
+        values = cv2.resize(values, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    return np.rint(np.clip(values, 0, clip_max)).astype(CACHE_DTYPE)
+
+
+class ImageReader:
+    """Reads one channel's raw TIFFs; any problem names the table row, column and file."""
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        table_path: str | os.PathLike,
+        channel: str,
+        shape: tuple[int, int] | None,  # None: any 2-D shape
+    ):
+        self.paths = table[path_column(channel)].tolist()
+        self.image_ids = table["image_id"].tolist()
+        self.column = path_column(channel)
+        self.table_path = table_path
+        self.shape = shape
+
+    def __call__(self, row: int) -> np.ndarray:
+        path = self.paths[row]
+        try:
+            image = tifffile.imread(path)
+        except Exception as err:  # missing, truncated or not a TIFF: tifffile/OS raise many types
+            raise self.error(row, f"cannot be read ({type(err).__name__}: {err})") from err
+        if image.dtype != CACHE_DTYPE or image.ndim != 2 or self.shape not in (None, image.shape):
+            expected = f"uint16 of shape {self.shape}" if self.shape else "a 2-D uint16 image"
+            raise self.error(row, f"is a {image.dtype} image of shape {image.shape}, expected {expected}")
+        return image
+
+    def error(self, row: int, problem: str) -> InputError:
+        return InputError(
+            f"{self.table_path}: row {row} (image_id {self.image_ids[row]}), column '{self.column}': "
+            f"{self.paths[row]} {problem}"
+        )
+
+
+def write_cache(
+    table: pd.DataFrame,
+    table_path: str | os.PathLike,
+    channels: list[str],
+    settings: dict,
+    folder: Path,
+    workers: int,
+) -> dict:
+    """Write arrays, illumination functions, table and meta.json into `folder`; returns meta."""
+    illumination, resize_factor, clip_max = parse_settings(settings)
+    height, width = ImageReader(table, table_path, channels[0], None)(0).shape
+    shape = output_shape(height, width, resize_factor)
+    plates = table.groupby("plate", sort=False).indices
+    if illumination is not None:
+        (folder / ILLUMINATION_DIR).mkdir()
+    arrays = {
+        ch: open_memmap(
+            folder / array_name(ch), mode="w+", dtype=CACHE_DTYPE, shape=(len(table), *shape)
+        )
+        for ch in channels
+    }
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for k, (plate, rows) in enumerate(plates.items(), start=1):
+            start = time.perf_counter()
+            for ch in channels:
+                read = ImageReader(table, table_path, ch, (height, width))
+                raw = np.empty((len(rows), height, width), dtype=CACHE_DTYPE)
+                for i, image in enumerate(pool.map(read, rows)):
+                    raw[i] = image
+                function = None
+                if illumination is not None:
+                    try:
+                        function = illumination_function(raw, illumination)
+                    except ValueError as err:
+                        raise InputError(f"{table_path}: plate {plate}, channel {ch}: {err}") from err
+                    np.save(folder / ILLUMINATION_DIR / f"{plate}_{ch}.npy", function)
+                finish = partial(prepare, function=function, shape=shape, clip_max=clip_max)
+                for row, image in zip(rows, pool.map(finish, raw)):
+                    arrays[ch][row] = image
+                del raw  # freed before the next channel's stack is allocated
+            print(
+                f"plate {k}/{len(plates)} {plate}: {len(rows)} images x {len(channels)} channels "
+                f"in {time.perf_counter() - start:.1f} s",
+                flush=True,
+            )
+    for array in arrays.values():
+        array.flush()
+    del arrays
+    table.to_parquet(folder / TABLE, index=False)
+    meta = {
+        "n_images": len(table),
+        "height": shape[0],
+        "width": shape[1],
+        "channels": list(channels),
+        "clip_max": clip_max,
+        "resize_factor": resize_factor,
+        "illumination_correction": illumination is not None,
+        "settings_digest": digest(settings),
+    }
+    (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def publish(folder: Path, out_dir: Path, channels: list[str]) -> None:
+    """Move a complete cache from `folder` into `out_dir`, replacing an old one; meta.json goes
+    last (and the old one first), so a cache with meta.json is always complete."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / META).unlink(missing_ok=True)
+    for name in [array_name(ch) for ch in channels] + [TABLE]:
+        os.replace(folder / name, out_dir / name)
+    if (out_dir / ILLUMINATION_DIR).exists():
+        shutil.rmtree(out_dir / ILLUMINATION_DIR)
+    if (folder / ILLUMINATION_DIR).exists():
+        os.replace(folder / ILLUMINATION_DIR, out_dir / ILLUMINATION_DIR)
+    os.replace(folder / META, out_dir / META)
+
+
+def build_cache(
+    table_path: str | os.PathLike,
+    channels: list[str],
+    settings: dict,
+    out_dir: str | os.PathLike,
+    workers: int = 4,
+) -> dict:
+    """Validated image table -> cache folder (docs/formats.md). Returns meta.json's content."""
+    check_channels(channels)
+    required = ["image_id", "plate"] + [path_column(ch) for ch in channels]
+    table = read_table(table_path, required=required)
+    if table.empty:
+        raise InputError(f"{table_path}: the table has no rows")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # beside the cache folder: same file system, so the final moves are renames
+    folder = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        meta = write_cache(table, table_path, channels, settings, folder, workers)
+        publish(folder, out_dir, channels)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return meta
+
+
+def load_cache(
+    cache_dir: str | os.PathLike, channels: list[str]
+) -> tuple[pd.DataFrame, dict[str, np.memmap], dict]:
+    """The cache's table, read-only memory maps of the requested channels, and meta.json."""
+    cache_dir = Path(cache_dir)
+    meta_path = cache_dir / META
+    if not meta_path.is_file():
+        raise InputError(f"{meta_path}: not found; build the cache first (rule build_image_cache)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{meta_path}: not valid JSON ({err})") from err
+    missing = [key for key in META_KEYS if key not in meta]
+    if missing:
+        raise InputError(f"{meta_path}: missing key(s) {', '.join(missing)}")
+    absent = [ch for ch in channels if ch not in meta["channels"]]
+    if absent:
+        raise InputError(
+            f"{meta_path}: channel(s) {', '.join(absent)} not in the cache "
+            f"(it has {', '.join(meta['channels'])})"
+        )
+    table = read_table(cache_dir / TABLE)
+    if len(table) != meta["n_images"]:
+        raise InputError(
+            f"{cache_dir / TABLE}: {len(table)} rows but {meta_path} says n_images={meta['n_images']}"
+        )
+    expected = (meta["n_images"], meta["height"], meta["width"])
+    arrays = {}
+    for ch in channels:
+        path = cache_dir / array_name(ch)
+        if not path.is_file():
+            raise InputError(f"{path}: not found (channel {ch} of the cache)")
+        try:
+            array = np.load(path, mmap_mode="r")
+        except ValueError as err:
+            raise InputError(f"{path}: not a readable .npy array ({err})") from err
+        if array.shape != expected or array.dtype != CACHE_DTYPE:
+            raise InputError(
+                f"{path}: {array.dtype} array of shape {array.shape}, but {meta_path} describes "
+                f"uint16 of shape {expected}; rebuild the cache"
+            )
+        arrays[ch] = array
+    return table, arrays, meta
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    # SLURM and Snakemake stop jobs with SIGTERM; exiting through SystemExit runs the cleanup
+    sys.exit(128 + signum)
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--table", required=True, help="validated image table (.parquet)")
+    parser.add_argument("--channels", nargs="+", required=True)
+    parser.add_argument("--settings", required=True, help="config.yaml's preprocess section as JSON")
+    parser.add_argument("--workers", type=int, default=4, help="threads reading and preparing images")
+    parser.add_argument("--out-dir", required=True, help="cache folder")
+    args = parser.parse_args(argv)
+    try:
+        settings = json.loads(args.settings)
+    except json.JSONDecodeError as err:
+        raise InputError(f"--settings: not valid JSON ({err})") from err
+    if not isinstance(settings, dict):
+        raise InputError("--settings: expected a JSON object (config.yaml's preprocess section)")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    start = time.perf_counter()
+    meta = build_cache(args.table, args.channels, settings, args.out_dir, max(1, args.workers))
+    print(
+        f"{args.out_dir}: {meta['n_images']} images x {len(meta['channels'])} channels of "
+        f"{meta['height']}x{meta['width']} in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
