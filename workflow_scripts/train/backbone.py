@@ -1,0 +1,85 @@
+"""timm DINOv3 backbones: build one from a model name and a weights choice, and normalise its input.
+
+Training and feature extraction both build backbones here, so a model name, its extra
+`model_kwargs` and its input normalisation mean the same thing in every stage.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from workflow_scripts.errors import InputError
+
+NO_WEIGHTS = "none"
+HUB_WEIGHTS = "hub"
+
+
+def build_backbone(
+    arch: str, weights: str, model_kwargs: dict, drop_path_rate: float = 0.0
+) -> nn.Module:
+    """A timm model with `num_classes=0`, so its forward returns the pooled embedding (B, D).
+
+    weights: "none" = random init; "hub" = timm's default pretrained download (needs internet);
+    anything else = a local weights file (.safetensors or .pth) holding the timm state_dict,
+    e.g. written by `workflow_scripts.train.fetch_weights`.
+    """
+    kwargs = dict(model_kwargs, num_classes=0, drop_path_rate=drop_path_rate)
+    if weights == NO_WEIGHTS:
+        return _create(arch, pretrained=False, **kwargs)
+    if weights == HUB_WEIGHTS:
+        return _create(arch, pretrained=True, **kwargs)
+    path = Path(weights)
+    if not path.is_file():
+        raise InputError(f"weights file not found: {path} (architecture {arch})")
+    try:
+        return _create(
+            arch, pretrained=True, pretrained_cfg_overlay=dict(file=os.fspath(path)), **kwargs
+        )
+    except InputError:
+        raise
+    except RuntimeError as err:
+        # load_state_dict(strict=True) lists every mismatching key; the first lines suffice
+        detail = " ".join(str(err).split())[:400]
+        raise InputError(
+            f"weights file {path} does not fit architecture {arch} "
+            f"(model_kwargs {model_kwargs}): {detail}"
+        ) from err
+    except Exception as err:  # safetensors / pickle raise many types for damaged files
+        raise InputError(f"weights file {path} cannot be read: {err}") from err
+
+
+def _create(arch: str, **kwargs) -> nn.Module:
+    if not timm.is_model(arch):
+        raise InputError(f"unknown timm architecture '{arch}'")
+    try:
+        return timm.create_model(arch, **kwargs)
+    except TypeError as err:  # an unknown model_kwargs key reaches the model constructor
+        raise InputError(f"architecture {arch}: invalid model_kwargs: {err}") from err
+
+
+def input_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std the pretrained weights expect (ImageNet for DINOv3)."""
+    data_config = timm.data.resolve_model_data_config(model)
+    return tuple(data_config["mean"]), tuple(data_config["std"])
+
+
+class InputNormalization(nn.Module):
+    """Images in [0, 1] (B, 3, H, W) -> standardised with the backbone's pretrained mean/std."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        # non-persistent: checkpoints hold only timm's own parameter names
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    @classmethod
+    def for_backbone(cls, model: nn.Module) -> "InputNormalization":
+        return cls(*input_mean_std(model))

@@ -1,0 +1,150 @@
+"""Checkpoints: evaluated-epoch backbones (safetensors + JSON) and the full resume state.
+
+Two kinds, two places (docs/formats.md):
+- `epoch_NNNN.safetensors` + `.json`: the teacher backbone (timm names, no DINO head) of an
+  evaluated epoch. Kept in `{resume_dir}/epochs/` and re-exported into the Snakemake output
+  folder, because Snakemake deletes a job's outputs before rerunning it.
+- `{resume_dir}/state.pt`: everything needed to continue after the last finished epoch,
+  rewritten atomically every epoch; tensors and plain containers only (weights_only loading).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import safetensors
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from workflow_scripts.atomic import atomic_path, write_json
+from workflow_scripts.errors import InputError
+from workflow_scripts.train.backbone import NO_WEIGHTS, build_backbone
+
+RESUME_STATE = "state.pt"
+EPOCHS_DIR = "epochs"
+REQUIRED_META = ("arch", "epoch", "model_kwargs")
+
+
+def checkpoint_path(directory: str | os.PathLike, epoch: int) -> Path:
+    return Path(directory) / f"epoch_{epoch:04d}.safetensors"
+
+
+def meta_path(checkpoint: str | os.PathLike) -> Path:
+    return Path(checkpoint).with_suffix(".json")
+
+
+def save_backbone_checkpoint(
+    directory: str | os.PathLike, backbone: nn.Module, meta: dict
+) -> Path:
+    """Write `epoch_{meta['epoch']:04d}.safetensors` and its JSON atomically; return the former."""
+    path = checkpoint_path(directory, meta["epoch"])
+    save_weights(backbone, path, metadata={"arch": meta["arch"], "epoch": str(meta["epoch"])})
+    write_json(meta_path(path), meta)
+    return path
+
+
+def save_weights(
+    model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """The model's state_dict as safetensors (CPU, contiguous), written atomically."""
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=metadata)
+
+
+def load_backbone_checkpoint(
+    path: str | os.PathLike, expected_arch: str | None = None
+) -> tuple[nn.Module, dict]:
+    """Rebuild the backbone of `epoch_NNNN.safetensors` from its JSON and load it strictly.
+
+    Returns (model in eval mode on CPU, meta dict). InputError names the file when it is missing
+    or damaged, when its JSON lacks a key, when the weights do not fit the recorded
+    architecture, or when `expected_arch` is given and differs from the recorded one.
+    """
+    path = Path(path)
+    meta_file = meta_path(path)
+    for required in (path, meta_file):
+        if not required.is_file():
+            raise InputError(f"checkpoint file not found: {required}")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{meta_file}: not valid JSON ({err})") from err
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise InputError(f"{meta_file}: missing key(s) {', '.join(missing)}")
+    if expected_arch is not None and meta["arch"] != expected_arch:
+        raise InputError(f"checkpoint {path} is for arch {meta['arch']}, not {expected_arch}")
+    try:
+        state_dict = load_file(path)
+    except (safetensors.SafetensorError, OSError) as err:
+        raise InputError(f"checkpoint {path} cannot be read: {err}") from err
+    model = build_backbone(meta["arch"], NO_WEIGHTS, meta["model_kwargs"])
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:400]
+        raise InputError(
+            f"checkpoint {path} does not fit architecture {meta['arch']} "
+            f"(model_kwargs {meta['model_kwargs']}): {detail}"
+        ) from err
+    return model.eval(), meta
+
+
+def save_resume_state(path: str | os.PathLike, state: dict) -> None:
+    """torch.save to a temp file + rename: a kill mid-write leaves the previous state intact."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_resume_state(path: str | os.PathLike) -> dict | None:
+    """The saved resume state, or None when there is none yet."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, unpickling refusal, ...: all mean "damaged"
+        raise InputError(
+            f"resume state {path} cannot be read ({type(err).__name__}: {err}); "
+            f"delete or move it to start this training job from scratch"
+        ) from err
+
+
+def set_aside(resume_dir: str | os.PathLike, label: str) -> Path:
+    """Move the resume state, epoch copies and log into `{resume_dir}/stale-{label}-{time}/`."""
+    resume_dir = Path(resume_dir)
+    target = resume_dir / f"stale-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.mkdir(parents=True)
+    for name in (RESUME_STATE, EPOCHS_DIR, "log.jsonl"):
+        if (resume_dir / name).exists():
+            os.replace(resume_dir / name, target / name)
+    return target
+
+
+def export_checkpoints(source_dir: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Hard-link (or copy, across file systems) every checkpoint pair of `source_dir` into
+    `out_dir`, each atomically. Returns the exported safetensors paths."""
+    exported = []
+    for checkpoint in sorted(Path(source_dir).glob("epoch_*.safetensors")):
+        for source in (checkpoint, meta_path(checkpoint)):
+            _link_or_copy(source, Path(out_dir) / source.name)
+        exported.append(Path(out_dir) / checkpoint.name)
+    return exported
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    # rename() onto another link of the same file is a no-op that would leave the temp behind
+    if target.exists() and os.path.samefile(source, target):
+        return
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)

@@ -1,0 +1,97 @@
+"""DINO fine-tuning of one timm DINOv3 backbone on one channel of the image cache.
+
+Single process (CPU or one GPU):
+    python -m workflow_scripts.train.cli --arch A --channel C --cache-dir D --weights W \\
+        --model-kwargs JSON --settings JSON --out-dir OUT/train/A/C --resume-dir OUT/resume/A/C
+Several GPUs: the same arguments after `torchrun --standalone --nproc-per-node=N`
+(or under srun with one task per GPU; see workflow_scripts/train/distributed.py).
+A killed job rerun with the same arguments continues after its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from workflow_scripts import config as config_module
+from workflow_scripts.errors import InputError, cli
+from workflow_scripts.train.loop import TrainJob, run
+
+
+def parse_json_option(option: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"option {option}: not valid JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise InputError(f"option {option}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def validate_settings(settings: dict) -> dict:
+    """Check --settings against the schema's train definition and require every key that
+    config.yaml's train section has (the schema leaves keys optional for overlays)."""
+    with open(config_module.SCHEMA_PATH) as fh:
+        schema = yaml.safe_load(fh)
+    train_schema = {**schema["definitions"]["train"], "definitions": schema["definitions"]}
+    validator = jsonschema.Draft7Validator(train_schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(settings))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+        raise InputError(f"option --settings, key '{key}': {error.message}")
+    with open(config_module.REPO_DIR / "config.yaml") as fh:
+        reference = yaml.safe_load(fh)["train"]
+    missing = _missing_keys(reference, settings)
+    if missing:
+        raise InputError(f"option --settings: missing key(s) {', '.join(missing)}")
+    return settings
+
+
+def _missing_keys(reference: dict, settings: dict, prefix: str = "") -> list[str]:
+    missing = []
+    for key, value in reference.items():
+        if key not in settings:
+            missing.append(prefix + key)
+        elif isinstance(value, dict) and isinstance(settings[key], dict):
+            missing += _missing_keys(value, settings[key], f"{prefix}{key}.")
+    return missing
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", required=True,
+                        help="timm model name, e.g. vit_small_patch16_dinov3.lvd1689m")
+    parser.add_argument("--channel", required=True,
+                        help="a cache channel (DAPI, Tubulin, Actin) or rgb")
+    parser.add_argument("--cache-dir", required=True, type=Path,
+                        help="image cache (docs/formats.md)")
+    parser.add_argument("--weights", required=True,
+                        help="none (random init) | hub (timm download) | path to a weights file")
+    parser.add_argument("--model-kwargs", default="{}", help="JSON: extra timm.create_model kwargs")
+    parser.add_argument("--settings", required=True,
+                        help="JSON: the config train section with the architecture's overrides")
+    parser.add_argument("--out-dir", required=True, type=Path,
+                        help="evaluated-epoch checkpoints and log.jsonl")
+    parser.add_argument("--resume-dir", required=True, type=Path,
+                        help="resume state and epoch copies; survives Snakemake reruns")
+    args = parser.parse_args(argv)
+    run(TrainJob(
+        arch=args.arch,
+        channel=args.channel,
+        cache_dir=args.cache_dir,
+        weights=args.weights,
+        model_kwargs=parse_json_option("--model-kwargs", args.model_kwargs),
+        settings=validate_settings(parse_json_option("--settings", args.settings)),
+        out_dir=args.out_dir,
+        resume_dir=args.resume_dir,
+    ))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,351 @@
+"""The DINO training loop: one job = one (architecture, channel), resumable after every epoch.
+
+Per step: the teacher (EMA of the student, global crops only, no gradients) gives targets, the
+student sees all crops, DINO loss, backward, last layer frozen early on, gradient clipping,
+optimizer step, teacher EMA update. Per epoch (main process only writes): evaluated epochs'
+teacher backbones to `{resume_dir}/epochs/`, one log line, the resume state `state.pt`
+(atomically), then everything re-exported to `{out_dir}`, which Snakemake may have emptied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from workflow_scripts import config as config_module
+from workflow_scripts.atomic import write_text
+from workflow_scripts.errors import InputError
+from workflow_scripts.train import distributed
+from workflow_scripts.train.backbone import build_backbone
+from workflow_scripts.train.checkpoint import (
+    EPOCHS_DIR,
+    RESUME_STATE,
+    export_checkpoints,
+    load_resume_state,
+    save_backbone_checkpoint,
+    save_resume_state,
+    set_aside,
+)
+from workflow_scripts.train.dataset import build_train_loader
+from workflow_scripts.train.ema import make_teacher, update_teacher
+from workflow_scripts.train.loss import DINOLoss
+from workflow_scripts.train.model import build_dino_model
+from workflow_scripts.train.optim import (
+    build_optimizer,
+    cancel_last_layer_gradients,
+    clip_gradients,
+    param_groups,
+    set_lr_and_weight_decay,
+)
+from workflow_scripts.train.precision import Precision
+from workflow_scripts.train.rng import capture_rng_state, restore_rng_state, seed_everything
+from workflow_scripts.train.schedules import build_schedules
+
+IN_CHANS = 3  # grey is repeated to 3 channels, rgb stacks three: DINOv3 always sees 3
+LOG_FILE = "log.jsonl"
+PROGRESS_EVERY = 50  # steps between progress lines when stderr is not a terminal
+# Settings that cannot change the trained weights; editing them keeps a run resumable.
+RESULT_NEUTRAL_SETTINGS = ("num_workers",)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    arch: str
+    channel: str
+    cache_dir: Path
+    weights: str  # "none" | "hub" | path of a weights file
+    model_kwargs: dict
+    settings: dict  # the config `train` section with this architecture's overrides
+    out_dir: Path
+    resume_dir: Path
+
+    def config_digest(self) -> str:
+        """What a resume state must match to be continued."""
+        settings = {k: v for k, v in self.settings.items() if k not in RESULT_NEUTRAL_SETTINGS}
+        return config_module.digest({
+            "arch": self.arch,
+            "channel": self.channel,
+            "settings": settings,
+            "model_kwargs": self.model_kwargs,
+            "weights": self.weights,
+        })
+
+
+def run(job: TrainJob) -> None:
+    """Train `job` in this process (one rank of a torchrun/srun launch, or alone)."""
+    context = distributed.setup()
+    try:
+        Trainer(job, context).fit()
+    finally:
+        distributed.teardown()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Trainer:
+    def __init__(self, job: TrainJob, context: distributed.DistributedContext) -> None:
+        self.job = job
+        self.context = context
+        self.digest = job.config_digest()
+        settings = job.settings
+        self.seed = settings["seed"]
+        self.epochs = settings["epochs"]
+        self.evaluated_epochs = set(config_module.evaluated_epochs(settings))
+        self.n_global_crops = settings["global_crops"]["number"]
+        self.device = context.device
+        self.precision = Precision.resolve(settings["precision"], self.device.type)
+
+        self.loader, self.sampler = build_train_loader(
+            str(job.cache_dir), job.channel, settings,
+            rank=context.rank, world_size=context.world_size, seed=self.seed,
+            device_type=self.device.type,
+        )
+        max_steps = settings.get("max_steps_per_epoch")
+        self.steps_per_epoch = min(len(self.loader), max_steps or len(self.loader))
+        self.schedules = build_schedules(settings, self.steps_per_epoch, context.world_size)
+
+        seed_everything(self.seed)  # the same initial weights on every rank
+        backbone = build_backbone(
+            job.arch, job.weights, job.model_kwargs, settings["drop_path_rate"]
+        )
+        self.student = build_dino_model(backbone, settings["head"]).to(self.device)
+        self.teacher = make_teacher(self.student)
+        no_decay = {f"backbone.{name}" for name in _no_weight_decay_names(backbone)}
+        self.optimizer = build_optimizer(
+            param_groups(self.student, no_decay), settings["optimizer"], self.device.type
+        )
+        self.scaler = self.precision.grad_scaler()
+        self.loss = DINOLoss(
+            settings["head"]["out_dim"], self.n_global_crops, settings["local_crops"]["number"],
+            settings["loss"]["student_temp"], settings["loss"]["center_momentum"],
+        ).to(self.device)
+        if settings["compile"]:
+            # Module.compile() compiles in place: state_dict names stay timm's
+            self.student.backbone.compile()
+            self.teacher.backbone.compile()
+
+        self.start_epoch = self._resume()
+        # what a step runs forward/backward through: the DDP wrapper while fit() runs
+        # distributed, else the student itself
+        self.student_ddp: torch.nn.Module = self.student
+
+    # ------------------------------------------------------------------ resume
+    @property
+    def resume_dir(self) -> Path:
+        return self.job.resume_dir
+
+    def _resume(self) -> int:
+        """Load the resume state if it belongs to this configuration; return the first epoch
+        to run. Every rank reads the state; only rank 0 moves or prunes files."""
+        state = load_resume_state(self.resume_dir / RESUME_STATE)
+        usable = state is not None and state.get("config_digest") == self.digest
+        distributed.barrier()  # all ranks have read the state before rank 0 may move it
+        if self.context.is_main:
+            if state is not None and not usable:
+                moved = set_aside(self.resume_dir, str(state.get("config_digest")))
+                log(f"resume state in {self.resume_dir} is for another configuration "
+                    f"(digest {state.get('config_digest')}, now {self.digest}): moved to "
+                    f"{moved}; training from scratch")
+            elif state is None:
+                self._prune_after(0)  # leftovers of a run killed in its first epoch
+        if not usable:
+            seed_everything(self.seed + self.context.rank)  # each rank its own drop-path draws
+            distributed.barrier()
+            return 0
+
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss.load_state_dict(state["loss"])
+        if self.scaler is not None and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        completed = int(state["epoch"])
+        rng_states = state["rng"]
+        if len(rng_states) == self.context.world_size:
+            restore_rng_state(rng_states[self.context.rank])
+        else:
+            seed_everything(self.seed + self.context.rank + 1000 * completed)
+            log(f"world size changed from {len(rng_states)} to {self.context.world_size}: "
+                f"random streams reseeded")
+        if self.context.is_main:
+            self._prune_after(completed)
+            self._export()
+            log(f"resuming after epoch {completed} from {self.resume_dir / RESUME_STATE}")
+        distributed.barrier()
+        return completed
+
+    def _prune_after(self, completed: int) -> None:
+        """Drop the checkpoint and log line of an epoch killed before its state was saved."""
+        for checkpoint in (self.resume_dir / EPOCHS_DIR).glob("epoch_*"):
+            if int(checkpoint.stem.removeprefix("epoch_")) > completed:
+                checkpoint.unlink()
+        path = self.resume_dir / LOG_FILE
+        if path.is_file():
+            lines = [line for line in path.read_text().splitlines()
+                     if line and json.loads(line)["epoch"] <= completed]
+            write_text(path, "".join(line + "\n" for line in lines))
+
+    def _export(self) -> None:
+        """Re-create the Snakemake outputs from the resume directory (cheap hard links)."""
+        export_checkpoints(self.resume_dir / EPOCHS_DIR, self.job.out_dir)
+        log_path = self.resume_dir / LOG_FILE
+        write_text(self.job.out_dir / LOG_FILE, log_path.read_text() if log_path.is_file() else "")
+
+    # ------------------------------------------------------------------ training
+    def fit(self) -> None:
+        if self.context.is_main:
+            n_params = sum(p.numel() for p in self.student.backbone.parameters())
+            log(f"training {self.job.arch} on {self.job.channel}: {n_params / 1e6:.1f} M backbone "
+                f"parameters, {self.context.world_size} process(es) on {self.device.type}, "
+                f"{self.steps_per_epoch} steps/epoch, epochs {self.start_epoch + 1}..{self.epochs}")
+        if self.context.is_distributed:
+            self.student_ddp = DistributedDataParallel(
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                self.sampler.set_epoch(epoch)
+                self.student.train()
+                stats = self._train_one_epoch(epoch)
+                self._end_epoch(epoch, stats)
+        finally:
+            # DDP must be gone before the process group: with gloo, destroying the group
+            # under a live DDP reducer can hang at exit
+            self.student_ddp = self.student
+        if self.context.is_main:
+            self._export()
+        distributed.barrier()
+
+    def _train_one_epoch(self, epoch: int) -> dict:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        loss_sum = 0.0
+        started = time.perf_counter()
+        for step, crops in enumerate(self.loader):
+            if step >= self.steps_per_epoch:
+                break
+            loss_sum += self.train_step(crops, epoch, step)
+            self._progress(epoch, step, loss_sum / (step + 1), started)
+        elapsed = time.perf_counter() - started
+        iteration = (epoch + 1) * self.steps_per_epoch - 1
+        batch = self.job.settings["batch_size_per_gpu"] * self.context.world_size
+        return {
+            "epoch": epoch + 1,
+            "loss": loss_sum / self.steps_per_epoch,
+            "lr": float(self.schedules.lr[iteration]),
+            "wd": float(self.schedules.weight_decay[iteration]),
+            "momentum": float(self.schedules.teacher_momentum[iteration]),
+            "teacher_temp": float(self.schedules.teacher_temp[epoch]),
+            "steps": self.steps_per_epoch,
+            "images_per_s": self.steps_per_epoch * batch / elapsed,
+            "step_time_s": elapsed / self.steps_per_epoch,
+            "peak_memory_mb": self._peak_memory_mb(),
+            "wall_time_s": elapsed,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+
+    def train_step(self, crops: list[torch.Tensor], epoch: int, step: int) -> float:
+        """One optimisation step on one multi-crop batch; returns the loss averaged over ranks."""
+        iteration = epoch * self.steps_per_epoch + step
+        set_lr_and_weight_decay(
+            self.optimizer, self.schedules.lr[iteration], self.schedules.weight_decay[iteration]
+        )
+        crops = [crop.to(self.device, non_blocking=True) for crop in crops]
+        with self.precision.autocast():
+            # no_grad, not inference_mode: inference tensors cannot enter the student's graph
+            with torch.no_grad():
+                teacher_output = self.teacher(crops[: self.n_global_crops])
+            student_output = self.student_ddp(crops)
+            loss = self.loss(student_output, teacher_output, self.schedules.teacher_temp[epoch])
+        loss_value = distributed.all_reduce_mean(loss).item()  # every rank stops together
+        if not math.isfinite(loss_value):
+            raise InputError(
+                f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {step + 1}: training "
+                f"stopped; the resume state of epoch {epoch} in {self.resume_dir} is untouched. "
+                f"Lower train.optimizer.lr or use precision bf16/fp32"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if epoch < self.job.settings["optimizer"]["freeze_last_layer_epochs"]:
+            cancel_last_layer_gradients(self.student)
+        clip_gradients(self.student, self.job.settings["optimizer"]["clip_grad"])
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        update_teacher(self.student, self.teacher, self.schedules.teacher_momentum[iteration])
+        return loss_value
+
+    def _progress(self, epoch: int, step: int, mean_loss: float, started: float) -> None:
+        if not self.context.is_main:
+            return
+        done = step + 1
+        rate = done / (time.perf_counter() - started)
+        line = (f"epoch {epoch + 1}/{self.epochs} step {done}/{self.steps_per_epoch} "
+                f"loss {mean_loss:.4f} {rate:.2f} steps/s")
+        if sys.stderr.isatty():
+            end = "\n" if done == self.steps_per_epoch else ""
+            print(f"\r{line}", end=end, file=sys.stderr, flush=True)
+        elif done == 1 or done % PROGRESS_EVERY == 0 or done == self.steps_per_epoch:
+            log(line)
+
+    def _peak_memory_mb(self) -> float:
+        """Peak CUDA memory allocated this epoch; on CPU the process' peak RSS so far."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    # ------------------------------------------------------------------ epoch end
+    def _end_epoch(self, epoch: int, stats: dict) -> None:
+        completed = epoch + 1
+        rng_states = distributed.gather_objects(capture_rng_state())
+        if self.context.is_main:
+            epochs_dir = self.resume_dir / EPOCHS_DIR
+            if completed in self.evaluated_epochs:
+                save_backbone_checkpoint(epochs_dir, self.teacher.backbone, {
+                    "arch": self.job.arch,
+                    "channel": self.job.channel,
+                    "epoch": completed,
+                    "config_digest": self.digest,
+                    "model_kwargs": self.job.model_kwargs,
+                    "in_chans": IN_CHANS,
+                    "train_settings": self.job.settings,
+                })
+            # log line before state: a kill in between leaves an extra line, pruned on resume
+            log_path = self.resume_dir / LOG_FILE
+            previous = log_path.read_text() if log_path.is_file() else ""
+            write_text(log_path, previous + json.dumps(stats) + "\n")
+            save_resume_state(self.resume_dir / RESUME_STATE, {
+                "config_digest": self.digest,
+                "epoch": completed,
+                "student": self.student.state_dict(),
+                "teacher": self.teacher.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                "loss": self.loss.state_dict(),
+                "rng": rng_states,
+            })
+            self._export()
+            log(json.dumps(stats))
+        distributed.barrier()
+
+
+def _no_weight_decay_names(backbone: torch.nn.Module) -> set[str]:
+    """timm's list of tokens/embeddings that must not be decayed (cls, register, pos_embed)."""
+    names = getattr(backbone, "no_weight_decay", None)
+    return set(names()) if callable(names) else set()

@@ -1,0 +1,207 @@
+"""DINO multi-crop augmentation of one field of view read from the uint16 image cache.
+
+The recipe is the seed's (albumentations, per sample): every crop is
+``RandomResizedCrop(size, scale, ratio=(3/4, 4/3), bicubic)`` + ``HorizontalFlip`` +
+``VerticalFlip``; intensities are clipped at ``clip_max`` and divided by it; grey is repeated to
+three channels. The seed decoded the whole 16-bit TIFF, normalised the whole field to float32 and
+then cropped it ten times. Here the same distribution is produced from a memory map, touching only
+the pixels each crop needs:
+
+1. All boxes of a view are sampled first, on the full image shape, with albumentations'
+   documented ``RandomResizedCrop`` formula (target area uniform in ``scale`` x image area, aspect
+   ratio log-uniform in ``ratio``, side lengths rounded, up to 10 attempts, else the
+   ratio-constrained centre crop; the box start is ``int((H - h + 1) * u)``), vectorised over
+   crops and attempts. It is re-implemented rather than called because albumentations' sampler is
+   a per-call Python loop on its own ``random.Random``; drawing all boxes at once from one numpy
+   ``Generator`` is cheaper and lets the dataset key the randomness on (seed, epoch, image). The
+   box cannot be left to ``A.RandomResizedCrop`` on a pre-cut region: it must be sampled on the
+   full image or the distribution changes.
+2. Only the box is sliced from the uint16 memmap (no decode, no full-field float copy) and
+   resized with ``cv2.resize`` (what albumentations' resize calls) on the uint16 values: faster
+   than float32 for the large boxes of an unresized cache, and exact to 0.5 count (5e-5 after
+   scaling).
+3. Intensities are scaled after the resize, on the small crop. The cache is already clipped at
+   ``clip_max``, so this equals the seed's clip -> scale -> resize except that bicubic overshoot
+   is clamped (below 0 by uint16 saturation, above ``clip_max`` by the clip): the seed let values
+   of about -0.1..1.1 through; here every value is in [0, 1].
+4. Flips are numpy views, folded into the single copy to a contiguous (C, S, S) array that
+   becomes the torch tensor. rgb resizes each channel's view separately: cheaper than stacking
+   the three regions for one 3-channel resize.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from workflow_scripts.data.intensity import scale_intensity, to_three_channels
+from workflow_scripts.errors import InputError
+
+# albumentations' RandomResizedCrop defaults (the seed did not change them)
+ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+BOX_ATTEMPTS = 10
+INTERPOLATIONS = {
+    "bicubic": cv2.INTER_CUBIC,
+    "bilinear": cv2.INTER_LINEAR,
+    "nearest": cv2.INTER_NEAREST,
+    "area": cv2.INTER_AREA,
+}
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """One family of crops (global or local): how many, output side, area fraction range."""
+
+    number: int
+    size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float] = ASPECT_RATIO_RANGE
+
+    @classmethod
+    def from_settings(cls, section: dict) -> CropSpec:
+        return cls(int(section["number"]), int(section["size"]), tuple(section["scale"]))
+
+
+@dataclass(frozen=True)
+class CropParams:
+    """The random draws of one view: boxes (top, left, height, width) and flips, global first."""
+
+    boxes: np.ndarray  # (n_crops, 4) int64
+    hflips: np.ndarray  # (n_crops,) bool
+    vflips: np.ndarray  # (n_crops,) bool
+    sizes: tuple[int, ...]
+
+
+def sample_boxes(
+    rng: np.random.Generator,
+    image_shape: tuple[int, int],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    count: int,
+) -> np.ndarray:
+    """`count` RandomResizedCrop boxes as (top, left, height, width) rows, int64."""
+    height, width = image_shape
+    area = height * width
+    target_area = rng.uniform(scale[0] * area, scale[1] * area, size=(count, BOX_ATTEMPTS))
+    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=(count, BOX_ATTEMPTS)))
+    # np.rint rounds half to even, like Python's round() in albumentations
+    box_w = np.rint(np.sqrt(target_area * aspect)).astype(np.int64)
+    box_h = np.rint(np.sqrt(target_area / aspect)).astype(np.int64)
+    fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+    rows = np.arange(count)
+    first_fit = fits.argmax(axis=1)
+    box_h, box_w = box_h[rows, first_fit], box_w[rows, first_fit]
+    start = rng.random((count, 2))
+    top = ((height - box_h + 1) * start[:, 0]).astype(np.int64)
+    left = ((width - box_w + 1) * start[:, 1]).astype(np.int64)
+
+    no_fit = ~fits.any(axis=1)
+    if no_fit.any():
+        centre_h, centre_w = _centre_crop_shape(height, width, ratio)
+        box_h[no_fit], box_w[no_fit] = centre_h, centre_w
+        top[no_fit], left[no_fit] = (height - centre_h) // 2, (width - centre_w) // 2
+    return np.stack([top, left, box_h, box_w], axis=1)
+
+
+def _centre_crop_shape(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """albumentations' fallback: the whole image, narrowed to the nearest allowed aspect ratio."""
+    image_ratio = width / height
+    if image_ratio < ratio[0]:
+        return round(width / ratio[0]), width
+    if image_ratio > ratio[1]:
+        return height, round(height * ratio[1])
+    return height, width
+
+
+def resized_crop(
+    channels: Sequence[np.ndarray],
+    box: Sequence[int],
+    size: int,
+    *,
+    clip_max: float,
+    interpolation: int = cv2.INTER_CUBIC,
+    hflip: bool = False,
+    vflip: bool = False,
+) -> torch.Tensor:
+    """Cut `box` out of each (H, W) uint16 channel, resize to (size, size), flip, scale to
+    [0, 1]; grey is repeated to 3 channels. Returns float32 (3, size, size)."""
+    top, left, height, width = (int(v) for v in box)
+    rows = slice(None, None, -1 if vflip else 1)
+    cols = slice(None, None, -1 if hflip else 1)
+    # per channel: resizing the memmap views directly beats stacking them for a 3-channel resize
+    planes = [
+        cv2.resize(channel[top : top + height, left : left + width], (size, size),
+                   interpolation=interpolation)[rows, cols]
+        for channel in channels
+    ]
+    # at most one copy: flipped views -> contiguous (C, S, S)
+    chw = np.stack(planes) if len(planes) > 1 else np.ascontiguousarray(planes[0][None])
+    crop = torch.from_numpy(chw)
+    return to_three_channels(scale_intensity(crop, clip_max))
+
+
+class MultiCrop:
+    """Global then local crops of one view, as the list of (3, S, S) tensors DINO consumes."""
+
+    def __init__(
+        self,
+        global_crops: CropSpec,
+        local_crops: CropSpec,
+        *,
+        clip_max: float,
+        interpolation: str = "bicubic",
+        hflip_p: float = 0.5,
+        vflip_p: float = 0.5,
+    ) -> None:
+        if interpolation not in INTERPOLATIONS:
+            raise InputError(
+                f"config key 'train.interpolation': '{interpolation}' is not one of "
+                f"{', '.join(INTERPOLATIONS)}"
+            )
+        self.specs = (global_crops, local_crops)
+        self.clip_max = float(clip_max)
+        self.interpolation = INTERPOLATIONS[interpolation]
+        self.hflip_p = hflip_p
+        self.vflip_p = vflip_p
+
+    @classmethod
+    def from_settings(cls, settings: dict, clip_max: float) -> MultiCrop:
+        """From the config `train` section (global_crops, local_crops, interpolation, flips)."""
+        return cls(
+            CropSpec.from_settings(settings["global_crops"]),
+            CropSpec.from_settings(settings["local_crops"]),
+            clip_max=clip_max,
+            interpolation=settings["interpolation"],
+            hflip_p=settings["hflip_p"],
+            vflip_p=settings["vflip_p"],
+        )
+
+    def sample(self, rng: np.random.Generator, image_shape: tuple[int, int]) -> CropParams:
+        boxes = [sample_boxes(rng, image_shape, s.scale, s.ratio, s.number) for s in self.specs]
+        n_crops = sum(s.number for s in self.specs)
+        flips = rng.random((n_crops, 2)) < np.array([self.hflip_p, self.vflip_p])
+        sizes = tuple(s.size for s in self.specs for _ in range(s.number))
+        return CropParams(np.concatenate(boxes), flips[:, 0], flips[:, 1], sizes)
+
+    def apply(self, channels: Sequence[np.ndarray], params: CropParams) -> list[torch.Tensor]:
+        return [
+            resized_crop(
+                channels,
+                box,
+                size,
+                clip_max=self.clip_max,
+                interpolation=self.interpolation,
+                hflip=bool(hflip),
+                vflip=bool(vflip),
+            )
+            for box, size, hflip, vflip in zip(params.boxes, params.sizes, params.hflips, params.vflips)
+        ]
+
+    def __call__(self, channels: Sequence[np.ndarray], rng: np.random.Generator) -> list[torch.Tensor]:
+        """`channels`: (H, W) uint16 arrays of one field (1 = grey, 3 = rgb, in model order)."""
+        return self.apply(channels, self.sample(rng, channels[0].shape))

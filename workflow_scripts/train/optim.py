@@ -1,0 +1,63 @@
+"""Optimizer, parameter groups (weight decay only where it belongs) and per-step gradient rules."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workflow_scripts.train.head import LAST_LAYER
+
+DECAY_FLAG = "apply_weight_decay"  # param-group key: does the weight-decay schedule apply?
+
+
+def param_groups(model: nn.Module, no_decay_names: set[str]) -> list[dict]:
+    """Two groups: weights (decayed) and biases / norm & layer-scale vectors (ndim <= 1) plus
+    the named tokens in `no_decay_names` (cls / register tokens, position embedding)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name in no_decay_names:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [
+        {"params": decay, DECAY_FLAG: True},
+        {"params": no_decay, DECAY_FLAG: False, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    groups: list[dict], optimizer_settings: dict, device_type: str
+) -> torch.optim.Optimizer:
+    """AdamW (fused kernel on CUDA) or SGD with momentum; lr and weight decay are set per step."""
+    name = optimizer_settings["name"]
+    if name == "adamw":
+        return torch.optim.AdamW(
+            groups, lr=0.0, betas=tuple(optimizer_settings["betas"]), fused=device_type == "cuda"
+        )
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=0.0, momentum=optimizer_settings["momentum"])
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def set_lr_and_weight_decay(
+    optimizer: torch.optim.Optimizer, lr: float, weight_decay: float
+) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = float(lr)  # numpy scalars would not load with weights_only
+        group["weight_decay"] = float(weight_decay) if group[DECAY_FLAG] else 0.0
+
+
+def cancel_last_layer_gradients(model: nn.Module) -> None:
+    """Drop the prototype layer's gradients (None: the optimizer then skips it entirely, no
+    weight decay or momentum either). DINO does this in the first epoch(s) for stability."""
+    for name, param in model.named_parameters():
+        if LAST_LAYER in name:
+            param.grad = None
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> None:
+    """Clip the global gradient norm; max_norm 0 disables clipping."""
+    if max_norm > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
