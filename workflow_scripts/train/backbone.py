@@ -83,3 +83,14 @@ class InputNormalization(nn.Module):
     @classmethod
     def for_backbone(cls, model: nn.Module) -> "InputNormalization":
         return cls(*input_mean_std(model))
+
+
+def input_standardization(model: nn.Module, mode: str) -> nn.Module:
+    """What happens to [0, 1] images before the backbone (config train.input_standardization):
+    "none" feeds them as they are (the seed's recipe: value / clip_max); "pretrained"
+    standardises them with the mean/std the pretrained weights were trained with."""
+    if mode == "none":
+        return nn.Identity()
+    if mode == "pretrained":
+        return InputNormalization.for_backbone(model)
+    raise InputError(f"config key 'train.input_standardization': unknown mode '{mode}'")

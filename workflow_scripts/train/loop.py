@@ -118,7 +118,9 @@ class Trainer:
         backbone = build_backbone(
             job.arch, job.weights, job.model_kwargs, settings["drop_path_rate"]
         )
-        self.student = build_dino_model(backbone, settings["head"]).to(self.device)
+        self.student = build_dino_model(
+            backbone, settings["head"], settings.get("input_standardization", "none")
+        ).to(self.device)
         self.teacher = make_teacher(self.student)
         no_decay = {f"backbone.{name}" for name in _no_weight_decay_names(backbone)}
         self.optimizer = build_optimizer(

@@ -7,7 +7,7 @@ import itertools
 import torch
 from torch import nn
 
-from workflow_scripts.train.backbone import InputNormalization
+from workflow_scripts.train.backbone import input_standardization
 from workflow_scripts.train.head import DINOHead
 
 
@@ -15,9 +15,9 @@ class MultiCropModel(nn.Module):
     """Runs the backbone once per crop resolution (crops of one size are batched together)
     and the head once on all embeddings. Output rows: crop 0's batch, crop 1's batch, ..."""
 
-    def __init__(self, backbone: nn.Module, head: DINOHead) -> None:
+    def __init__(self, backbone: nn.Module, head: DINOHead, standardization: str = "none") -> None:
         super().__init__()
-        self.normalize = InputNormalization.for_backbone(backbone)
+        self.normalize = input_standardization(backbone, standardization)
         self.backbone = backbone
         self.head = head
 
@@ -29,8 +29,10 @@ class MultiCropModel(nn.Module):
         return self.head(torch.cat(embeddings))
 
 
-def build_dino_model(backbone: nn.Module, head_settings: dict) -> MultiCropModel:
+def build_dino_model(
+    backbone: nn.Module, head_settings: dict, standardization: str = "none"
+) -> MultiCropModel:
     # head_hidden_size: the pooled width when a timm model has a pre-logits layer
     embed_dim = getattr(backbone, "head_hidden_size", None) or backbone.num_features
     head = DINOHead(embed_dim, **head_settings)
-    return MultiCropModel(backbone, head)
+    return MultiCropModel(backbone, head, standardization)
