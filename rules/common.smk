@@ -196,8 +196,13 @@ def extract_inputs(wildcards):
 
 
 def extract_model_arg(wildcards):
+    """Epoch 0 sees images as this architecture's training does; checkpoints record it."""
     if int(wildcards.epoch) == 0:
-        return f"--weights {weights_arg(wildcards)}"
+        settings = arch_train(wildcards.arch)
+        return (
+            f"--weights {weights_arg(wildcards)} --init-seed {settings['seed']} "
+            f"--input-standardization {settings['input_standardization']}"
+        )
     return f"--checkpoint {CHECKPOINT.format(**wildcards)}"
 
 

@@ -74,7 +74,7 @@ class EpochIndexSampler(DistributedSampler):
         return ((epoch, index) for index in super().__iter__())
 
 
-def _limit_opencv_threads(worker_id: int) -> None:
+def limit_opencv_threads(worker_id: int) -> None:
     # parallelism comes from the workers; OpenCV's own pool would oversubscribe the cores
     cv2.setNumThreads(1)
 
@@ -114,7 +114,7 @@ def build_train_loader(
         drop_last=True,
         persistent_workers=workers > 0,
         prefetch_factor=PREFETCH_BATCHES_PER_WORKER if workers > 0 else None,
-        worker_init_fn=_limit_opencv_threads if workers > 0 else None,
+        worker_init_fn=limit_opencv_threads if workers > 0 else None,
     )
     return loader, sampler
 

@@ -1,0 +1,147 @@
+"""Evaluation stage timings: NSC + NSCB + mAP on BBBC021-shaped profiles, and extraction throughput.
+
+1. Metrics: a synthetic feature table shaped like real BBBC021 (10 batches, 55 plates, 38
+   compounds / 103 treatments / 12 MoAs, ~3,800 images of which 1,320 DMSO, 384 features: the
+   vit_small width). Times TVN, aggregation and NSC + NSCB + mAP (1000 permutations, config.yaml's
+   default) separately; best of `--repeats`.
+2. Extraction: images/s of `workflow_scripts.evaluate.extract.extract_features` on a synthetic
+   cache, for the demo's tiny ViT (depth 2, width 64, 64 px crops of 204x256 fields) and, with
+   `--full`, for vit_small_patch16_dinov3 at its real size (224 px crops of 512x640 fields, the
+   real cache at resize_factor 0.5). Runs on CUDA when available (bf16), else CPU (fp32).
+
+    python benchmarks/bench_eval.py [--repeats 3] [--full] [--images 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from workflow_scripts.evaluate.aggregate import treatment_profiles  # noqa: E402
+from workflow_scripts.evaluate.metrics import evaluate_profiles  # noqa: E402
+from workflow_scripts.evaluate.pipeline import DEFAULT_SETTINGS, feature_matrix, image_metadata  # noqa: E402
+from workflow_scripts.evaluate.tvn import apply_tvn  # noqa: E402
+from workflow_scripts.tables import feature_names  # noqa: E402
+
+CLIP_MAX = 10000
+
+
+def bbbc021_like_features(dim: int = 384, seed: int = 0) -> pd.DataFrame:
+    """Treatments on 3 plates of one batch, 8 images per plate; 24 DMSO images per plate."""
+    rng = np.random.default_rng(seed)
+    batches = [f"Week{b + 1}" for b in range(10)]
+    plates = {batch: [f"{batch}_{p}" for p in range(6 if b < 5 else 5)] for b, batch in enumerate(batches)}  # 55
+    moa_signal = rng.normal(scale=0.04, size=(12, dim))  # weak: accuracies well below 1
+    plate_offset = {plate: rng.normal(scale=0.1, size=dim) for ps in plates.values() for plate in ps}
+    rows, values = [], []
+    for compound in range(38):
+        moa = compound % 12
+        batch = batches[compound % 10]
+        for concentration in (0.1, 1.0, 3.0)[: 3 if compound < 27 else 2]:  # 27 x 3 + 11 x 2 = 103
+            for plate in rng.choice(plates[batch], size=3, replace=False):
+                for _ in range(8):
+                    rows.append((f"cpd{compound}", concentration, f"moa{moa}", plate, batch))
+                    values.append(moa_signal[moa] + plate_offset[plate] + rng.normal(size=dim))
+    for batch, batch_plates in plates.items():
+        for plate in batch_plates:
+            for _ in range(24):
+                rows.append(("DMSO", 0.0, "DMSO", plate, batch))
+                values.append(plate_offset[plate] + rng.normal(size=dim))
+    table = pd.DataFrame(rows, columns=["compound", "concentration", "moa", "plate", "batch"])
+    features = pd.DataFrame(np.asarray(values, dtype=np.float32), columns=feature_names(dim))
+    return pd.concat([table, features], axis=1)
+
+
+def best_time(function, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = function()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def bench_metrics(repeats: int) -> dict:
+    features = bbbc021_like_features()
+    meta = image_metadata(features, "synthetic")
+    values = feature_matrix(features, feature_names(384), "synthetic")
+    tvn_s, (whitened, _) = best_time(
+        lambda: apply_tvn(values, meta["is_control"].to_numpy(), meta["batch"].to_numpy()), repeats
+    )
+    aggregate_s, (profiles, table) = best_time(lambda: treatment_profiles(whitened, meta), repeats)
+    metrics_s, (metrics, _, _) = best_time(
+        lambda: evaluate_profiles(profiles, table, DEFAULT_SETTINGS["map"]), repeats
+    )
+    return {
+        "images": len(features),
+        "dmso": int(meta["is_control"].sum()),
+        "treatments": len(table),
+        "plates": int(meta["plate"].nunique()),
+        "batches": int(meta["batch"].nunique()),
+        "permutations": DEFAULT_SETTINGS["map"]["permutations"],
+        "tvn_s": round(tvn_s, 4),
+        "aggregate_s": round(aggregate_s, 4),
+        "nsc_nscb_map_s": round(metrics_s, 4),
+        "nsc": round(metrics["nsc"], 3),
+        "nscb": round(metrics["nscb"], 3),
+        "map_nscb": round(metrics["map_nscb"], 3),
+    }
+
+
+def bench_extraction(name: str, model_kwargs: dict, shape: tuple[int, int], input_size: int, n_images: int) -> dict:
+    from workflow_scripts.evaluate.extract import extract_features
+    from workflow_scripts.train.backbone import build_backbone
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    model = build_backbone("vit_small_patch16_dinov3.lvd1689m", "none", model_kwargs)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "DAPI.npy"
+        np.save(path, rng.integers(0, CLIP_MAX, size=(n_images, *shape), dtype=np.uint16))
+        array = np.load(path, mmap_mode="r")
+        settings = {"crop_grid": [2, 2], "input_size": input_size, "embedding": "cls", "batch_size": 64,
+                    "num_workers": 0}
+        warm_up = array[: settings["batch_size"]]
+        extract_features(model, [warm_up], CLIP_MAX, settings, device, "none")
+        start = time.perf_counter()
+        features = extract_features(model, [array], CLIP_MAX, settings, device, "none")
+        seconds = time.perf_counter() - start
+    return {
+        "model": name, "device": str(device), "threads": torch.get_num_threads(), "images": n_images,
+        "field": f"{shape[0]}x{shape[1]}", "crops_per_image": 4, "input_size": input_size,
+        "feature_dim": features.shape[1], "images_per_s": round(n_images / seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=64, help="images for each extraction run")
+    parser.add_argument("--full", action="store_true", help="also vit_small at its real size, 224 px")
+    args = parser.parse_args()
+
+    print(json.dumps({"metrics": bench_metrics(args.repeats)}, indent=2))
+    tiny = bench_extraction("tiny ViT (depth 2, width 64)", {"depth": 2, "embed_dim": 64, "num_heads": 2},
+                            (204, 256), 64, args.images)
+    print(json.dumps({"extraction": tiny}, indent=2))
+    if args.full:
+        full = bench_extraction("vit_small_patch16_dinov3", {}, (512, 640), 224, args.images)
+        print(json.dumps({"extraction": full}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

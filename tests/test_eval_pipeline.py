@@ -1,0 +1,189 @@
+"""Aggregation levels, evaluate_table, and the evaluate CLI on our and external feature tables."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workflow_scripts.errors import InputError
+from workflow_scripts.evaluate import evaluate as evaluate_cli
+from workflow_scripts.evaluate.aggregate import treatment_profiles
+from workflow_scripts.evaluate.pipeline import evaluate_table
+
+FAST = {"map": {"permutations": 50}}
+
+
+def synthetic_features(seed=0, dim=12):
+    """2 batches x 2 plates; 4 MoAs x 2 compounds x 2 concentrations, each compound in one batch
+    per MoA pair so NSCB has cross-batch matches; 4 DMSO images per plate. Features = MoA signal
+    + plate offset + noise."""
+    rng = np.random.default_rng(seed)
+    moa_signal = rng.normal(size=(4, dim))
+    rows, values = [], []
+    for b, batch in enumerate(("W1", "W2")):
+        for p in range(2):
+            plate = f"{batch}_P{p}"
+            offset = rng.normal(scale=0.5, size=dim)
+            for moa in range(4):
+                compound = f"cpd{moa}{'ab'[b]}"  # compound 'a' of each MoA in W1, 'b' in W2
+                for concentration in (0.1, 1.0):
+                    for site in range(2):
+                        rows.append((compound, concentration, f"moa{moa}", plate, batch))
+                        values.append(moa_signal[moa] + offset + rng.normal(scale=0.3, size=dim))
+            for site in range(4):
+                rows.append(("DMSO", 0.0, "DMSO", plate, batch))
+                values.append(offset + rng.normal(scale=0.3, size=dim))
+    table = pd.DataFrame(rows, columns=["compound", "concentration", "moa", "plate", "batch"])
+    features = pd.DataFrame(np.array(values, dtype=np.float32), columns=[f"feat_{i:04d}" for i in range(dim)])
+    return pd.concat([table, features], axis=1)
+
+
+def metric_values(result):
+    return {k: v for k, v in result.items() if k not in ("predictions", "confusion")}
+
+
+def test_aggregation_levels_follow_the_settings():
+    # One treatment on three plates. Image values: P1 = 1, 2, 6 (mean 3, median 2); P2 = 10;
+    # P3 = 4, 4. Per treatment over plates:
+    #   mean then median:   median(3, 10, 4) = 4
+    #   median then mean:   mean(2, 10, 4)   = 16/3
+    #   mean then mean:     mean(3, 10, 4)   = 17/3
+    #   median then median: median(2, 10, 4) = 4 (the DMSO image on P1, value 100, is left out)
+    meta = pd.DataFrame(
+        {
+            "treatment": ["t@1"] * 6 + ["DMSO@0"],
+            "compound": ["t"] * 6 + ["DMSO"],
+            "concentration": [1.0] * 6 + [0.0],
+            "moa": ["M"] * 6 + ["DMSO"],
+            "plate": ["P1", "P1", "P1", "P2", "P3", "P3", "P1"],
+            "batch": ["W1", "W1", "W1", "W1", "W2", "W2", "W1"],
+            "is_control": [False] * 6 + [True],
+        }
+    )
+    values = np.array([1, 2, 6, 10, 4, 4, 100], dtype=float)[:, None]
+    expected = {("mean", "median"): 4, ("median", "mean"): 16 / 3, ("mean", "mean"): 17 / 3, ("median", "median"): 4}
+    for (plate, treatment), value in expected.items():
+        profiles, table = treatment_profiles(values, meta, plate, treatment)
+        assert profiles[:, 0] == pytest.approx([value])
+    assert table.loc[0, "batches"] == ("W1", "W2")
+    assert table.loc[0, "n_plates"] == 3 and table.loc[0, "n_images"] == 6
+
+
+def test_a_treatment_with_two_moas_is_an_error():
+    meta = pd.DataFrame(
+        {
+            "treatment": ["t@1", "t@1"], "compound": ["t", "t"], "concentration": [1.0, 1.0],
+            "moa": ["A", "B"], "plate": ["P1", "P2"], "batch": ["W1", "W1"], "is_control": [False, False],
+        }
+    )
+    with pytest.raises(InputError, match="treatment 't@1' has several values in column 'moa': A, B"):
+        treatment_profiles(np.zeros((2, 1)), meta)
+
+
+def test_evaluate_table_scores_structured_features_and_counts():
+    features = synthetic_features()
+    result = evaluate_table(features, FAST)
+    assert result["n_images"] == len(features)
+    assert result["n_dmso"] == 16
+    assert result["n_treatments_nsc"] == 16 and result["n_treatments_nscb"] == 16
+    assert result["feature_dim"] == 12 and result["tvn_components"] == 12
+    # MoA signal dominates: far above chance (2 of the 14 other-compound treatments share the MoA)
+    assert result["nsc"] > 0.9 and result["nscb"] > 0.9 and result["map_nscb"] > 0.9
+    assert set(result["predictions"]["protocol"]) == {"nsc", "nscb"}
+    assert result["confusion"].to_numpy().sum() == 16
+
+
+def test_label_like_columns_do_not_change_the_metrics():
+    features = synthetic_features()
+    reference = metric_values(evaluate_table(features, FAST))
+    labelled = features.copy()
+    labelled["moa_code"] = pd.factorize(labelled["moa"])[0]  # numeric: would leak if used
+    labelled["Metadata_compound_index"] = pd.factorize(labelled["compound"])[0].astype(float)
+    labelled["is_control"] = labelled["compound"] == "DMSO"
+    assert metric_values(evaluate_table(labelled, FAST)) == reference
+
+
+def test_settings_with_unknown_keys_are_rejected():
+    with pytest.raises(InputError, match="settings key 'tvn.scopee' is unknown"):
+        evaluate_table(synthetic_features(), {"tvn": {"scopee": "global"}})
+
+
+def write_settings():
+    return json.dumps({"tvn": {"enabled": True, "scope": "global", "max_components": None, "eps": 1e-6},
+                       "aggregation": {"plate": "mean", "treatment": "median"},
+                       "map": {"enabled": True, "permutations": 50, "seed": 0}})
+
+
+def test_cli_writes_metrics_predictions_and_confusion(tmp_path):
+    features = synthetic_features()
+    features.to_parquet(tmp_path / "features.parquet")
+    out_dir = tmp_path / "eval"
+    assert evaluate_cli.main(["--features", str(tmp_path / "features.parquet"), "--settings", write_settings(),
+                              "--out-dir", str(out_dir), "--label", "vit_small/DAPI/0005"]) == 0
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["label"] == "vit_small/DAPI/0005"
+    expected = metric_values(evaluate_table(features, json.loads(write_settings())))
+    assert metrics["nsc"] == expected["nsc"] and metrics["map_nscb"] == expected["map_nscb"]
+    for key in ("nscb", "map_nsc", "n_treatments_nsc", "n_treatments_nscb", "n_images", "n_dmso",
+                "feature_dim", "tvn_components", "per_moa"):
+        assert key in metrics
+    predictions = pd.read_csv(out_dir / "predictions.csv")
+    assert len(predictions) == 32  # 16 treatments x 2 protocols
+    confusion = pd.read_csv(out_dir / "confusion.csv", index_col="moa")
+    assert list(confusion.index) == list(confusion.columns) == ["moa0", "moa1", "moa2", "moa3"]
+
+
+def test_cli_scores_an_external_per_well_csv_like_our_own_table(tmp_path):
+    features = synthetic_features()
+    # CellProfiler-like: well-level (means of the two sites), other column names, own feature
+    # names, a numeric MoA code that must not be used
+    wells = features.assign(well=np.arange(len(features)) // 2).groupby(
+        ["compound", "concentration", "moa", "plate", "batch", "well"], as_index=False
+    ).mean()
+    external = wells.rename(
+        columns={"compound": "Metadata_Compound", "concentration": "Metadata_Concentration",
+                 "moa": "Metadata_MoA", "plate": "Metadata_Plate", "batch": "Metadata_Batch",
+                 **{f"feat_{i:04d}": f"Cells_Feature{i}" for i in range(12)}}
+    ).drop(columns="well")
+    external["Metadata_MoA_code"] = pd.factorize(external["Metadata_MoA"])[0]
+    external.to_csv(tmp_path / "cellprofiler.csv", index=False)
+    out_dir = tmp_path / "eval"
+    status = evaluate_cli.main([
+        "--features", str(tmp_path / "cellprofiler.csv"), "--settings", write_settings(),
+        "--out-dir", str(out_dir), "--label", "cellprofiler/all/0000",
+        "--feature-columns", "^Cells_",
+        "--metadata-map", "compound=Metadata_Compound,concentration=Metadata_Concentration,"
+                          "moa=Metadata_MoA,plate=Metadata_Plate,batch=Metadata_Batch",
+    ])
+    assert status == 0
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    reference = evaluate_table(wells, json.loads(write_settings()))
+    assert metrics["feature_dim"] == 12 and metrics["n_images"] == len(wells)
+    assert metrics["nsc"] == reference["nsc"] and metrics["map_nsc"] == pytest.approx(reference["map_nsc"])
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda df: df.drop(columns="batch"), "missing column(s) batch"),
+        (lambda df: df.assign(feat_0003=df["feat_0003"].where(df.index != 5)), "row 5, column 'feat_0003'"),
+        (lambda df: df.assign(moa=df["moa"].where(df.index != 2)), "row 2 (a treated image) has no moa"),
+    ],
+)
+def test_cli_bad_tables_give_one_error_and_no_output(tmp_path, capsys, mutate, message):
+    mutate(synthetic_features()).to_parquet(tmp_path / "features.parquet")
+    out_dir = tmp_path / "eval"
+    status = evaluate_cli.main(["--features", str(tmp_path / "features.parquet"), "--settings", "{}",
+                                "--out-dir", str(out_dir), "--label", "a/b/0001"])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "features.parquet" in err
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_cli_rejects_a_label_the_summary_cannot_read(tmp_path, capsys):
+    synthetic_features().to_parquet(tmp_path / "f.parquet")
+    status = evaluate_cli.main(["--features", str(tmp_path / "f.parquet"), "--out-dir", str(tmp_path / "e"),
+                                "--label", "only-arch"])
+    assert status == 2 and "--label" in capsys.readouterr().err

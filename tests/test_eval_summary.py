@@ -1,0 +1,94 @@
+"""Summary: tables over (arch, channel, epoch), best epochs, plots and a self-contained report."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from workflow_scripts.evaluate import summary
+
+MOAS = ["Actin disruptors", "DNA damage"]
+
+
+def write_run(root, arch, channel, epoch, nscb, map_enabled=True):
+    run_dir = root / arch / channel / f"epoch_{epoch:04d}"
+    run_dir.mkdir(parents=True)
+    metrics = {
+        "label": f"{arch}/{channel}/{epoch:04d}", "nsc": min(1.0, nscb + 0.1), "nscb": nscb,
+        "map_nsc": nscb if map_enabled else None, "map_nscb": nscb / 2 if map_enabled else None,
+        "n_treatments_nsc": 103, "n_treatments_nscb": 92, "n_images": 3848, "n_dmso": 1320,
+        "feature_dim": 384, "tvn_components": 384, "per_moa": {},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    confusion = pd.DataFrame([[3 + epoch, 1], [0, 2]], index=pd.Index(MOAS, name="moa"), columns=MOAS)
+    confusion.reset_index().to_csv(run_dir / "confusion.csv", index=False)
+    return run_dir / "metrics.json"
+
+
+@pytest.fixture
+def runs(tmp_path):
+    # vit_s/DAPI peaks at epoch 5 (0.8) and ends lower; vit_s/rgb reaches 0.6 at epochs 5 and 10
+    # (a tie); vit_b/DAPI rises steadily.
+    nscb = {
+        ("vit_s", "DAPI"): {0: 0.5, 5: 0.8, 10: 0.7},
+        ("vit_s", "rgb"): {0: 0.4, 5: 0.6, 10: 0.6},
+        ("vit_b", "DAPI"): {0: 0.55, 5: 0.6, 10: 0.65},
+    }
+    paths = [write_run(tmp_path / "eval", a, c, e, v) for (a, c), by_epoch in nscb.items() for e, v in by_epoch.items()]
+    validation = tmp_path / "validation_report.json"
+    validation.write_text(json.dumps({
+        "n_images": 3848, "n_treatments": 103, "channels": ["DAPI", "Tubulin", "Actin"],
+        "per_moa": {"DNA damage": {"images": 100, "treatments": 7}}, "images_per_batch": {"Week1": 400},
+    }))
+    return paths, validation
+
+
+def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path):
+    paths, validation = runs
+    out_dir = tmp_path / "summary"
+    assert summary.main(["--metrics", *map(str, paths), "--validation-report", str(validation), "--out-dir", str(out_dir)]) == 0
+
+    table = pd.read_csv(out_dir / "summary.csv")
+    assert len(table) == 9
+    assert list(table.columns[:7]) == ["arch", "channel", "epoch", "nsc", "nscb", "map_nsc", "map_nscb"]
+    row = table.query("arch == 'vit_s' and channel == 'DAPI' and epoch == 5").iloc[0]
+    assert row["nscb"] == 0.8 and row["map_nscb"] == pytest.approx(0.4)
+
+    best = pd.read_csv(out_dir / "best_epochs.csv").set_index(["arch", "channel", "metric"])
+    dapi = best.loc[("vit_s", "DAPI", "nscb")]
+    assert dapi["best_epoch"] == 5 and dapi["best_value"] == 0.8
+    assert dapi["pretrained_value"] == 0.5 and dapi["last_epoch"] == 10 and dapi["last_value"] == 0.7
+    assert best.loc[("vit_s", "rgb", "nscb"), "best_epoch"] == 5  # tie: the earliest epoch
+    assert best.loc[("vit_b", "DAPI", "nsc"), "best_epoch"] == 10
+
+    for metric in ("nsc", "nscb", "map_nsc", "map_nscb"):
+        assert (out_dir / f"{metric}_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out_dir / "confusion_best.png").read_bytes()[:4] == b"\x89PNG"
+
+    report = (out_dir / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 5
+    assert "http://" not in report and "https://" not in report  # nothing fetched when opened
+    assert "vit_s/DAPI/0005" in report  # the best run by NSCB names the confusion matrix
+    assert "3848" in report and "DNA damage" in report and "Week1" in report
+
+
+def test_summary_without_map_skips_its_plots(tmp_path):
+    paths = [write_run(tmp_path / "eval", "vit_s", "DAPI", e, 0.5 + e / 100, map_enabled=False) for e in (0, 2)]
+    validation = tmp_path / "v.json"
+    validation.write_text("{}")
+    out_dir = tmp_path / "summary"
+    assert summary.main(["--metrics", *map(str, paths), "--validation-report", str(validation), "--out-dir", str(out_dir)]) == 0
+    assert (out_dir / "nscb_vs_epoch.png").exists() and not (out_dir / "map_nsc_vs_epoch.png").exists()
+    assert pd.read_csv(out_dir / "summary.csv")["map_nsc"].isna().all()
+
+
+def test_bad_metrics_file_gives_one_error_and_no_output(runs, tmp_path, capsys):
+    paths, validation = runs
+    broken = json.loads(paths[0].read_text())
+    broken["label"] = "vit_s-DAPI-0000"
+    paths[0].write_text(json.dumps(broken))
+    out_dir = tmp_path / "summary"
+    assert summary.main(["--metrics", *map(str, paths), "--validation-report", str(validation), "--out-dir", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(paths[0]) in err and "arch/channel/NNNN" in err
+    assert not out_dir.exists()

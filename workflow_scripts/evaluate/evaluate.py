@@ -1,0 +1,135 @@
+r"""Evaluate one feature table: TVN -> treatment profiles -> NSC / NSCB / mAP.
+
+Writes `metrics.json`, `predictions.csv` and `confusion.csv` into `--out-dir` (docs/formats.md).
+
+The same command scores any profile table, so CellProfiler features or another model's
+embeddings can be put beside the DINOv3 runs in the summary report:
+
+    python -m workflow_scripts.evaluate.evaluate --features cellprofiler_wells.csv \
+        --feature-columns '^(Cells|Cytoplasm|Nuclei)_' \
+        --metadata-map compound=Metadata_Compound,concentration=Metadata_Concentration,moa=Metadata_MoA,plate=Metadata_Plate,batch=Metadata_Batch \
+        --settings '{"tvn": {"enabled": true}}' --out-dir results/eval/cellprofiler/all/epoch_0000 \
+        --label cellprofiler/all/0000
+
+- Input: CSV or parquet, one row per image or per well, treated and DMSO rows together.
+- Needed columns: compound, moa, plate, batch, and concentration (or treatment, one name per
+  compound-concentration pair). `is_control` is derived from compound == DMSO when absent.
+  `--metadata-map ours=theirs,...` renames the table's columns to these names.
+- Features: the numeric columns whose name matches `--feature-columns` (a Python regular
+  expression, searched; default `^feat_`). The metadata columns above are never features, even
+  when the expression matches them; label-like extras (e.g. a numeric MoA code) are ignored
+  unless the expression selects them, so choose it to match features only.
+- `--settings`: JSON with config.yaml's `evaluate.tvn`, `.aggregation`, `.map` (missing keys take
+  the config.yaml defaults).
+- `--label`: `arch/channel/NNNN`, how the summary names the run (any arch and channel text
+  without '/', e.g. `cellprofiler/all/0000`). To compare, run `workflow_scripts.evaluate.summary`
+  with this metrics.json added to the workflow's ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from workflow_scripts.atomic import write_json
+from workflow_scripts.errors import InputError, cli
+from workflow_scripts.evaluate.pipeline import TABLE_KEYS, evaluate_table
+from workflow_scripts.tables import FEATURE_PREFIX, METADATA_COLUMNS, read_table, write_table
+
+LABEL = re.compile(r"[^/]+/[^/]+/\d+")
+EVALUATION_COLUMNS = ("compound", "concentration", "treatment", "moa", "plate", "batch", "is_control")
+
+
+def parse_metadata_map(text: str) -> dict[str, str]:
+    """'compound=Compound,moa=MOA' -> {'Compound': 'compound', 'MOA': 'moa'} (theirs -> ours)."""
+    renames = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        ours, sep, theirs = item.partition("=")
+        if not sep or not ours.strip() or not theirs.strip():
+            raise InputError(f"--metadata-map: '{item}' is not ours=theirs")
+        if ours.strip() not in EVALUATION_COLUMNS:
+            raise InputError(
+                f"--metadata-map: '{ours.strip()}' is not one of {', '.join(EVALUATION_COLUMNS)}"
+            )
+        renames[theirs.strip()] = ours.strip()
+    return renames
+
+
+def select_feature_columns(df: pd.DataFrame, pattern: str, source: str) -> list[str]:
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise InputError(f"--feature-columns: '{pattern}' is not a valid regular expression ({err})") from err
+    never = set(METADATA_COLUMNS) | set(EVALUATION_COLUMNS)
+    columns = [c for c in df.columns if regex.search(str(c)) and c not in never]
+    if not columns:
+        raise InputError(f"{source}: no column matches --feature-columns '{pattern}'")
+    return columns
+
+
+def apply_metadata_map(df: pd.DataFrame, renames: dict[str, str], source: str) -> pd.DataFrame:
+    absent = [theirs for theirs in renames if theirs not in df.columns]
+    if absent:
+        raise InputError(f"{source}: --metadata-map names missing column(s) {', '.join(absent)}")
+    # our names must not exist twice: a mapped column replaces any column already called so
+    replaced = [ours for ours in renames.values() if ours in df.columns and ours not in renames]
+    return df.drop(columns=replaced).rename(columns=renames)
+
+
+def parse_settings(text: str) -> dict:
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"--settings: not valid JSON ({err})") from err
+    if not isinstance(settings, dict):
+        raise InputError("--settings: expected a JSON object")
+    return settings
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("--features", required=True, help="feature table (.parquet or .csv)")
+    parser.add_argument("--settings", default="{}", help="JSON: tvn, aggregation, map")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--label", required=True, help="arch/channel/NNNN")
+    parser.add_argument("--feature-columns", default=f"^{FEATURE_PREFIX}", help="regex")
+    parser.add_argument("--metadata-map", default="", help="ours=theirs,...")
+    args = parser.parse_args(argv)
+
+    if not LABEL.fullmatch(args.label):
+        raise InputError(f"--label: '{args.label}' is not arch/channel/NNNN")
+    settings = parse_settings(args.settings)
+    source = str(args.features)
+    df = apply_metadata_map(read_table(args.features), parse_metadata_map(args.metadata_map), source)
+    columns = select_feature_columns(df, args.feature_columns, source)
+    result = evaluate_table(df, settings, columns, source=source)
+
+    out_dir = Path(args.out_dir)
+    write_table(result["predictions"], out_dir / "predictions.csv")
+    write_table(result["confusion"].reset_index(), out_dir / "confusion.csv")
+    metrics = {"label": args.label, **{k: v for k, v in result.items() if k not in TABLE_KEYS}}
+    write_json(out_dir / "metrics.json", metrics)
+    print(
+        f"{args.label}: NSC {_fmt(metrics['nsc'])} ({metrics['n_treatments_nsc']} treatments), "
+        f"NSCB {_fmt(metrics['nscb'])} ({metrics['n_treatments_nscb']}), "
+        f"mAP NSC {_fmt(metrics['map_nsc'])}, mAP NSCB {_fmt(metrics['map_nscb'])}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

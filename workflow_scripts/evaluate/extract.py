@@ -1,0 +1,262 @@
+r"""Feature extraction: one embedding per cache image from one backbone (arch, channel, epoch).
+
+Per image, `crop_grid` = [rows, cols] fixed crops tile the field (each crop is the field's
+height / rows x width / cols, so the grid scales with the image size); each is resized to
+`input_size` (bicubic, the same `resized_crop` training uses: cv2 on the uint16 values, then
+value / clip_max, grey repeated to 3 channels), standardised as in training
+(`train.input_standardization`: none, or the backbone's pretrained mean/std), and embedded; the
+image's feature is the median over its crops. DMSO images included.
+
+`embedding` (what a ViT's `forward_features` returns for DINOv3 in timm: the final-norm tokens
+[CLS, 4 register tokens, patch tokens], `model.num_prefix_tokens` = 5):
+  cls            the CLS token (upstream DINOv3's `x_norm_clstoken`; note that timm's default
+                 pooled output for these models is the patch mean, not the CLS token)
+  mean_patch     the mean of the patch tokens (registers excluded)
+  cls+mean_patch both, concatenated (2 x embed_dim)
+ConvNeXt backbones have no tokens: only `cls`, meaning their pooled (normalised) output.
+
+Epoch 0000 is the backbone before fine-tuning (`--weights none|path`; none = random init with
+torch seed 0; `--input-standardization` = the architecture's train.input_standardization, default
+none); later epochs read the training checkpoint (`--checkpoint`), whose recorded arch, channel,
+epoch and model_kwargs must match the request and whose recorded input standardisation is used.
+Inference: eval mode, torch.inference_mode, bf16 autocast on CUDA, fp32 on CPU; deterministic.
+
+    python -m workflow_scripts.evaluate.extract --arch vit_small_patch16_dinov3.lvd1689m \
+        --channel DAPI --cache-dir results/cache --weights none --model-kwargs '{}' \
+        --settings '{"crop_grid": [2, 2], "input_size": 224, "embedding": "cls",
+                     "batch_size": 64, "num_workers": 4}' --epoch 0 --out features.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from workflow_scripts.config import RGB
+from workflow_scripts.data.cache import load_cache
+from workflow_scripts.errors import InputError, cli
+from workflow_scripts.tables import feature_names, write_table
+from workflow_scripts.train.backbone import build_backbone, input_standardization
+from workflow_scripts.train.checkpoint import load_backbone_checkpoint
+from workflow_scripts.train.dataset import limit_opencv_threads
+from workflow_scripts.train.rng import seed_everything
+from workflow_scripts.train.multicrop import INTERPOLATIONS, resized_crop
+from workflow_scripts.train.precision import Precision
+
+EMBEDDINGS = ("cls", "mean_patch", "cls+mean_patch")
+DEFAULT_STANDARDIZATION = "none"  # train.input_standardization's default: value / clip_max as is
+SETTINGS_KEYS = ("crop_grid", "input_size", "embedding", "batch_size", "num_workers")
+
+
+def crop_boxes(height: int, width: int, grid: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of the rows x cols tiles of an image, row by row; the few
+    pixels left when the side is not divisible are dropped at the bottom/right."""
+    rows, cols = grid
+    tile_h, tile_w = height // rows, width // cols
+    if tile_h < 1 or tile_w < 1:
+        raise InputError(
+            f"settings key 'crop_grid': {rows}x{cols} tiles do not fit a {height}x{width} image"
+        )
+    return [(r * tile_h, c * tile_w, tile_h, tile_w) for r in range(rows) for c in range(cols)]
+
+
+class CropDataset(Dataset):
+    """Item i -> (n_crops, 3, S, S) float32 crops of cache image i (channels stacked in order)."""
+
+    def __init__(self, arrays: list[np.ndarray], boxes: list, size: int, clip_max: float) -> None:
+        self.arrays = arrays
+        self.boxes = boxes
+        self.size = size
+        self.clip_max = clip_max
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        channels = [array[index] for array in self.arrays]
+        crops = [
+            resized_crop(
+                channels, box, self.size, clip_max=self.clip_max, interpolation=INTERPOLATIONS["bicubic"]
+            )
+            for box in self.boxes
+        ]
+        return torch.stack(crops)
+
+    # A spawned worker gets the memmaps' file names and reopens them: pickling a memmap copies it.
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "arrays": [array.filename for array in self.arrays]}
+
+    def __setstate__(self, state: dict) -> None:
+        state["arrays"] = [np.load(name, mmap_mode="r") for name in state["arrays"]]
+        self.__dict__.update(state)
+
+
+def check_embedding(model: nn.Module, embedding: str) -> None:
+    if embedding not in EMBEDDINGS:
+        raise InputError(f"settings key 'embedding': '{embedding}' is not one of {', '.join(EMBEDDINGS)}")
+    if embedding != "cls" and getattr(model, "cls_token", None) is None:
+        raise InputError(
+            f"settings key 'embedding': '{embedding}' needs a ViT's tokens, but this "
+            f"{type(model).__name__} backbone only has a pooled output; use 'cls' (= the pooled "
+            "output for ConvNeXt models)"
+        )
+
+
+def embed(model: nn.Module, images: torch.Tensor, embedding: str) -> torch.Tensor:
+    """(B, 3, S, S) standardised images -> (B, D) embeddings (see the module docstring)."""
+    tokens = model.forward_features(images)
+    if tokens.ndim == 4:  # ConvNeXt feature map (B, C, h, w): timm's pooled + normed output
+        return model.forward_head(tokens, pre_logits=True)
+    cls_token = tokens[:, 0]
+    mean_patch = tokens[:, model.num_prefix_tokens :].mean(dim=1)
+    if embedding == "cls":
+        return cls_token
+    if embedding == "mean_patch":
+        return mean_patch
+    return torch.cat([cls_token, mean_patch], dim=1)
+
+
+def extract_features(
+    model: nn.Module,
+    arrays: list[np.ndarray],
+    clip_max: float,
+    settings: dict,
+    device: torch.device,
+    standardization: str,
+) -> np.ndarray:
+    """(N, D) float32 features of all images of the (N, H, W) uint16 `arrays` (one per input
+    channel, in model channel order); `standardization` as train.input_standardization."""
+    check_embedding(model, settings["embedding"])
+    height, width = arrays[0].shape[1:]
+    boxes = crop_boxes(height, width, tuple(settings["crop_grid"]))
+    dataset = CropDataset(arrays, boxes, settings["input_size"], clip_max)
+    loader = DataLoader(
+        dataset,
+        batch_size=settings["batch_size"],
+        shuffle=False,
+        num_workers=settings["num_workers"],
+        pin_memory=device.type == "cuda",
+        worker_init_fn=limit_opencv_threads,
+    )
+    normalize = input_standardization(model, standardization).to(device)
+    model = model.to(device).eval()
+    precision = Precision.resolve("auto", device.type)
+    features = []
+    with torch.inference_mode():
+        for crops in loader:
+            n_images, n_crops = crops.shape[:2]
+            images = normalize(crops.flatten(0, 1).to(device, non_blocking=True))
+            with precision.autocast():
+                embeddings = embed(model, images, settings["embedding"])
+            per_crop = embeddings.float().cpu().numpy().reshape(n_images, n_crops, -1)
+            features.append(np.median(per_crop, axis=1).astype(np.float32))
+    return np.concatenate(features)
+
+
+def load_model(args: argparse.Namespace, model_kwargs: dict) -> tuple[nn.Module, str]:
+    """The backbone to extract with and its input standardisation mode."""
+    if args.checkpoint is None:
+        if args.epoch != 0:
+            raise InputError(f"--epoch {args.epoch}: epochs after 0 need --checkpoint")
+        # weights "none": seeded as training seeds its initial model (train.seed), so epoch 0
+        # is the network training starts from, and a rerun extracts the same features
+        seed_everything(args.init_seed)
+        model = build_backbone(args.arch, args.weights, model_kwargs, drop_path_rate=0.0)
+        return model.eval(), args.input_standardization or DEFAULT_STANDARDIZATION
+    model, meta = load_backbone_checkpoint(args.checkpoint, expected_arch=args.arch)
+    train_settings = meta.get("train_settings", {})
+    standardization = train_settings.get("input_standardization", DEFAULT_STANDARDIZATION)
+    recorded = {
+        "channel": meta.get("channel"),
+        "epoch": meta["epoch"],
+        "model_kwargs": meta["model_kwargs"],
+        "input_standardization": standardization,
+    }
+    requested = {
+        "channel": args.channel,
+        "epoch": args.epoch,
+        "model_kwargs": model_kwargs,
+        "input_standardization": args.input_standardization or standardization,
+    }
+    for key, value in recorded.items():
+        if value != requested[key]:
+            raise InputError(
+                f"checkpoint {args.checkpoint}: recorded {key} {value!r}, "
+                f"but {requested[key]!r} was asked for"
+            )
+    return model, standardization
+
+
+def parse_json(text: str, option: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{option}: not valid JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise InputError(f"{option}: expected a JSON object, got {text!r}")
+    return value
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", required=True, help="timm model name")
+    parser.add_argument("--channel", required=True, help="a cache channel, or rgb (all three)")
+    parser.add_argument("--cache-dir", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="epoch_NNNN.safetensors of a training run")
+    source.add_argument("--weights", help="epoch 0: none (random init) or a weights file")
+    parser.add_argument("--model-kwargs", default="{}", help="extra timm.create_model kwargs (JSON)")
+    parser.add_argument(
+        "--input-standardization",
+        help="train.input_standardization (none | pretrained); a checkpoint's recorded value is "
+        "used and must agree; epoch 0 default: none",
+    )
+    parser.add_argument(
+        "--init-seed", type=int, default=0,
+        help="epoch 0 with --weights none: train.seed, so the random init equals training's start",
+    )
+    parser.add_argument("--settings", required=True, help="JSON: " + ", ".join(SETTINGS_KEYS))
+    parser.add_argument("--epoch", type=int, required=True)
+    parser.add_argument("--out", required=True, help="features .parquet")
+    args = parser.parse_args(argv)
+
+    settings = parse_json(args.settings, "--settings")
+    missing = [key for key in SETTINGS_KEYS if key not in settings]
+    if missing:
+        raise InputError(f"--settings: missing key(s) {', '.join(missing)}")
+    model_kwargs = parse_json(args.model_kwargs, "--model-kwargs")
+
+    channels = [args.channel]
+    if args.channel == RGB:  # every cached channel, in meta.json order
+        channels = list(load_cache(args.cache_dir, [])[2]["channels"])
+    table, arrays, meta = load_cache(args.cache_dir, channels)
+    model, standardization = load_model(args, model_kwargs)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    start = time.perf_counter()
+    features = extract_features(
+        model, [arrays[c] for c in channels], meta["clip_max"], settings, device, standardization
+    )
+    seconds = time.perf_counter() - start
+    print(
+        f"extracted {len(features)} images x {features.shape[1]} features on {device} in "
+        f"{seconds:.1f} s ({len(features) / seconds:.1f} images/s)",
+        file=sys.stderr,
+    )
+    metadata = table[[c for c in table.columns if not c.startswith("path_")]].reset_index(drop=True)
+    values = pd.DataFrame(features, columns=feature_names(features.shape[1]))
+    write_table(pd.concat([metadata, values], axis=1), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

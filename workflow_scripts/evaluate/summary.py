@@ -1,0 +1,306 @@
+r"""Summary of all evaluated runs: tables, metric-vs-epoch plots and a self-contained HTML report.
+
+Reads the `metrics.json` of every (arch, channel, epoch) run (label `arch/channel/NNNN`), the
+`confusion.csv` beside the best one, and the data validation report. Writes into `--out-dir`:
+summary.csv (one row per run), best_epochs.csv (per arch, channel and metric: the best epoch,
+its value, and the pretrained (epoch 0) and last-epoch values), `{metric}_vs_epoch.png`,
+confusion_best.png and report.html (figures inlined; open it in any browser).
+
+The best run is the one with the highest NSCB (ties: first in summary order), the metric least
+inflated by batch effects; the best epoch of a metric is its earliest maximum.
+
+    python -m workflow_scripts.evaluate.summary --metrics results/eval/*/*/*/metrics.json \
+        --validation-report results/data/validation_report.json --out-dir results/summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from workflow_scripts.atomic import atomic_path, write_text  # noqa: E402
+from workflow_scripts.errors import InputError, cli  # noqa: E402
+from workflow_scripts.tables import read_table, write_table  # noqa: E402
+
+METRICS = {"nsc": "NSC", "nscb": "NSCB", "map_nsc": "mAP (NSC)", "map_nscb": "mAP (NSCB)"}
+SELECTION_METRIC = "nscb"
+RUN_KEYS = ("arch", "channel", "epoch")
+COUNT_KEYS = ("n_treatments_nsc", "n_treatments_nscb", "n_images", "feature_dim", "tvn_components")
+
+METRICS_EXPLAINED = """
+<p>Each run embeds every image (median over fixed crops), whitens the embeddings with the
+DMSO controls (TVN), averages them into one profile per treatment (compound + concentration) and
+asks whether a treatment's most similar profile (cosine) has the same mechanism of action (MoA).</p>
+<ul>
+<li><b>NSC</b> (not-same-compound): 1-nearest-neighbour MoA accuracy when treatments of the query's
+own compound are excluded.</li>
+<li><b>NSCB</b> (not-same-compound-or-batch): also excludes treatments that share a batch with the
+query, and drops MoAs found in a single batch. The stricter number: batch effects cannot help.</li>
+<li><b>mAP</b>: mean average precision of ranking all candidates (same exclusions) by similarity,
+positives = same MoA; uses the whole ranking, not only the nearest neighbour.</li>
+</ul>
+<p>Epoch 0 is the pretrained backbone before fine-tuning (marked &#9733; in the plots).</p>
+"""
+
+
+def parse_label(label: object, path: Path) -> tuple[str, str, int]:
+    parts = str(label).split("/")
+    if len(parts) != 3 or not parts[2].isdigit():
+        raise InputError(f"{path}: key 'label' is {label!r}, expected 'arch/channel/NNNN'")
+    return parts[0], parts[1], int(parts[2])
+
+
+def read_runs(paths: list[Path]) -> pd.DataFrame:
+    """One row per metrics.json: arch, channel, epoch, the metrics, counts, and its folder."""
+    rows = []
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: file not found")
+        try:
+            metrics = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"{path}: not valid JSON ({err})") from err
+        missing = [key for key in ("label", *METRICS) if key not in metrics]
+        if missing:
+            raise InputError(f"{path}: missing key(s) {', '.join(missing)}")
+        arch, channel, epoch = parse_label(metrics["label"], path)
+        rows.append(
+            {
+                "arch": arch,
+                "channel": channel,
+                "epoch": epoch,
+                **{key: metrics[key] for key in METRICS},
+                **{key: metrics.get(key) for key in COUNT_KEYS},
+                "run_dir": path.parent,
+            }
+        )
+    runs = pd.DataFrame(rows)
+    duplicated = runs.duplicated(list(RUN_KEYS))
+    if duplicated.any():
+        row = runs[duplicated].iloc[0]
+        label = f"{row['arch']}/{row['channel']}/{row['epoch']:04d}"
+        raise InputError(f"{row['run_dir']}: run {label} given twice")
+    for key in METRICS:
+        runs[key] = pd.to_numeric(runs[key]).astype(float)
+    return runs.sort_values(list(RUN_KEYS), kind="stable").reset_index(drop=True)
+
+
+def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per (arch, channel, metric): best epoch (earliest maximum), its value, epoch 0 and last."""
+    rows = []
+    for (arch, channel), group in runs.groupby(["arch", "channel"], sort=True):
+        group = group.sort_values("epoch")
+        last = group.iloc[-1]
+        pretrained = group[group["epoch"] == 0]
+        for metric in METRICS:
+            scored = group.dropna(subset=[metric])
+            if scored.empty:
+                continue
+            best = scored.loc[scored[metric].idxmax()]
+            rows.append(
+                {
+                    "arch": arch,
+                    "channel": channel,
+                    "metric": metric,
+                    "best_epoch": int(best["epoch"]),
+                    "best_value": best[metric],
+                    "pretrained_value": pretrained[metric].iloc[0] if len(pretrained) else np.nan,
+                    "last_epoch": int(last["epoch"]),
+                    "last_value": last[metric],
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def best_run(runs: pd.DataFrame) -> pd.Series | None:
+    for metric in (SELECTION_METRIC, "nsc"):
+        scored = runs.dropna(subset=[metric])
+        if not scored.empty:
+            return scored.loc[scored[metric].idxmax()]
+    return None
+
+
+def png_bytes(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def plot_metric_vs_epoch(runs: pd.DataFrame, metric: str) -> bytes:
+    """One panel per architecture, one line per channel; epoch 0 (pretrained) drawn as a star."""
+    archs = sorted(runs["arch"].unique())
+    fig, axes = plt.subplots(
+        1, len(archs), figsize=(5 * len(archs), 3.8), sharey=True, squeeze=False
+    )
+    for ax, arch in zip(axes[0], archs):
+        for channel, group in runs[runs["arch"] == arch].groupby("channel", sort=True):
+            group = group.dropna(subset=[metric]).sort_values("epoch")
+            (line,) = ax.plot(group["epoch"], group[metric], marker="o", markersize=3, label=channel)
+            pretrained = group[group["epoch"] == 0]
+            ax.plot(
+                pretrained["epoch"], pretrained[metric],
+                marker="*", markersize=13, color=line.get_color(), linestyle="none",
+            )
+        ax.set_title(arch, fontsize=9)
+        ax.set_xlabel("epoch (0 = pretrained)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(METRICS[metric])
+    fig.suptitle(f"{METRICS[metric]} vs fine-tuning epoch")
+    return png_bytes(fig)
+
+
+def plot_confusion(confusion: pd.DataFrame, title: str) -> bytes:
+    counts = confusion.to_numpy()
+    size = 2.5 + 0.55 * len(confusion)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(counts.shape[1]), confusion.columns, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(counts.shape[0]), confusion.index, fontsize=8)
+    for (i, j), value in np.ndenumerate(counts):
+        if value:
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                    color="white" if value > counts.max() / 2 else "black")
+    ax.set_xlabel("MoA of the nearest neighbour")
+    ax.set_ylabel("MoA of the query treatment")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    return png_bytes(fig)
+
+
+def read_confusion(run_dir: Path) -> pd.DataFrame:
+    path = run_dir / "confusion.csv"
+    table = read_table(path, required=["moa"])
+    return table.set_index("moa")
+
+
+def read_validation(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(report, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return report
+
+
+def validation_html(report: dict) -> str:
+    """Scalars (and lists of scalars) as one key/value table; each nested mapping as its own
+    table, folded away (per-plate counts are long)."""
+    scalars = {
+        key: ", ".join(map(str, value)) if isinstance(value, list) else value
+        for key, value in report.items()
+        if not isinstance(value, dict)
+    }
+    parts = [key_value_table(scalars)]
+    for key, value in report.items():
+        if isinstance(value, dict):
+            if all(isinstance(v, dict) for v in value.values()):
+                table = pd.DataFrame.from_dict(value, orient="index").to_html(border=0)
+            else:
+                table = key_value_table(value)
+            parts.append(f"<details><summary>{html.escape(key)}</summary>{table}</details>")
+    return "\n".join(parts)
+
+
+def key_value_table(mapping: dict) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in mapping.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def report_html(
+    runs: pd.DataFrame,
+    best: pd.DataFrame,
+    figures: dict[str, bytes],
+    best_label: str | None,
+    validation: dict,
+) -> str:
+    def image(name: str) -> str:
+        data = base64.b64encode(figures[name]).decode("ascii")
+        return f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+
+    def html_table(df: pd.DataFrame) -> str:
+        return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0)
+
+    table = html_table(runs.drop(columns=["run_dir"]))
+    best_table = html_table(best)
+    plots = "\n".join(image(name) for name in figures if name.endswith("_vs_epoch.png"))
+    confusion = (
+        f"<h2>MoA confusion of the best run ({html.escape(best_label)})</h2>{image('confusion_best.png')}"
+        if "confusion_best.png" in figures
+        else ""
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>BBBC021 x DINOv3: MoA retrieval summary</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1300px; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
+th {{ background: #f4f4f4; }}
+img {{ max-width: 100%; margin: 0.5em 0; }}
+</style></head><body>
+<h1>BBBC021 x DINOv3: MoA retrieval summary</h1>
+<h2>Metrics</h2>{METRICS_EXPLAINED}
+<h2>Dataset</h2>{validation_html(validation)}
+<h2>Best epoch per architecture, channel and metric</h2>{best_table}
+<h2>Metrics vs epoch</h2>{plots}
+{confusion}
+<h2>All runs</h2><details><summary>{len(runs)} runs (also in summary.csv)</summary>{table}</details>
+</body></html>
+"""
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json files")
+    parser.add_argument("--validation-report", required=True, help="data validation report (JSON)")
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+
+    runs = read_runs([Path(p) for p in args.metrics])
+    validation = read_validation(Path(args.validation_report))
+    best = best_epochs(runs)
+    figures = {
+        f"{metric}_vs_epoch.png": plot_metric_vs_epoch(runs, metric)
+        for metric in METRICS
+        if runs[metric].notna().any()
+    }
+    top = best_run(runs)
+    best_label = None
+    if top is not None:
+        best_label = f"{top['arch']}/{top['channel']}/{top['epoch']:04d}"
+        title = f"NSC nearest-neighbour MoA, best run by {METRICS[SELECTION_METRIC]}: {best_label}"
+        figures["confusion_best.png"] = plot_confusion(read_confusion(top["run_dir"]), title)
+    report = report_html(runs, best, figures, best_label, validation)
+
+    out_dir = Path(args.out_dir)
+    write_table(runs.drop(columns=["run_dir"]), out_dir / "summary.csv")
+    write_table(best, out_dir / "best_epochs.csv")
+    for name, data in figures.items():
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_bytes(data)
+    write_text(out_dir / "report.html", report)
+    print(f"summarised {len(runs)} runs; best by NSCB: {best_label}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
