@@ -2,6 +2,10 @@
 
 if SOURCE == "demo":
 
+    # Seconds of CPU work: not worth a SLURM job (SLURM profile).
+    localrules:
+        generate_demo_data,
+
     rule generate_demo_data:
         output:
             image_table=os.path.join(DEMO_DIR, "BBBC021_v1_image.csv"),
@@ -12,6 +16,7 @@ if SOURCE == "demo":
             settings=as_json(config["data"].get("demo", {})),
             shape=config["data"]["image_shape"],
             out_dir=lambda w, output: os.path.dirname(output.image_table),
+        threads: 2
         conda:
             "../envs/workflow.yaml"
         log:
@@ -20,7 +25,12 @@ if SOURCE == "demo":
             os.path.join(BENCH, "generate_demo_data.tsv")
         shell:
             "python -m workflow_scripts.data.demo --settings {params.settings:q} "
-            "--image-shape {params.shape} --out-dir {params.out_dir:q} > {log} 2>&1"
+            "--image-shape {params.shape} --workers {threads} --out-dir {params.out_dir:q} > {log} 2>&1"
+
+
+# Seconds of CPU work each: not worth a SLURM job (SLURM profile).
+localrules:
+    prepare_metadata,
 
 
 rule prepare_metadata:

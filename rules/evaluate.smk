@@ -33,6 +33,11 @@ rule extract_features:
         "--epoch {wildcards.epoch} --out {output:q} > {log} 2>&1"
 
 
+# Seconds of CPU work: not worth a SLURM job (SLURM profile).
+localrules:
+    combine_channel_features,
+
+
 rule combine_channel_features:
     # WS-DINO's "combined" profile: the per-channel features of each image side by side.
     output:

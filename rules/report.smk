@@ -1,6 +1,11 @@
 # Summary across every (architecture, channel, epoch): table, plots, best epochs, HTML report.
 
 
+# Seconds of CPU work: not worth a SLURM job (SLURM profile).
+localrules:
+    summarize,
+
+
 rule summarize:
     output:
         table=SUMMARY_TABLE,

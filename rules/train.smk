@@ -1,6 +1,11 @@
 # Training stage: DINO fine-tuning, one job per (architecture, channel); outputs = evaluated epochs.
 
 
+# Login node: needs internet, which GPU nodes may not have (SLURM profile).
+localrules:
+    fetch_weights,
+
+
 rule fetch_weights:
     # Login node (internet) only: GPU jobs then read the local file, offline.
     output:
@@ -46,7 +51,8 @@ for _arch in ARCHS:
             resume_dir=lambda w, a=_arch: out("resume", a, w.channel),
         wildcard_constraints:
             channel="|".join(TRAIN_CHANNELS),
-        threads: max(1, _n_gpus) * RESOURCES["cpus_per_gpu"] if _n_gpus else 2
+        # CPU runs (demo, tests): one thread per job beats oversubscribed cores for small models
+        threads: _n_gpus * RESOURCES["cpus_per_gpu"] if _n_gpus else 1
         resources:
             gpu=_n_gpus,
             tasks_per_gpu=0,
