@@ -199,7 +199,7 @@ def test_cli_rejects_bad_settings_with_exit_2(tmp_path, cache, capsys):
     assert "key 'optimizer.name'" in capsys.readouterr().err
     args[settings_at] = "{not json"
     assert cli.main(args) == 2
-    assert "option --settings: not valid JSON" in capsys.readouterr().err
+    assert "--settings: not valid JSON" in capsys.readouterr().err
     assert not job.out_dir.exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from typing import Callable
 
@@ -23,3 +24,14 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
             return 2
 
     return wrapper
+
+
+def json_object_option(text: str, option: str) -> dict:
+    """A CLI option holding a JSON object (settings handed over by the rules)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{option}: not valid JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise InputError(f"{option}: expected a JSON object, got {text!r}")
+    return value

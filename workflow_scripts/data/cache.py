@@ -34,7 +34,7 @@ from workflow_scripts.data.illumination import (
     illumination_function,
 )
 from workflow_scripts.data.metadata import check_channels
-from workflow_scripts.errors import InputError, cli
+from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.tables import path_column, read_table
 
 CACHE_DTYPE = np.dtype(np.uint16)
@@ -303,12 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="threads reading and preparing images")
     parser.add_argument("--out-dir", required=True, help="cache folder")
     args = parser.parse_args(argv)
-    try:
-        settings = json.loads(args.settings)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--settings: not valid JSON ({err})") from err
-    if not isinstance(settings, dict):
-        raise InputError("--settings: expected a JSON object (config.yaml's preprocess section)")
+    settings = json_object_option(args.settings, "--settings")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     start = time.perf_counter()
     meta = build_cache(args.table, args.channels, settings, args.out_dir, max(1, args.workers))

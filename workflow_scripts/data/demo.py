@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import shutil
 import time
 import uuid
@@ -31,7 +30,7 @@ import tifffile
 from workflow_scripts.atomic import atomic_dir, atomic_path
 from workflow_scripts.data import demo_biology, demo_design, demo_microscope
 from workflow_scripts.data.demo_cells import render_field
-from workflow_scripts.errors import InputError, cli
+from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.tables import CONTROL_COMPOUND
 
 IMAGE_TABLE = "BBBC021_v1_image.csv"
@@ -42,11 +41,7 @@ MIN_SIDE = 32  # px: room for a few cells
 
 
 def parse_settings(text: str) -> dict[str, Any]:
-    try:
-        settings = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--settings: not valid JSON ({err})") from err
-    return demo_design.settings_with_defaults(settings)
+    return demo_design.settings_with_defaults(json_object_option(text, "--settings"))
 
 
 def _population_of(

@@ -29,7 +29,6 @@ embeddings can be put beside the DINOv3 runs in the summary report:
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.atomic import write_json
-from workflow_scripts.errors import InputError, cli
+from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.evaluate.pipeline import TABLE_KEYS, evaluate_table
 from workflow_scripts.tables import FEATURE_PREFIX, METADATA_COLUMNS, read_table, write_table
 
@@ -81,16 +80,6 @@ def apply_metadata_map(df: pd.DataFrame, renames: dict[str, str], source: str) -
     return df.drop(columns=replaced).rename(columns=renames)
 
 
-def parse_settings(text: str) -> dict:
-    try:
-        settings = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--settings: not valid JSON ({err})") from err
-    if not isinstance(settings, dict):
-        raise InputError("--settings: expected a JSON object")
-    return settings
-
-
 @cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -107,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not LABEL.fullmatch(args.label):
         raise InputError(f"--label: '{args.label}' is not arch/channel/NNNN")
-    settings = parse_settings(args.settings)
+    settings = json_object_option(args.settings, "--settings")
     source = str(args.features)
     df = apply_metadata_map(read_table(args.features), parse_metadata_map(args.metadata_map), source)
     columns = select_feature_columns(df, args.feature_columns, source)

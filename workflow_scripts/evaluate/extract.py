@@ -30,7 +30,6 @@ Inference: eval mode, torch.inference_mode, bf16 autocast on CUDA, fp32 on CPU; 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -42,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from workflow_scripts.config import RGB
 from workflow_scripts.data.cache import load_cache
-from workflow_scripts.errors import InputError, cli
+from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.tables import feature_names, write_table
 from workflow_scripts.train.backbone import build_backbone, input_standardization
 from workflow_scripts.train.checkpoint import load_backbone_checkpoint
@@ -195,15 +194,6 @@ def load_model(args: argparse.Namespace, model_kwargs: dict) -> tuple[nn.Module,
     return model, standardization
 
 
-def parse_json(text: str, option: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{option}: not valid JSON ({err})") from err
-    if not isinstance(value, dict):
-        raise InputError(f"{option}: expected a JSON object, got {text!r}")
-    return value
-
 
 @cli
 def main(argv: list[str] | None = None) -> int:
@@ -229,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="features .parquet")
     args = parser.parse_args(argv)
 
-    settings = parse_json(args.settings, "--settings")
+    settings = json_object_option(args.settings, "--settings")
     missing = [key for key in SETTINGS_KEYS if key not in settings]
     if missing:
         raise InputError(f"--settings: missing key(s) {', '.join(missing)}")
-    model_kwargs = parse_json(args.model_kwargs, "--model-kwargs")
+    model_kwargs = json_object_option(args.model_kwargs, "--model-kwargs")
 
     channels = [args.channel]
     if args.channel == RGB:  # every cached channel, in meta.json order

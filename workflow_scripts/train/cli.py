@@ -11,25 +11,15 @@ A killed job rerun with the same arguments continues after its last finished epo
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import jsonschema
 import yaml
 
 from workflow_scripts import config as config_module
-from workflow_scripts.errors import InputError, cli
+from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.train.loop import TrainJob, run
 
-
-def parse_json_option(option: str, text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"option {option}: not valid JSON ({err})") from err
-    if not isinstance(value, dict):
-        raise InputError(f"option {option}: expected a JSON object, got {type(value).__name__}")
-    return value
 
 
 def validate_settings(settings: dict) -> dict:
@@ -85,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         channel=args.channel,
         cache_dir=args.cache_dir,
         weights=args.weights,
-        model_kwargs=parse_json_option("--model-kwargs", args.model_kwargs),
-        settings=validate_settings(parse_json_option("--settings", args.settings)),
+        model_kwargs=json_object_option(args.model_kwargs, "--model-kwargs"),
+        settings=validate_settings(json_object_option(args.settings, "--settings")),
         out_dir=args.out_dir,
         resume_dir=args.resume_dir,
     ))
