@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without installation
 
 from workflow_scripts import config as cfg
+from workflow_scripts.code_deps import relative_module_files
 from workflow_scripts.errors import InputError
 
 try:
@@ -38,14 +39,11 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def code(*subpackages):
-    """Source files a rule's scripts import. Snakemake does not track imported modules, so
-    declaring them as inputs makes an edited module rerun the rules that use it."""
-    base = Path(workflow.basedir) / "workflow_scripts"
-    files = sorted(base.glob("*.py"))
-    for sub in subpackages:
-        files.extend(sorted((base / sub).glob("*.py")))
-    return [str(f) for f in files]
+def code(module):
+    """Source files the rule's CLI module runs (it and its package imports, transitively).
+    Snakemake does not track imported modules; as inputs, an edited module reruns exactly the
+    rules that execute it. Relative paths: moving the checkout reruns nothing."""
+    return relative_module_files(f"workflow_scripts.{module}", start=os.getcwd())
 
 
 wildcard_constraints:

@@ -11,7 +11,7 @@ if SOURCE == "demo":
             image_table=os.path.join(DEMO_DIR, "BBBC021_v1_image.csv"),
             moa_table=os.path.join(DEMO_DIR, "BBBC021_v1_moa.csv"),
         input:
-            code=code("data"),
+            code=code("data.demo"),
         params:
             settings=as_json(config["data"].get("demo", {})),
             shape=config["data"]["image_shape"],
@@ -38,7 +38,7 @@ rule prepare_metadata:
         PREPARED_TABLE,
     input:
         **source_tables(),
-        code=code("data"),
+        code=code("data.metadata"),
     params:
         channels=DATA_CHANNELS,
         image_root=image_root(),
@@ -60,7 +60,7 @@ rule validate_images:
         report_md=VALIDATION_REPORT_MD,
     input:
         table=PREPARED_TABLE,
-        code=code("data"),
+        code=code("data.validate"),
     params:
         channels=DATA_CHANNELS,
         shape=config["data"]["image_shape"],
@@ -83,7 +83,7 @@ rule build_image_cache:
         arrays=CACHE_ARRAYS,
     input:
         table=VALIDATED_TABLE,
-        code=code("data"),
+        code=code("data.cache"),
     params:
         settings=as_json(config["preprocess"]),
         channels=DATA_CHANNELS,

@@ -7,7 +7,7 @@ rule extract_features:
         meta=CACHE_META,
         arrays=CACHE_ARRAYS,
         model=extract_inputs,
-        code=code("evaluate", "train", "data"),
+        code=code("evaluate.extract"),
     params:
         settings=as_json({k: EVAL_SETTINGS[k] for k in ("crop_grid", "input_size", "embedding", "batch_size", "num_workers")}),
         model_kwargs=lambda w: as_json(arch_entry(w.arch)["model_kwargs"]),
@@ -44,7 +44,7 @@ rule combine_channel_features:
         out("features", "{arch}", "combined", "epoch_{epoch}.parquet"),
     input:
         features=expand(FEATURES, channel=DATA_CHANNELS, allow_missing=True),
-        code=code("evaluate"),
+        code=code("evaluate.combine"),
     params:
         names=DATA_CHANNELS,
     conda:
@@ -63,7 +63,7 @@ rule evaluate_features:
         confusion=os.path.join(EVAL_DIR, "confusion.csv"),
     input:
         features=FEATURES,
-        code=code("evaluate"),
+        code=code("evaluate.evaluate"),
     params:
         settings=as_json({k: EVAL_SETTINGS[k] for k in ("tvn", "aggregation", "map")}),
         out_dir=lambda w, output: os.path.dirname(output.metrics),

@@ -13,7 +13,7 @@ rule summarize:
     input:
         metrics=all_metrics(),
         validation=VALIDATION_REPORT,
-        code=code("evaluate"),
+        code=code("evaluate.summary"),
     params:
         out_dir=lambda w, output: os.path.dirname(output.table),
     conda:

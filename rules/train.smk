@@ -11,7 +11,7 @@ rule fetch_weights:
     output:
         os.path.join(config["weights_dir"], "{arch}.safetensors"),
     input:
-        code=code("train"),
+        code=code("train.fetch_weights"),
     conda:
         "../envs/pytorch-cuda.yaml"
     log:
@@ -39,7 +39,7 @@ for _arch in ARCHS:
             meta=CACHE_META,
             arrays=CACHE_ARRAYS,
             weights=lambda w, a=_arch: weights_input(type("W", (), {"arch": a})),
-            code=code("train", "data"),
+            code=code("train.cli"),
         params:
             arch=_arch,
             settings=as_json(arch_train(_arch)),

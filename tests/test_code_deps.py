@@ -1,0 +1,34 @@
+"""The import graph that decides which rules an edited module reruns."""
+
+import os
+
+from workflow_scripts.code_deps import relative_module_files
+
+
+
+def _rel(module):
+    return set(relative_module_files(module, start=os.path.dirname(os.path.dirname(__file__))))
+
+
+def test_extraction_runs_training_data_path_but_not_metrics():
+    files = _rel("workflow_scripts.evaluate.extract")
+    assert "workflow_scripts/evaluate/extract.py" in files
+    assert "workflow_scripts/train/multicrop.py" in files  # imported: crops like training
+    assert "workflow_scripts/train/checkpoint.py" in files
+    assert "workflow_scripts/evaluate/__init__.py" in files  # package initialisers run too
+    assert "workflow_scripts/evaluate/metrics.py" not in files
+    assert "workflow_scripts/train/loop.py" not in files
+
+
+def test_transitive_imports_are_followed():
+    files = _rel("workflow_scripts.evaluate.evaluate")
+    # evaluate -> pipeline -> metrics / tvn / aggregate
+    assert {"workflow_scripts/evaluate/pipeline.py", "workflow_scripts/evaluate/metrics.py",
+            "workflow_scripts/evaluate/tvn.py", "workflow_scripts/evaluate/aggregate.py"} <= files
+    assert not any(f.startswith("workflow_scripts/train/") for f in files)
+
+
+def test_paths_are_relative_to_the_working_directory(tmp_path):
+    files = relative_module_files("workflow_scripts.data.cache", start=tmp_path)
+    assert all(not os.path.isabs(f) for f in files)
+    assert all(os.path.isfile(os.path.join(tmp_path, f)) for f in files)

@@ -1,0 +1,161 @@
+"""A change reruns exactly the jobs it affects: Snakemake's plans on the demo workflow.
+
+Each scenario takes a workdir where the demo (two tiny architectures) has already "run", changes
+one thing and asserts the exact set of outputs Snakemake plans to rewrite (`--summary`, a dry run).
+
+The finished state is made with `snakemake --touch --forceall` (workflow_copy.mark_up_to_date)
+rather than a real run: Snakemake decides reruns from its recorded provenance (params, code,
+set of input files, software environment) and from mtimes, which touching records exactly as a
+run does; no rule reads file contents while planning (no checkpoints). A real demo run takes
+minutes; tests/test_slurm.py checks that after a real run a second one plans nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from workflow_copy import (
+    DEMO_CONFIG,
+    PlannedOutput,
+    copy_repo,
+    demo_config,
+    mark_up_to_date,
+    summary,
+    train_rule,
+    write_overlay,
+)
+
+OUTPUT_DIR = "results/rerun"
+DEMO_ARCH = demo_config()["architectures"][0]["name"]
+TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
+SECOND_ARCH = "vit_small_plus_patch16_dinov3.lvd1689m"
+THIRD_ARCH = "vit_base_patch16_dinov3.lvd1689m"
+EVALUATION_RULES = {"combine_channel_features", "evaluate_features", "summarize"}
+
+
+def tiny_arch(name: str, **extra) -> dict:
+    return {"name": name, "weights": "none", "gpus": 0, "model_kwargs": dict(TINY), **extra}
+
+
+def base_overlay() -> dict:
+    """The demo with a second architecture; output_dir inside the workdir copy."""
+    archs = copy.deepcopy(demo_config()["architectures"]) + [tiny_arch(SECOND_ARCH)]
+    return {"output_dir": OUTPUT_DIR, "architectures": archs}
+
+
+def config_args(workdir: Path, overlay: dict, name: str) -> list[str]:
+    path = write_overlay(workdir / f"{name}.yaml", overlay)
+    return ["--configfile", DEMO_CONFIG, str(path)]
+
+
+def plan(workdir: Path, overlay: dict, name: str, *extra: str) -> list[PlannedOutput]:
+    return summary(workdir, OUTPUT_DIR, *config_args(workdir, overlay, name), *extra)
+
+
+def pending(rows: list[PlannedOutput]) -> set[str]:
+    return {row.path for row in rows if row.pending}
+
+
+def paths(rows: list[PlannedOutput], keep) -> set[str]:
+    return {row.path for row in rows if keep(row)}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A repo copy whose demo outputs (two architectures) are all up to date."""
+    workdir = copy_repo(tmp_path_factory.mktemp("reruns") / "repo")
+    mark_up_to_date(workdir, OUTPUT_DIR, *config_args(workdir, base_overlay(), "base"))
+    return workdir
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "slurm"]], ids=["local", "slurm-profile"])
+def test_nothing_changed_plans_nothing(finished, profile):
+    rows = plan(finished, base_overlay(), "unchanged", *profile)
+    assert {row.arch for row in rows} >= {DEMO_ARCH, SECOND_ARCH}
+    assert pending(rows) == set()
+
+
+def test_moving_the_checkout_plans_nothing(finished, tmp_path):
+    # users move or re-clone project folders; code inputs are relative, so nothing reruns
+    moved = tmp_path / "moved"
+    shutil.copytree(finished, moved, symlinks=True)  # copy2 keeps the mtimes
+    rows = plan(moved, base_overlay(), "unchanged")
+    assert rows and pending(rows) == set()
+
+
+def test_adding_an_architecture_plans_only_its_jobs_and_the_summary(finished):
+    overlay = base_overlay()
+    overlay["architectures"].append(tiny_arch(THIRD_ARCH))
+    rows = plan(finished, overlay, "add_arch")
+    expected = paths(rows, lambda r: r.arch == THIRD_ARCH or r.rule == "summarize")
+    assert pending(rows) == expected
+    assert {r.rule for r in rows if r.pending and r.arch == THIRD_ARCH} == {
+        train_rule(THIRD_ARCH),
+        "extract_features",
+        "combine_channel_features",
+        "evaluate_features",
+    }
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "slurm"]], ids=["local", "slurm-profile"])
+def test_evaluation_setting_reruns_evaluation_only(finished, profile):
+    overlay = {**base_overlay(), "evaluate": {"tvn": {"scope": "per_batch"}}}
+    rows = plan(finished, overlay, "tvn_scope", *profile)
+    assert pending(rows) == paths(rows, lambda r: r.rule in ("evaluate_features", "summarize"))
+    assert {r.status for r in rows if r.rule == "evaluate_features"} == {"params changed"}
+
+
+def test_extraction_setting_reruns_extraction_and_evaluation_not_training(finished):
+    overlay = {**base_overlay(), "evaluate": {"input_size": 32}}
+    rows = plan(finished, overlay, "input_size")
+    assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES | {"extract_features"})
+    assert {r.status for r in rows if r.rule == "extract_features"} == {"params changed"}
+
+
+def test_training_override_of_one_architecture_retrains_only_it(finished):
+    overlay = base_overlay()
+    overlay["architectures"][1]["train"] = {"optimizer": {"lr": 5.0e-5}}
+    rows = plan(finished, overlay, "train_override")
+    retrained = train_rule(SECOND_ARCH)
+    # Epoch 0 is the pretrained backbone: its features do not depend on training.
+    expected = paths(
+        rows,
+        lambda r: r.rule == "summarize"
+        or (r.arch == SECOND_ARCH and (r.rule == retrained or r.epoch != 0)),
+    )
+    assert pending(rows) == expected
+    assert {r.status for r in rows if r.rule == retrained} == {"params changed"}
+    assert any(r.arch == DEMO_ARCH and not r.pending for r in rows)
+
+
+def edited_plan(workdir: Path, relative_module: str) -> list[PlannedOutput]:
+    """The plan after appending a comment to one module (restored afterwards, mtime included)."""
+    module = workdir / relative_module
+    original, stat = module.read_text(), module.stat()
+    try:
+        module.write_text(original + "# edited by test_reruns\n")
+        return plan(workdir, base_overlay(), "code_edit")
+    finally:  # leave the shared workdir as it was: same text, same mtime
+        module.write_text(original)
+        os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_editing_the_metrics_module_reruns_evaluation_not_extraction(finished):
+    rows = edited_plan(finished, "workflow_scripts/evaluate/metrics.py")
+    # only evaluate.evaluate imports metrics; the summary follows from its new outputs
+    assert pending(rows) == paths(rows, lambda r: r.rule in {"evaluate_features", "summarize"})
+    assert {r.status for r in rows if r.rule == "evaluate_features"} == {"updated input files"}
+
+
+def test_editing_a_module_extraction_imports_reruns_extraction_not_training(finished):
+    rows = edited_plan(finished, "workflow_scripts/train/multicrop.py")
+    # multicrop is shared by training and extraction: both rerun, the data stage does not
+    rerun_rules = EVALUATION_RULES | {"extract_features", train_rule(DEMO_ARCH), train_rule(SECOND_ARCH)}
+    assert pending(rows) == paths(rows, lambda r: r.rule in rerun_rules)
+    rows = edited_plan(finished, "workflow_scripts/evaluate/extract.py")
+    assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES | {"extract_features"})

@@ -1,0 +1,227 @@
+"""The SLURM profile (slurm/config.yaml) against a real single-node SLURM on this machine.
+
+A local cluster (tests/slurm_cluster.py: munged, slurmctld, slurmd; two fake GPUs) runs the demo
+pipeline through `snakemake --profile`, as a user would after editing the profile's partition.
+The sbatch requests are read back from the controller (`scontrol show job`): GPUs, CPUs,
+memory and time limit per job, local rules never submitted. The fake GPUs are character devices:
+SLURM allocates them, torch finds no CUDA, so the two-GPU training runs as two torchrun
+processes on the CPU (gloo).
+
+Skips only where it cannot run: not root, or SLURM/munge not installed.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slurm_cluster import LocalSlurm, unavailable_reason
+from workflow_copy import (
+    DEMO_CONFIG,
+    copy_repo,
+    demo_config,
+    snakemake,
+    train_rule,
+    write_overlay,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+
+PARTITION = "gpu"  # the cluster's default partition is "cpu": the profile edit must reach sbatch
+OUTPUT_DIR = "results/slurm"
+GPU_ARCH = demo_config()["architectures"][0]["name"]
+CPU_ARCH = "vit_small_plus_patch16_dinov3.lvd1689m"
+GPUS = 2
+CPUS_PER_GPU = demo_config()["resources"]["cpus_per_gpu"]
+MEM_MB_PER_GPU = demo_config()["resources"]["mem_mb_per_gpu"]
+TRAIN_RUNTIME_MIN = 30
+EXTRACT_RUNTIME_MIN = 20
+PIPELINE_TIMEOUT_S = 420
+
+
+def slurm_overlay() -> dict:
+    """The demo made small (30 images, rgb only, 2 epochs of 2 steps), with one 2-GPU and one
+    CPU-only architecture."""
+    gpu_arch = {**copy.deepcopy(demo_config()["architectures"][0]), "gpus": GPUS}
+    cpu_arch = {**copy.deepcopy(gpu_arch), "name": CPU_ARCH, "gpus": 0}
+    return {
+        "output_dir": OUTPUT_DIR,
+        "data": {
+            "demo": {
+                "compounds_per_moa": 2,
+                "concentrations_per_compound": 1,
+                "n_weeks": 2,
+                "replicates": 1,
+                "sites_per_well": 1,
+                "dmso_wells_per_plate": 2,
+            }
+        },
+        "architectures": [gpu_arch, cpu_arch],
+        "channel_modes": ["rgb"],
+        "train": {
+            "epochs": 2,
+            "checkpoint_every": 2,
+            "max_steps_per_epoch": 2,
+            "batch_size_per_gpu": 4,  # 30 images over 2 processes
+        },
+        "evaluate": {"map": {"permutations": 20}},
+        "resources": {
+            "train_runtime_min": TRAIN_RUNTIME_MIN,
+            "extract_runtime_min": EXTRACT_RUNTIME_MIN,
+        },
+    }
+
+
+def edited_profile(repo: Path, dest: Path) -> Path:
+    """slurm/config.yaml with the edit a user makes (partition), plus test-only settings:
+    squeue for job status (no slurmdbd here, so sacct cannot answer), fast status checks,
+    no account (none exists without accounting), no retries (fail fast), logs kept."""
+    profile = yaml.safe_load((repo / "slurm" / "config.yaml").read_text())
+    profile["default-resources"]["slurm_partition"] = f"'{PARTITION}'"
+    profile.update(
+        {
+            "slurm-status-command": "squeue",
+            "slurm-init-seconds-before-status-checks": 2,
+            "slurm-no-account": True,
+            "slurm-keep-successful-logs": True,
+            "retries": 0,
+        }
+    )
+    dest.mkdir(parents=True)
+    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with LocalSlurm(tmp_path_factory.mktemp("slurm")) as slurm:
+        yield slurm
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(cluster, tmp_path_factory):
+    """The demo pipeline run once through the profile; returns (repo copy, snakemake args)."""
+    tmp = tmp_path_factory.mktemp("slurm_run")
+    repo = copy_repo(tmp / "repo")
+    profile = edited_profile(repo, tmp / "profile")
+    overlay = write_overlay(tmp / "overlay.yaml", slurm_overlay())
+    args = ["--profile", str(profile), "--configfile", DEMO_CONFIG, str(overlay)]
+    started = time.monotonic()
+    try:
+        snakemake(repo, *args, timeout_s=PIPELINE_TIMEOUT_S, env=cluster.env)
+    except (AssertionError, subprocess.TimeoutExpired) as err:
+        raise AssertionError(f"{err}\n{slurm_logs(repo)}\n{cluster.logs()}") from None
+    print(f"pipeline through SLURM: {time.monotonic() - started:.0f} s")
+    return repo, args
+
+
+def slurm_logs(repo: Path) -> str:
+    logs = sorted((repo / ".snakemake" / "slurm_logs").rglob("*.log"))
+    return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-2000:]}" for p in logs[-5:])
+
+
+def submitted(cluster: LocalSlurm) -> list[dict[str, str]]:
+    """SLURM jobs, each with the Snakemake rule and wildcards it ran: the plugin submits with
+    --comment rule_<rule>_wildcards_<values joined by _>."""
+    rules = sorted(
+        {train_rule(GPU_ARCH), train_rule(CPU_ARCH), "validate_images", "build_image_cache",
+         "extract_features", "evaluate_features", "generate_demo_data", "prepare_metadata",
+         "combine_channel_features", "summarize", "all"},
+        key=len, reverse=True,  # longest first: no rule name is mistaken for a prefix of another
+    )
+    jobs = cluster.jobs()
+    for job in jobs:
+        comment = job.get("Comment", "")
+        job["rule"] = next((r for r in rules if comment.startswith(f"rule_{r}")), comment)
+        job["wildcards"] = comment.removeprefix(f"rule_{job['rule']}").removeprefix("_wildcards_")
+    return jobs
+
+
+def gpus_requested(job: dict[str, str]) -> int:
+    match = re.search(r"gres:gpu:(\d+)", job.get("TresPerJob", "") or "")
+    return int(match.group(1)) if match else 0
+
+
+def test_demo_pipeline_runs_through_the_profile(pipeline_run):
+    repo, _ = pipeline_run
+    out = repo / OUTPUT_DIR
+    assert (out / "summary" / "report.html").stat().st_size > 0
+    with open(out / "summary" / "summary.csv") as fh:
+        rows = {(r["arch"], r["channel"], int(r["epoch"])) for r in csv.DictReader(fh)}
+    assert rows == {(arch, "rgb", epoch) for arch in (GPU_ARCH, CPU_ARCH) for epoch in (0, 2)}
+
+
+def test_only_cluster_rules_are_submitted_and_all_completed(cluster, pipeline_run):
+    jobs = submitted(cluster)
+    assert {j["JobState"] for j in jobs} == {"COMPLETED"}
+    assert {j["Partition"] for j in jobs} == {PARTITION}
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job["rule"]] = counts.get(job["rule"], 0) + 1
+    # local rules (login node) never reach SLURM
+    assert counts == {
+        "validate_images": 1,
+        "build_image_cache": 1,
+        train_rule(GPU_ARCH): 1,
+        train_rule(CPU_ARCH): 1,
+        "extract_features": 4,
+        "evaluate_features": 4,
+    }
+
+
+def test_sbatch_requests_follow_config(cluster, pipeline_run):
+    for job in submitted(cluster):
+        rule, arch_is_gpu = job["rule"], job["wildcards"].startswith(GPU_ARCH + "_")
+        if rule == train_rule(GPU_ARCH):
+            assert gpus_requested(job) == GPUS
+            assert int(job["NumCPUs"]) == GPUS * CPUS_PER_GPU
+            assert f"mem={GPUS * MEM_MB_PER_GPU}M" in job["TRES"]
+            assert job["TimeLimit"] == f"00:{TRAIN_RUNTIME_MIN}:00"
+        elif rule == "extract_features" and arch_is_gpu:
+            assert gpus_requested(job) == 1
+            assert job["TimeLimit"] == f"00:{EXTRACT_RUNTIME_MIN}:00"
+        else:  # CPU jobs, and gpus: 0 (resource gpu=0) training and extraction: no GPU at all
+            assert gpus_requested(job) == 0, (rule, job.get("TresPerJob"))
+            assert "gpu" not in job.get("TRES", "")
+        if rule in ("validate_images", "build_image_cache", "evaluate_features"):
+            assert job["TimeLimit"] == "02:00:00"  # profile default-resources: runtime 120
+            assert "mem=16000M" in job["TRES"]  # profile default-resources: mem_mb 16000
+
+
+def test_job_steps_see_their_gpus(cluster, pipeline_run):
+    """The plugin runs each job as `srun -n1 ... snakemake`: that step (id 0), where torchrun
+    starts its processes, must see every GPU of the allocation and a CPU job none."""
+    seen = cluster.step_gpus()
+    for job in submitted(cluster):
+        devices = seen[(job["JobId"], "0")]
+        if job["rule"] == train_rule(GPU_ARCH):
+            assert devices == ",".join(str(i) for i in range(GPUS))
+        elif job["rule"] == "extract_features" and job["wildcards"].startswith(GPU_ARCH + "_"):
+            assert len(devices.split(",")) == 1 and devices != "none"
+        else:
+            assert devices == "none", job["rule"]
+
+
+def test_two_gpu_training_ran_two_processes(pipeline_run):
+    """The training log's first line (workflow_scripts/train/loop.py) states the world size."""
+    repo, _ = pipeline_run
+    log = (repo / OUTPUT_DIR / "logs" / "train" / GPU_ARCH / "rgb.log").read_text()
+    assert "2 process(es)" in log
+    cpu_log = (repo / OUTPUT_DIR / "logs" / "train" / CPU_ARCH / "rgb.log").read_text()
+    assert "1 process(es)" in cpu_log
+
+
+def test_second_run_plans_nothing(cluster, pipeline_run):
+    repo, args = pipeline_run
+    result = snakemake(repo, *args, "--dry-run", env=cluster.env)
+    assert "Nothing to be done" in result.stdout + result.stderr
