@@ -4,10 +4,11 @@ import os
 
 from workflow_scripts.code_deps import relative_module_files
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _rel(module):
-    return set(relative_module_files(module, start=os.path.dirname(os.path.dirname(__file__))))
+    return set(relative_module_files(module, start=REPO))
 
 
 def test_extraction_runs_training_data_path_but_not_metrics():
