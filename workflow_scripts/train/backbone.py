@@ -30,10 +30,22 @@ def build_backbone(
     """
     kwargs = dict(model_kwargs, num_classes=0, drop_path_rate=drop_path_rate)
     if weights == NO_WEIGHTS:
-        return _create(arch, pretrained=False, **kwargs)
+        return pool_on_class_token(_create(arch, pretrained=False, **kwargs))
     if weights == HUB_WEIGHTS:
-        return _create(arch, pretrained=True, **kwargs)
-    path = Path(weights)
+        return pool_on_class_token(_create(arch, pretrained=True, **kwargs))
+    return pool_on_class_token(_create_from_file(arch, Path(weights), model_kwargs, kwargs))
+
+
+def pool_on_class_token(model: nn.Module) -> nn.Module:
+    """ViTs: make the pooled output the CLS token, as DINO trains it and evaluation reads it.
+    timm's DINOv3 ViTs default to the mean of the patch tokens, which would leave the CLS
+    token's last layers without any training signal. ConvNeXts have only their pooled output."""
+    if getattr(model, "cls_token", None) is not None:
+        model.reset_classifier(0, global_pool="token")
+    return model
+
+
+def _create_from_file(arch: str, path: Path, model_kwargs: dict, kwargs: dict) -> nn.Module:
     if not path.is_file():
         raise InputError(f"weights file not found: {path} (architecture {arch})")
     try:

@@ -38,6 +38,7 @@ from workflow_scripts.train.dataset import build_train_loader
 from workflow_scripts.train.ema import make_teacher, update_teacher
 from workflow_scripts.train.loss import DINOLoss
 from workflow_scripts.train.model import build_dino_model
+from workflow_scripts.train.resume_key import resume_key
 from workflow_scripts.train.optim import (
     build_optimizer,
     cancel_last_layer_gradients,
@@ -52,8 +53,6 @@ from workflow_scripts.train.schedules import build_schedules
 IN_CHANS = 3  # grey is repeated to 3 channels, rgb stacks three: DINOv3 always sees 3
 LOG_FILE = "log.jsonl"
 PROGRESS_EVERY = 50  # steps between progress lines when stderr is not a terminal
-# Settings that cannot change the trained weights; editing them keeps a run resumable.
-RESULT_NEUTRAL_SETTINGS = ("num_workers",)
 
 
 @dataclass(frozen=True)
@@ -67,16 +66,13 @@ class TrainJob:
     out_dir: Path
     resume_dir: Path
 
-    def config_digest(self) -> str:
-        """What a resume state must match to be continued."""
-        settings = {k: v for k, v in self.settings.items() if k not in RESULT_NEUTRAL_SETTINGS}
-        return config_module.digest({
-            "arch": self.arch,
-            "channel": self.channel,
-            "settings": settings,
-            "model_kwargs": self.model_kwargs,
-            "weights": self.weights,
-        })
+    def config_digest(self, world_size: int) -> str:
+        """What a resume state must match to be continued (resume_key.py)."""
+        return resume_key(
+            arch=self.arch, channel=self.channel, settings=self.settings,
+            model_kwargs=self.model_kwargs, weights=self.weights, cache_dir=self.cache_dir,
+            world_size=world_size,
+        )
 
 
 def run(job: TrainJob) -> None:
@@ -96,7 +92,7 @@ class Trainer:
     def __init__(self, job: TrainJob, context: distributed.DistributedContext) -> None:
         self.job = job
         self.context = context
-        self.digest = job.config_digest()
+        self.digest = job.config_digest(context.world_size)
         settings = job.settings
         self.seed = settings["seed"]
         self.epochs = settings["epochs"]
@@ -172,13 +168,8 @@ class Trainer:
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         completed = int(state["epoch"])
-        rng_states = state["rng"]
-        if len(rng_states) == self.context.world_size:
-            restore_rng_state(rng_states[self.context.rank])
-        else:
-            seed_everything(self.seed + self.context.rank + 1000 * completed)
-            log(f"world size changed from {len(rng_states)} to {self.context.world_size}: "
-                f"random streams reseeded")
+        # the resume key includes the world size: one saved stream per rank
+        restore_rng_state(state["rng"][self.context.rank])
         if self.context.is_main:
             self._prune_after(completed)
             self._export()

@@ -58,6 +58,10 @@ def cancel_last_layer_gradients(model: nn.Module) -> None:
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> None:
-    """Clip the global gradient norm; max_norm 0 disables clipping."""
+    """Clip each parameter's gradient norm to max_norm separately, as DINO's recipe does (not
+    the global norm: one exploding layer then does not shrink every other layer's update);
+    max_norm 0 disables clipping."""
     if max_norm > 0:
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        for param in model.parameters():
+            if param.grad is not None:
+                nn.utils.clip_grad_norm_(param, max_norm)

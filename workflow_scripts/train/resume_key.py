@@ -1,0 +1,63 @@
+"""What a saved training state must match to be continued: everything the weights depend on.
+
+A resubmitted job (preemption, time limit) continues its run; but when Snakemake reruns training
+because its inputs changed — a rebuilt image cache, a new weights file, edited training code, a
+different GPU count (global batch) — the old state must not be continued or re-exported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from workflow_scripts import config as config_module
+from workflow_scripts.code_deps import module_files
+
+# Settings that cannot change the trained weights; editing them keeps a run resumable.
+RESULT_NEUTRAL_SETTINGS = ("num_workers",)
+TRAINING_PROGRAM = "workflow_scripts.train.cli"
+
+
+def cache_identity(cache_dir: Path) -> dict:
+    """The image cache's settings digest, size and image order (not its pixels: too slow)."""
+    meta = json.loads((Path(cache_dir) / "meta.json").read_text())
+    image_ids = pd.read_parquet(Path(cache_dir) / "images.parquet", columns=["image_id"])
+    order = hashlib.sha256("\n".join(image_ids["image_id"]).encode()).hexdigest()
+    return {key: meta.get(key) for key in ("settings_digest", "n_images", "height", "width",
+                                           "channels")} | {"image_order": order}
+
+
+def weights_identity(weights: str) -> dict:
+    """A weights file by size and modification time (hashing 25 GB of ViT-7B takes minutes)."""
+    path = Path(weights)
+    if weights in ("none", "hub") or not path.is_file():
+        return {"weights": weights}
+    stat = path.stat()
+    return {"weights": weights, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def code_identity() -> str:
+    """Digest of the training program's source files (it and everything it imports)."""
+    sha = hashlib.sha256()
+    for path in module_files(TRAINING_PROGRAM):
+        sha.update(Path(path).name.encode())
+        sha.update(Path(path).read_bytes())
+    return sha.hexdigest()
+
+
+def resume_key(*, arch: str, channel: str, settings: dict, model_kwargs: dict, weights: str,
+               cache_dir: Path, world_size: int) -> str:
+    kept = {k: v for k, v in settings.items() if k not in RESULT_NEUTRAL_SETTINGS}
+    return config_module.digest({
+        "arch": arch,
+        "channel": channel,
+        "settings": kept,
+        "model_kwargs": model_kwargs,
+        "weights": weights_identity(weights),
+        "data": cache_identity(cache_dir),
+        "code": code_identity(),
+        "world_size": world_size,  # the global batch is batch_size_per_gpu x world size
+    })
