@@ -113,12 +113,11 @@ def bench_extraction(name: str, model_kwargs: dict, shape: tuple[int, int], inpu
         path = Path(folder) / "DAPI.npy"
         np.save(path, rng.integers(0, CLIP_MAX, size=(n_images, *shape), dtype=np.uint16))
         array = np.load(path, mmap_mode="r")
-        settings = {"crop_grid": [2, 2], "input_size": input_size, "embedding": "cls", "batch_size": 64,
-                    "num_workers": 0}
-        warm_up = array[: settings["batch_size"]]
-        extract_features(model, [warm_up], CLIP_MAX, settings, device, "none")
+        settings = {"crop_grid": [2, 2], "input_size": input_size, "embedding": "cls"}
+        loader = {"interpolation": "bicubic", "batch_size": 64, "num_workers": 0}
+        extract_features(model, [array[:64]], CLIP_MAX, settings, device, "none", **loader)
         start = time.perf_counter()
-        features = extract_features(model, [array], CLIP_MAX, settings, device, "none")
+        features = extract_features(model, [array], CLIP_MAX, settings, device, "none", **loader)
         seconds = time.perf_counter() - start
     return {
         "model": name, "device": str(device), "threads": torch.get_num_threads(), "images": n_images,

@@ -17,13 +17,7 @@ except InputError as err:
     raise WorkflowError(f"config error: {err}") from None
 
 OUT = config["output_dir"]
-RESOURCES = {
-    "cpus_per_gpu": 8,
-    "mem_mb_per_gpu": 64000,
-    "train_runtime_min": 2880,
-    "extract_runtime_min": 60,
-    **config.get("resources", {}),
-}
+RESOURCES = config["resources"]  # schema: required, defaults in config.yaml
 DATA_CHANNELS = list(config["data"]["channels"])
 ARCHS = cfg.architecture_names(config)
 TRAIN_CHANNELS = cfg.training_channels(config)
@@ -138,11 +132,17 @@ DEMO_DIR = out("demo_data")
 
 
 def source_tables():
-    """The two tables the prepare rule reads, per data source."""
+    """The two tables the prepare rule reads, per data source. Downloaded tables go to the
+    output folder, never over data.official.*_table (by default a shared read-only copy)."""
     if SOURCE == "demo":
         return {
             "image_table": os.path.join(DEMO_DIR, "BBBC021_v1_image.csv"),
             "moa_table": os.path.join(DEMO_DIR, "BBBC021_v1_moa.csv"),
+        }
+    if SOURCE == "official" and config["data"].get("download", {}).get("enabled", False):
+        return {
+            "image_table": out("download", "BBBC021_v1_image.csv.gz"),
+            "moa_table": out("download", "BBBC021_v1_moa.csv"),
         }
     if SOURCE == "official":
         return {
@@ -199,7 +199,8 @@ def extract_model_arg(wildcards):
         settings = arch_train(wildcards.arch)
         return (
             f"--weights {weights_arg(wildcards)} --init-seed {settings['seed']} "
-            f"--input-standardization {settings['input_standardization']}"
+            f"--input-standardization {settings['input_standardization']} "
+            f"--interpolation {settings['interpolation']}"
         )
     return f"--checkpoint {CHECKPOINT.format(**wildcards)}"
 

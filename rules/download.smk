@@ -1,8 +1,9 @@
 # Optional acquisition of the real BBBC021 (config data.download.enabled, source official). Needs
 # internet, so these rules run on the submitting host (e.g. a login node). Each plate zip is
 # fetched, resumably, and unpacked into data.official.image_root/{week}/{plate}/; the two tables
-# are written last and depend on every selected plate, so prepare_metadata, which reads the
-# tables, starts only when all images are in place.
+# are written last, into {output_dir}/download/ (source_tables(); data.official.image_table and
+# moa_table are then not read), and depend on every selected plate, so prepare_metadata, which
+# reads the tables, starts only when all images are in place.
 DOWNLOAD = config["data"].get("download", {})
 
 if DOWNLOAD.get("enabled", False) and SOURCE == "official":

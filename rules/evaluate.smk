@@ -9,7 +9,7 @@ rule extract_features:
         model=extract_inputs,
         code=code("evaluate.extract"),
     params:
-        settings=as_json({k: EVAL_SETTINGS[k] for k in ("crop_grid", "input_size", "embedding", "batch_size", "num_workers")}),
+        settings=as_json({k: EVAL_SETTINGS[k] for k in ("crop_grid", "input_size", "embedding")}),
         model_kwargs=lambda w: as_json(arch_entry(w.arch)["model_kwargs"]),
         model=extract_model_arg,
         cache_dir=lambda w, input: os.path.dirname(input.meta),
@@ -20,6 +20,11 @@ rule extract_features:
         gpu=lambda w: 1 if gpus(w.arch) else 0,
         mem_mb=32000,
         runtime=RESOURCES["extract_runtime_min"],
+        # Speed, not results: as resources (no rerun trigger looks at them, unlike params) a
+        # change reruns no extraction; `--set-resources extract_features:extract_batch_size=N`
+        # overrides them per run. Executors ignore resource names they do not know.
+        extract_batch_size=EVAL_SETTINGS["batch_size"],
+        extract_workers=EVAL_SETTINGS["num_workers"],
     conda:
         "../envs/pytorch-cuda.yaml"
     log:
@@ -30,6 +35,7 @@ rule extract_features:
         "python -m workflow_scripts.evaluate.extract --arch {wildcards.arch:q} "
         "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} {params.model} "
         "--model-kwargs {params.model_kwargs:q} --settings {params.settings:q} "
+        "--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers} "
         "--epoch {wildcards.epoch} --out {output:q} > {log} 2>&1"
 
 

@@ -225,6 +225,11 @@ def test_download_rules_fetch_plates_then_tables(server, tmp_path):
     server.files["/moa.csv"] = b'"compound",concentration,"moa"\n"DMSO",0.000000,"DMSO"\n'
     workdir = copy_repo(tmp_path / "workflow")
     data = tmp_path / "bbbc021"
+    shared = tmp_path / "shared"  # a read-only shared copy of the tables: never written
+    shared.mkdir()
+    (shared / "BBBC021_v1_image.csv.gz").write_bytes(b"shared image table")
+    (shared / "BBBC021_v1_moa.csv").write_bytes(b"shared moa table")
+    shared.chmod(0o555)
     overlay = write_overlay(
         tmp_path / "download.yaml",
         {
@@ -232,8 +237,8 @@ def test_download_rules_fetch_plates_then_tables(server, tmp_path):
             "data": {
                 "source": "official",
                 "official": {
-                    "image_table": str(data / "BBBC021_v1_image.csv.gz"),
-                    "moa_table": str(data / "BBBC021_v1_moa.csv"),
+                    "image_table": str(shared / "BBBC021_v1_image.csv.gz"),
+                    "moa_table": str(shared / "BBBC021_v1_moa.csv"),
                     "image_root": str(data / "images"),
                 },
                 "download": {
@@ -249,9 +254,20 @@ def test_download_rules_fetch_plates_then_tables(server, tmp_path):
     snakemake(workdir, "download_tables", "--cores", "1", "--configfile", str(overlay))
     for plate in plates:
         assert len(list((data / "images" / plate.split("_")[0] / plate).glob("*.tif"))) == 3
-    kept = pd.read_csv(data / "BBBC021_v1_image.csv.gz")["Image_Metadata_Plate_DAPI"]
+    tables = tmp_path / "results" / "download"
+    kept = pd.read_csv(tables / "BBBC021_v1_image.csv.gz")["Image_Metadata_Plate_DAPI"]
     assert kept.tolist() == plates  # Week2_24121 was not downloaded
-    assert (data / "BBBC021_v1_moa.csv").read_bytes() == server.files["/moa.csv"]
+    assert (tables / "BBBC021_v1_moa.csv").read_bytes() == server.files["/moa.csv"]
+    assert (shared / "BBBC021_v1_image.csv.gz").read_bytes() == b"shared image table"
+    assert (shared / "BBBC021_v1_moa.csv").read_bytes() == b"shared moa table"
+    # prepare_metadata reads the downloaded tables, not the configured ones
+    dry_run = snakemake(
+        workdir, "prepare_metadata", "--cores", "1", "--configfile", str(overlay), "-n",
+        "--forceall", "--printshellcmds",
+    )
+    planned = dry_run.stdout + dry_run.stderr
+    assert f"--image-table {tables / 'BBBC021_v1_image.csv.gz'}" in planned
+    assert str(shared) not in planned
     # the tables come last: every plate was requested before them
     order = [path for path, _ in server.requests]
     assert max(order.index(zip_path(p)) for p in plates) < order.index("/image.csv")

@@ -4,6 +4,7 @@ network evaluated end to end (extract -> evaluate CLI) on a small synthetic cach
 import json
 import pickle
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,11 +17,13 @@ from workflow_scripts.evaluate import combine, evaluate, extract
 from workflow_scripts.evaluate.extract import CropDataset, crop_boxes, embed, extract_features
 from workflow_scripts.tables import feature_columns
 from workflow_scripts.train.checkpoint import save_backbone_checkpoint
+from workflow_scripts.train.multicrop import INTERPOLATIONS
 
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 CHANNELS = ["DAPI", "Tubulin", "Actin"]
-SETTINGS = {"crop_grid": [2, 2], "input_size": 32, "embedding": "cls", "batch_size": 8, "num_workers": 0}
+SETTINGS = {"crop_grid": [2, 2], "input_size": 32, "embedding": "cls"}
+LOADER = {"interpolation": "bicubic", "batch_size": 8, "num_workers": 0}  # extract_features kwargs
 CLIP_MAX = 4000
 
 
@@ -82,11 +85,12 @@ def cache_dir(tmp_path_factory):
     return write_cache(tmp_path_factory.mktemp("cache"), arrays, table)
 
 
-def run_extract(cache_dir, out, *, channel="DAPI", settings=SETTINGS, epoch=0, source=("--weights", "none")):
+def run_extract(cache_dir, out, *, channel="DAPI", settings=SETTINGS, epoch=0, source=("--weights", "none"),
+                workers=0):
     return extract.main([
         "--arch", ARCH, "--channel", channel, "--cache-dir", str(cache_dir), *source,
         "--model-kwargs", json.dumps(TINY), "--settings", json.dumps(settings),
-        "--epoch", str(epoch), "--out", str(out),
+        "--batch-size", "8", "--num-workers", str(workers), "--epoch", str(epoch), "--out", str(out),
     ])
 
 
@@ -98,7 +102,7 @@ def test_crop_boxes_tile_the_image_and_scale_with_its_size():
 
 def test_crop_dataset_reaches_spawned_workers_as_file_names(cache_dir):
     arrays = load_cache(cache_dir, ["DAPI"])[1]
-    dataset = CropDataset([arrays["DAPI"]], crop_boxes(64, 64, (2, 2)), 32, CLIP_MAX)
+    dataset = CropDataset([arrays["DAPI"]], crop_boxes(64, 64, (2, 2)), 32, CLIP_MAX, "bicubic")
     blob = pickle.dumps(dataset)
     assert len(blob) < 4096  # the 44 x 64 x 64 array is not copied
     torch.testing.assert_close(pickle.loads(blob)[3], dataset[3])
@@ -129,12 +133,13 @@ def test_features_are_the_median_over_the_grid_crops_in_channel_order():
     arrays = [np.rint(quadrants * (c + 1) / 3).astype(np.uint16) for c in range(3)]
     scales = np.arange(1, 4) / 3
     cpu = torch.device("cpu")
-    features = extract_features(ChannelMeanProbe(), arrays, CLIP_MAX, SETTINGS, cpu, "none")
+    features = extract_features(ChannelMeanProbe(), arrays, CLIP_MAX, SETTINGS, cpu, "none", **LOADER)
     np.testing.assert_allclose(features[0], 0.25 * scales, atol=2e-4)  # uint16 rounding
-    whole = extract_features(ChannelMeanProbe(), arrays, CLIP_MAX, {**SETTINGS, "crop_grid": [1, 1]}, cpu, "none")
+    whole = extract_features(ChannelMeanProbe(), arrays, CLIP_MAX, {**SETTINGS, "crop_grid": [1, 1]}, cpu, "none",
+                             **LOADER)
     np.testing.assert_allclose(whole[0], 0.3375 * scales, atol=0.005)
     # "pretrained": standardised with the backbone's mean/std (timm's default: ImageNet)
-    standardised = extract_features(ChannelMeanProbe(), arrays, CLIP_MAX, SETTINGS, cpu, "pretrained")
+    standardised = extract_features(ChannelMeanProbe(), arrays, CLIP_MAX, SETTINGS, cpu, "pretrained", **LOADER)
     mean, std = np.array(timm.data.IMAGENET_DEFAULT_MEAN), np.array(timm.data.IMAGENET_DEFAULT_STD)
     np.testing.assert_allclose(standardised[0], (0.25 * scales - mean) / std, atol=1e-3)
 
@@ -180,23 +185,56 @@ def test_extract_cli_epoch0_is_deterministic_with_metadata_and_float32_features(
     assert all(first[c].dtype == np.float32 for c in feature_columns(first))
 
 
-def test_extract_cli_checkpoint_matches_the_model_and_checks_its_record(cache_dir, tmp_path, capsys):
+@pytest.fixture
+def interpolation_spy(monkeypatch):
+    """The interpolation each extract_features call of the CLI gets (the call itself runs)."""
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["interpolation"])
+        return extract_features(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "extract_features", spy)
+    return seen
+
+
+def test_crops_are_resized_with_the_requested_interpolation(cache_dir):
+    image = load_cache(cache_dir, ["DAPI"])[1]["DAPI"][5]
+    crops = {}
+    for name in ("nearest", "bicubic"):
+        dataset = CropDataset([image[None]], [(0, 0, 32, 32)], 48, CLIP_MAX, name)
+        crops[name] = dataset[0][0, 0]  # first crop, first of the 3 repeated grey channels
+        expected = cv2.resize(image[:32, :32], (48, 48), interpolation=INTERPOLATIONS[name]) / CLIP_MAX
+        torch.testing.assert_close(crops[name], torch.from_numpy(expected).float())
+    assert not torch.allclose(crops["nearest"], crops["bicubic"], atol=1e-3)
+
+
+def test_extract_cli_epoch0_uses_the_interpolation_option(cache_dir, tmp_path, interpolation_spy):
+    # epoch 0 has no checkpoint: --interpolation (the rule passes train.interpolation) applies
+    assert run_extract(cache_dir, tmp_path / "a.parquet") == 0
+    assert run_extract(cache_dir, tmp_path / "b.parquet", source=("--weights", "none", "--interpolation", "nearest")) == 0
+    assert interpolation_spy == ["bicubic", "nearest"]  # default: the config default
+
+
+def test_extract_cli_checkpoint_matches_the_model_and_checks_its_record(cache_dir, tmp_path, capsys, interpolation_spy):
     model = tiny_model()
     with torch.no_grad():  # make it differ from the seeded random init of epoch 0
         for parameter in model.parameters():
             parameter.add_(0.01)
     meta = {"arch": ARCH, "channel": "rgb", "epoch": 2, "config_digest": "x", "model_kwargs": TINY,
-            "in_chans": 3, "train_settings": {"input_standardization": "pretrained"}}
+            "in_chans": 3, "train_settings": {"input_standardization": "pretrained", "interpolation": "nearest"}}
     checkpoint = save_backbone_checkpoint(tmp_path / "train", model, meta)
     out = tmp_path / "epoch_0002.parquet"
     assert run_extract(cache_dir, out, channel="rgb", epoch=2, source=("--checkpoint", str(checkpoint))) == 0
+    assert interpolation_spy == ["nearest"]  # recorded in the checkpoint
     extracted = pd.read_parquet(out)
     arrays = [load_cache(cache_dir, CHANNELS)[1][c] for c in CHANNELS]  # rgb = meta.json order
     cpu = torch.device("cpu")
-    # the checkpoint's recorded standardisation is applied
-    direct = extract_features(model, arrays, CLIP_MAX, SETTINGS, cpu, "pretrained")
+    # the checkpoint's recorded standardisation and interpolation are applied
+    recorded = {**LOADER, "interpolation": "nearest"}
+    direct = extract_features(model, arrays, CLIP_MAX, SETTINGS, cpu, "pretrained", **recorded)
     np.testing.assert_allclose(extracted[feature_columns(extracted)].to_numpy(), direct, rtol=1e-5, atol=1e-6)
-    unstandardised = extract_features(model, arrays, CLIP_MAX, SETTINGS, cpu, "none")
+    unstandardised = extract_features(model, arrays, CLIP_MAX, SETTINGS, cpu, "none", **recorded)
     assert not np.allclose(unstandardised, direct, atol=1e-3)
 
     wrong_arch = extract.main([
@@ -213,6 +251,9 @@ def test_extract_cli_checkpoint_matches_the_model_and_checks_its_record(cache_di
     assert run_extract(cache_dir, tmp_path / "wrong.parquet", channel="rgb", epoch=2,
                        source=("--checkpoint", str(checkpoint), "--input-standardization", "none")) == 2
     assert "recorded input_standardization 'pretrained', but 'none'" in capsys.readouterr().err
+    assert run_extract(cache_dir, tmp_path / "wrong.parquet", channel="rgb", epoch=2,
+                       source=("--checkpoint", str(checkpoint), "--interpolation", "bicubic")) == 2
+    assert "recorded interpolation 'nearest', but 'bicubic'" in capsys.readouterr().err
     assert not (tmp_path / "wrong.parquet").exists()
 
 
@@ -243,8 +284,8 @@ def test_combine_concatenates_channel_features_and_checks_rows(tmp_path, capsys)
 
 def test_random_init_features_are_evaluated_end_to_end(cache_dir, tmp_path):
     features = tmp_path / "features" / "epoch_0000.parquet"
-    settings = {**SETTINGS, "embedding": "cls+mean_patch", "num_workers": 2}
-    assert run_extract(cache_dir, features, settings=settings) == 0
+    settings = {**SETTINGS, "embedding": "cls+mean_patch"}
+    assert run_extract(cache_dir, features, settings=settings, workers=2) == 0
     out_dir = tmp_path / "eval"
     settings = {"tvn": {"enabled": True, "scope": "global", "max_components": None, "eps": 1e-6},
                 "aggregation": {"plate": "mean", "treatment": "median"},

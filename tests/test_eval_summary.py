@@ -27,12 +27,12 @@ def write_run(root, arch, channel, epoch, nscb, map_enabled=True):
 
 @pytest.fixture
 def runs(tmp_path):
-    # vit_s/DAPI peaks at epoch 5 (0.8) and ends lower; vit_s/rgb reaches 0.6 at epochs 5 and 10
-    # (a tie); vit_b/DAPI rises steadily.
+    # vit_s/DAPI peaks at epoch 5 (0.8, the highest of all) and ends lower; vit_s/rgb reaches 0.6
+    # at epochs 5 and 10 (a tie); vit_b/DAPI rises steadily and ends highest (0.75).
     nscb = {
         ("vit_s", "DAPI"): {0: 0.5, 5: 0.8, 10: 0.7},
         ("vit_s", "rgb"): {0: 0.4, 5: 0.6, 10: 0.6},
-        ("vit_b", "DAPI"): {0: 0.55, 5: 0.6, 10: 0.65},
+        ("vit_b", "DAPI"): {0: 0.55, 5: 0.6, 10: 0.75},
     }
     paths = [write_run(tmp_path / "eval", a, c, e, v) for (a, c), by_epoch in nscb.items() for e, v in by_epoch.items()]
     validation = tmp_path / "validation_report.json"
@@ -55,20 +55,30 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
     assert row["nscb"] == 0.8 and row["map_nscb"] == pytest.approx(0.4)
 
     best = pd.read_csv(out_dir / "best_epochs.csv").set_index(["arch", "channel", "metric"])
+    # the headline: the last epoch against epoch 0; best-of-epochs values only under oracle_ names
+    assert not {"best_epoch", "best_value"} & set(best.columns)
     dapi = best.loc[("vit_s", "DAPI", "nscb")]
-    assert dapi["best_epoch"] == 5 and dapi["best_value"] == 0.8
     assert dapi["pretrained_value"] == 0.5 and dapi["last_epoch"] == 10 and dapi["last_value"] == 0.7
-    assert best.loc[("vit_s", "rgb", "nscb"), "best_epoch"] == 5  # tie: the earliest epoch
-    assert best.loc[("vit_b", "DAPI", "nsc"), "best_epoch"] == 10
+    assert dapi["last_minus_pretrained"] == pytest.approx(0.2)
+    assert dapi["oracle_best_epoch"] == 5 and dapi["oracle_best_value"] == 0.8
+    assert best.loc[("vit_s", "rgb", "nscb"), "oracle_best_epoch"] == 5  # tie: the earliest epoch
+    assert best.loc[("vit_b", "DAPI", "nsc"), "oracle_best_epoch"] == 10
 
     for metric in ("nsc", "nscb", "map_nsc", "map_nscb"):
         assert (out_dir / f"{metric}_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out_dir / "confusion_best.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out_dir / "confusion_last_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out_dir / "confusion_best.png").exists()
 
     report = (out_dir / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 5
     assert "http://" not in report and "https://" not in report  # nothing fetched when opened
-    assert "vit_s/DAPI/0005" in report  # the best run by NSCB names the confusion matrix
+    # the headline table comes before the oracle one, which says how it was selected
+    headline = report.index("Last epoch (pre-declared) vs epoch 0 (pretrained)")
+    oracle = report.index("oracle: selected on the evaluation metric itself (optimistic)")
+    assert headline < oracle
+    # confusion: the last epoch of the highest last-epoch NSCB, not the overall maximum (vit_s/DAPI/0005)
+    assert "NSC nearest-neighbour MoAs of vit_b/DAPI/0010" in report
+    assert "vit_s/DAPI/0005" not in report
     assert "3848" in report and "DNA damage" in report and "Week1" in report
 
 
@@ -92,3 +102,12 @@ def test_bad_metrics_file_gives_one_error_and_no_output(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(paths[0]) in err and "arch/channel/NNNN" in err
     assert not out_dir.exists()
+
+
+def test_confusion_run_falls_back_to_nsc_at_the_last_epoch():
+    runs = pd.DataFrame({
+        "arch": ["a", "a", "b", "b"], "channel": ["DAPI"] * 4, "epoch": [0, 4, 0, 4],
+        "nsc": [0.9, 0.5, 0.1, 0.6], "nscb": [float("nan")] * 4,
+    })
+    row, metric = summary.confusion_run(runs)
+    assert metric == "nsc" and (row["arch"], row["epoch"]) == ("b", 4)  # a/0000 scores higher

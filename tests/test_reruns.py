@@ -117,6 +117,23 @@ def test_extraction_setting_reruns_extraction_and_evaluation_not_training(finish
     assert {r.status for r in rows if r.rule == "extract_features"} == {"params changed"}
 
 
+def test_extraction_speed_settings_rerun_nothing(finished):
+    # batch size and loader workers change how fast features come, not what they are
+    overlay = {**base_overlay(), "evaluate": {"batch_size": 7, "num_workers": 1}}
+    rows = plan(finished, overlay, "extract_speed")
+    assert rows and pending(rows) == set()
+
+
+def test_interpolation_override_reruns_the_epoch0_extraction_too(finished):
+    # epoch 0 resizes its crops as the architecture's training does
+    overlay = base_overlay()
+    overlay["architectures"][1]["train"] = {"interpolation": "bilinear"}
+    rows = plan(finished, overlay, "interpolation")
+    expected = paths(rows, lambda r: r.rule == "summarize" or r.arch == SECOND_ARCH)
+    assert pending(rows) == expected
+    assert any(r.rule == "extract_features" and r.epoch == 0 and r.pending for r in rows)
+
+
 def test_training_override_of_one_architecture_retrains_only_it(finished):
     overlay = base_overlay()
     overlay["architectures"][1]["train"] = {"optimizer": {"lr": 5.0e-5}}

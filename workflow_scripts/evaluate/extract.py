@@ -2,10 +2,10 @@ r"""Feature extraction: one embedding per cache image from one backbone (arch, c
 
 Per image, `crop_grid` = [rows, cols] fixed crops tile the field (each crop is the field's
 height / rows x width / cols, so the grid scales with the image size); each is resized to
-`input_size` (bicubic, the same `resized_crop` training uses: cv2 on the uint16 values, then
-value / clip_max, grey repeated to 3 channels), standardised as in training
-(`train.input_standardization`: none, or the backbone's pretrained mean/std), and embedded; the
-image's feature is the median over its crops. DMSO images included.
+`input_size` with the `resized_crop` training uses (cv2 on the uint16 values with
+`train.interpolation`, then value / clip_max, grey repeated to 3 channels), standardised as in
+training (`train.input_standardization`: none, or the backbone's pretrained mean/std), and
+embedded; the image's feature is the median over its crops. DMSO images included.
 
 `embedding` (what a ViT's `forward_features` returns for DINOv3 in timm: the final-norm tokens
 [CLS, 4 register tokens, patch tokens], `model.num_prefix_tokens` = 5):
@@ -15,16 +15,19 @@ image's feature is the median over its crops. DMSO images included.
   cls+mean_patch both, concatenated (2 x embed_dim)
 ConvNeXt backbones have no tokens: only `cls`, meaning their pooled (normalised) output.
 
-Epoch 0000 is the backbone before fine-tuning (`--weights none|path`; none = random init with
-torch seed 0; `--input-standardization` = the architecture's train.input_standardization, default
-none); later epochs read the training checkpoint (`--checkpoint`), whose recorded arch, channel,
-epoch and model_kwargs must match the request and whose recorded input standardisation is used.
+Epoch 0000 is the backbone before fine-tuning (`--weights none|path`; none = random init seeded
+with `--init-seed` = the architecture's train.seed, as training seeds its start;
+`--input-standardization` / `--interpolation` = the architecture's train.input_standardization /
+train.interpolation, defaults none / bicubic); later epochs read the training checkpoint
+(`--checkpoint`), whose recorded arch, channel, epoch and model_kwargs must match the request and
+whose recorded train_settings input_standardization and interpolation are used (an explicit
+option that disagrees is an error). `--batch-size` / `--num-workers` only change speed.
 Inference: eval mode, torch.inference_mode, bf16 autocast on CUDA, fp32 on CPU; deterministic.
 
     python -m workflow_scripts.evaluate.extract --arch vit_small_patch16_dinov3.lvd1689m \
         --channel DAPI --cache-dir results/cache --weights none --model-kwargs '{}' \
-        --settings '{"crop_grid": [2, 2], "input_size": 224, "embedding": "cls",
-                     "batch_size": 64, "num_workers": 4}' --epoch 0 --out features.parquet
+        --settings '{"crop_grid": [2, 2], "input_size": 224, "embedding": "cls"}' \
+        --batch-size 64 --num-workers 4 --epoch 0 --out features.parquet
 """
 
 from __future__ import annotations
@@ -45,14 +48,16 @@ from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.tables import feature_names, write_table
 from workflow_scripts.train.backbone import build_backbone, input_standardization
 from workflow_scripts.train.checkpoint import load_backbone_checkpoint
-from workflow_scripts.train.dataset import limit_opencv_threads
+from workflow_scripts.train.multicrop import INTERPOLATIONS, limit_opencv_threads, resized_crop
 from workflow_scripts.train.rng import seed_everything
-from workflow_scripts.train.multicrop import INTERPOLATIONS, resized_crop
 from workflow_scripts.train.precision import Precision
 
 EMBEDDINGS = ("cls", "mean_patch", "cls+mean_patch")
-DEFAULT_STANDARDIZATION = "none"  # train.input_standardization's default: value / clip_max as is
-SETTINGS_KEYS = ("crop_grid", "input_size", "embedding", "batch_size", "num_workers")
+# How images are prepared, as training prepared them (train.<key>), with the config defaults
+# (input_standardization none: value / clip_max as is) for epoch 0 without an option and for
+# checkpoints that do not record the key.
+PREPROCESSING_DEFAULTS = {"input_standardization": "none", "interpolation": "bicubic"}
+SETTINGS_KEYS = ("crop_grid", "input_size", "embedding")
 
 
 def crop_boxes(height: int, width: int, grid: tuple[int, int]) -> list[tuple[int, int, int, int]]:
@@ -70,11 +75,14 @@ def crop_boxes(height: int, width: int, grid: tuple[int, int]) -> list[tuple[int
 class CropDataset(Dataset):
     """Item i -> (n_crops, 3, S, S) float32 crops of cache image i (channels stacked in order)."""
 
-    def __init__(self, arrays: list[np.ndarray], boxes: list, size: int, clip_max: float) -> None:
+    def __init__(
+        self, arrays: list[np.ndarray], boxes: list, size: int, clip_max: float, interpolation: str
+    ) -> None:
         self.arrays = arrays
         self.boxes = boxes
         self.size = size
         self.clip_max = clip_max
+        self.interpolation = INTERPOLATIONS[interpolation]
 
     def __len__(self) -> int:
         return len(self.arrays[0])
@@ -83,7 +91,7 @@ class CropDataset(Dataset):
         channels = [array[index] for array in self.arrays]
         crops = [
             resized_crop(
-                channels, box, self.size, clip_max=self.clip_max, interpolation=INTERPOLATIONS["bicubic"]
+                channels, box, self.size, clip_max=self.clip_max, interpolation=self.interpolation
             )
             for box in self.boxes
         ]
@@ -130,18 +138,23 @@ def extract_features(
     settings: dict,
     device: torch.device,
     standardization: str,
+    *,
+    interpolation: str,
+    batch_size: int,
+    num_workers: int,
 ) -> np.ndarray:
     """(N, D) float32 features of all images of the (N, H, W) uint16 `arrays` (one per input
-    channel, in model channel order); `standardization` as train.input_standardization."""
+    channel, in model channel order); `standardization` and `interpolation` as
+    train.input_standardization and train.interpolation."""
     check_embedding(model, settings["embedding"])
     height, width = arrays[0].shape[1:]
     boxes = crop_boxes(height, width, tuple(settings["crop_grid"]))
-    dataset = CropDataset(arrays, boxes, settings["input_size"], clip_max)
+    dataset = CropDataset(arrays, boxes, settings["input_size"], clip_max, interpolation)
     loader = DataLoader(
         dataset,
-        batch_size=settings["batch_size"],
+        batch_size=batch_size,
         shuffle=False,
-        num_workers=settings["num_workers"],
+        num_workers=num_workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=limit_opencv_threads,
     )
@@ -160,8 +173,9 @@ def extract_features(
     return np.concatenate(features)
 
 
-def load_model(args: argparse.Namespace, model_kwargs: dict) -> tuple[nn.Module, str]:
-    """The backbone to extract with and its input standardisation mode."""
+def load_model(args: argparse.Namespace, model_kwargs: dict) -> tuple[nn.Module, dict[str, str]]:
+    """The backbone to extract with and how its images are prepared (PREPROCESSING_DEFAULTS'
+    keys: input_standardization, interpolation)."""
     if args.checkpoint is None:
         if args.epoch != 0:
             raise InputError(f"--epoch {args.epoch}: epochs after 0 need --checkpoint")
@@ -169,21 +183,31 @@ def load_model(args: argparse.Namespace, model_kwargs: dict) -> tuple[nn.Module,
         # is the network training starts from, and a rerun extracts the same features
         seed_everything(args.init_seed)
         model = build_backbone(args.arch, args.weights, model_kwargs, drop_path_rate=0.0)
-        return model.eval(), args.input_standardization or DEFAULT_STANDARDIZATION
+        preprocessing = {
+            key: getattr(args, key) or default for key, default in PREPROCESSING_DEFAULTS.items()
+        }
+        return model.eval(), preprocessing
     model, meta = load_backbone_checkpoint(args.checkpoint, expected_arch=args.arch)
     train_settings = meta.get("train_settings", {})
-    standardization = train_settings.get("input_standardization", DEFAULT_STANDARDIZATION)
+    preprocessing = {
+        key: train_settings.get(key, default) for key, default in PREPROCESSING_DEFAULTS.items()
+    }
+    if preprocessing["interpolation"] not in INTERPOLATIONS:
+        raise InputError(
+            f"checkpoint {args.checkpoint}: recorded interpolation "
+            f"{preprocessing['interpolation']!r} is not one of {', '.join(INTERPOLATIONS)}"
+        )
     recorded = {
         "channel": meta.get("channel"),
         "epoch": meta["epoch"],
         "model_kwargs": meta["model_kwargs"],
-        "input_standardization": standardization,
+        **preprocessing,
     }
     requested = {
         "channel": args.channel,
         "epoch": args.epoch,
         "model_kwargs": model_kwargs,
-        "input_standardization": args.input_standardization or standardization,
+        **{key: getattr(args, key) or value for key, value in preprocessing.items()},
     }
     for key, value in recorded.items():
         if value != requested[key]:
@@ -191,8 +215,7 @@ def load_model(args: argparse.Namespace, model_kwargs: dict) -> tuple[nn.Module,
                 f"checkpoint {args.checkpoint}: recorded {key} {value!r}, "
                 f"but {requested[key]!r} was asked for"
             )
-    return model, standardization
-
+    return model, preprocessing
 
 
 @cli
@@ -211,10 +234,18 @@ def main(argv: list[str] | None = None) -> int:
         "used and must agree; epoch 0 default: none",
     )
     parser.add_argument(
+        "--interpolation", choices=list(INTERPOLATIONS),
+        help="train.interpolation of the crop resize; a checkpoint's recorded value is used and "
+        "must agree; epoch 0 default: bicubic",
+    )
+    parser.add_argument(
         "--init-seed", type=int, default=0,
         help="epoch 0 with --weights none: train.seed, so the random init equals training's start",
     )
     parser.add_argument("--settings", required=True, help="JSON: " + ", ".join(SETTINGS_KEYS))
+    # speed only, not results: kept out of --settings so that changing them reruns nothing
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--epoch", type=int, required=True)
     parser.add_argument("--out", required=True, help="features .parquet")
     args = parser.parse_args(argv)
@@ -229,12 +260,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.channel == RGB:  # every cached channel, in meta.json order
         channels = list(load_cache(args.cache_dir, [])[2]["channels"])
     table, arrays, meta = load_cache(args.cache_dir, channels)
-    model, standardization = load_model(args, model_kwargs)
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise InputError(
+            f"--batch-size {args.batch_size} / --num-workers {args.num_workers}: "
+            "need a batch size of at least 1 and at least 0 workers"
+        )
+    model, preprocessing = load_model(args, model_kwargs)
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     features = extract_features(
-        model, [arrays[c] for c in channels], meta["clip_max"], settings, device, standardization
+        model,
+        [arrays[c] for c in channels],
+        meta["clip_max"],
+        settings,
+        device,
+        preprocessing["input_standardization"],
+        interpolation=preprocessing["interpolation"],
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
     )
     seconds = time.perf_counter() - start
     print(

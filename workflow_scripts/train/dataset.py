@@ -16,7 +16,6 @@ import argparse
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -25,7 +24,7 @@ from workflow_scripts import config as config_module
 from workflow_scripts.atomic import atomic_path
 from workflow_scripts.data.cache import load_cache
 from workflow_scripts.errors import InputError, cli
-from workflow_scripts.train.multicrop import MultiCrop
+from workflow_scripts.train.multicrop import MultiCrop, limit_opencv_threads
 
 RGB = config_module.RGB
 PREFETCH_BATCHES_PER_WORKER = 2
@@ -72,11 +71,6 @@ class EpochIndexSampler(DistributedSampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch
         return ((epoch, index) for index in super().__iter__())
-
-
-def limit_opencv_threads(worker_id: int) -> None:
-    # parallelism comes from the workers; OpenCV's own pool would oversubscribe the cores
-    cv2.setNumThreads(1)
 
 
 def build_train_loader(

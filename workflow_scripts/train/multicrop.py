@@ -145,6 +145,12 @@ def resized_crop(
     return to_three_channels(scale_intensity(crop, clip_max))
 
 
+def limit_opencv_threads(worker_id: int) -> None:
+    """DataLoader worker_init_fn (training and extraction): parallelism comes from the workers;
+    OpenCV's own thread pool would oversubscribe the cores."""
+    cv2.setNumThreads(1)
+
+
 class MultiCrop:
     """Global then local crops of one view, as the list of (3, S, S) tensors DINO consumes."""
 
