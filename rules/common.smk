@@ -139,7 +139,7 @@ def source_tables():
             "image_table": os.path.join(DEMO_DIR, "BBBC021_v1_image.csv"),
             "moa_table": os.path.join(DEMO_DIR, "BBBC021_v1_moa.csv"),
         }
-    if SOURCE == "official" and config["data"].get("download", {}).get("enabled", False):
+    if DOWNLOADING:
         return {
             "image_table": out("download", "BBBC021_v1_image.csv.gz"),
             "moa_table": out("download", "BBBC021_v1_moa.csv"),
@@ -171,7 +171,8 @@ def image_root():
 
 
 # Fail at planning time, naming the key, when the real data is not where config.yaml says.
-if SOURCE != "demo" and not config["data"].get("download", {}).get("enabled", False):
+DOWNLOADING = SOURCE == "official" and config["data"].get("download", {}).get("enabled", False)
+if SOURCE != "demo" and not DOWNLOADING:
     _missing = {k: v for k, v in source_tables().items() if not os.path.exists(v)}
     if SOURCE == "official" and not os.path.isdir(image_root()):
         _missing["image_root"] = image_root()
