@@ -13,7 +13,6 @@ loader throughput with worker processes. The recipe is config.yaml's train secti
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
