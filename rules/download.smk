@@ -31,6 +31,8 @@ if DOWNLOAD.get("enabled", False) and SOURCE == "official":
             "../envs/workflow.yaml"
         log:
             os.path.join(LOGS, "download", "{plate}.log"),
+        benchmark:
+            os.path.join(BENCH, "download", "{plate}.tsv")
         shell:
             "python -m workflow_scripts.data.download plate --base-url {params.base_url:q} "
             "--plate {wildcards.plate} --image-root {params.image_root:q} --marker {output:q} "
@@ -54,6 +56,8 @@ if DOWNLOAD.get("enabled", False) and SOURCE == "official":
             "../envs/workflow.yaml"
         log:
             os.path.join(LOGS, "download", "tables.log"),
+        benchmark:
+            os.path.join(BENCH, "download", "tables.tsv")
         shell:
             "python -m workflow_scripts.data.download tables "
             "--image-table-url {params.image_table_url:q} --moa-table-url {params.moa_table_url:q} "

@@ -57,6 +57,8 @@ rule combine_channel_features:
         "../envs/workflow.yaml"
     log:
         out("logs", "combine", "{arch}", "epoch_{epoch}.log"),
+    benchmark:
+        out("benchmarks", "combine", "{arch}", "epoch_{epoch}.tsv")
     shell:
         "python -m workflow_scripts.evaluate.combine --inputs {input.features:q} "
         "--names {params.names} --out {output:q} > {log} 2>&1"

@@ -16,6 +16,8 @@ rule fetch_weights:
         "../envs/pytorch-cuda.yaml"
     log:
         os.path.join(LOGS, "fetch_weights", "{arch}.log"),
+    benchmark:
+        os.path.join(BENCH, "fetch_weights", "{arch}.tsv")
     shell:
         "python -m workflow_scripts.train.fetch_weights --arch {wildcards.arch:q} "
         "--out {output:q} > {log} 2>&1"

@@ -126,3 +126,15 @@ def test_workflow_lint_is_clean():
     status, output = _snakemake("--lint", "--configfile", "config/demo.yaml")
     assert status == 0, output
     assert "Congratulations" in output
+
+
+def test_every_rule_has_log_benchmark_and_conda():
+    import re
+
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        # split at rule headers ("rule name:" or an anonymous "rule:" with a name: directive)
+        blocks = re.split(r"\n\s*rule\s*\w*:\n", smk.read_text())[1:]
+        for block in blocks:
+            body = block.split("\nrule ")[0]
+            for directive in ("log:", "benchmark:", "conda:"):
+                assert directive in body, f"{smk.name}: a rule lacks {directive}\n{body[:200]}"
