@@ -55,14 +55,16 @@ def _create_from_file(arch: str, path: Path, model_kwargs: dict, kwargs: dict) -
     except InputError:
         raise
     except RuntimeError as err:
-        # load_state_dict(strict=True) lists every mismatching key; the first lines suffice
-        detail = " ".join(str(err).split())[:400]
-        raise InputError(
-            f"weights file {path} does not fit architecture {arch} "
-            f"(model_kwargs {model_kwargs}): {detail}"
-        ) from err
+        raise weights_mismatch(f"weights file {path}", arch, model_kwargs, err) from err
     except Exception as err:  # safetensors / pickle raise many types for damaged files
         raise InputError(f"weights file {path} cannot be read: {err}") from err
+
+
+def weights_mismatch(source: str, arch: str, model_kwargs: dict, err: RuntimeError) -> InputError:
+    """load_state_dict(strict=True) failed: name the file and the architecture it should fit."""
+    # the error lists every mismatching key; the first lines suffice
+    detail = " ".join(str(err).split())[:400]
+    return InputError(f"{source} does not fit architecture {arch} (model_kwargs {model_kwargs}): {detail}")
 
 
 def _create(arch: str, **kwargs) -> nn.Module:

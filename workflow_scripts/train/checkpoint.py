@@ -23,7 +23,7 @@ from torch import nn
 
 from workflow_scripts.atomic import atomic_path, write_json
 from workflow_scripts.errors import InputError
-from workflow_scripts.train.backbone import NO_WEIGHTS, build_backbone
+from workflow_scripts.train.backbone import NO_WEIGHTS, build_backbone, weights_mismatch
 
 RESUME_STATE = "state.pt"
 EPOCHS_DIR = "epochs"
@@ -88,11 +88,7 @@ def load_backbone_checkpoint(
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
-        detail = " ".join(str(err).split())[:400]
-        raise InputError(
-            f"checkpoint {path} does not fit architecture {meta['arch']} "
-            f"(model_kwargs {meta['model_kwargs']}): {detail}"
-        ) from err
+        raise weights_mismatch(f"checkpoint {path}", meta["arch"], meta["model_kwargs"], err) from err
     return model.eval(), meta
 
 
