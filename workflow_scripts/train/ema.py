@@ -18,10 +18,13 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter.
+    """teacher <- momentum * teacher + (1 - momentum) * student, for every parameter at once
+    (one multi-tensor kernel instead of ~200 small ones per step, as DINOv2 does).
     Buffers (BatchNorm statistics of an optional BN head) are copied from the student."""
-    pairs = zip(teacher.parameters(), student.parameters(), strict=True)
-    for teacher_param, student_param in pairs:
-        teacher_param.lerp_(student_param.detach(), 1.0 - momentum)
+    teacher_params = list(teacher.parameters())
+    student_params = [param.detach() for param in student.parameters()]
+    if len(teacher_params) != len(student_params):
+        raise ValueError("teacher and student have different parameter lists")
+    torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)
     for teacher_buffer, student_buffer in zip(teacher.buffers(), student.buffers(), strict=True):
         teacher_buffer.copy_(student_buffer)
