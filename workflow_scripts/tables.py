@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -63,6 +64,24 @@ def read_table(path: str | os.PathLike, required: list[str] | None = None) -> pd
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
     return df
+
+
+def read_json(path: str | os.PathLike, required: tuple[str, ...] | list[str] = ()) -> dict:
+    """Read a JSON object (metrics, reports, checkpoint and cache metadata); name the file and
+    the missing keys on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise InputError(f"{path}: missing key(s) {', '.join(missing)}")
+    return value
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> None:

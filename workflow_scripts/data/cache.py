@@ -35,7 +35,7 @@ from workflow_scripts.data.illumination import (
 )
 from workflow_scripts.data.metadata import check_channels
 from workflow_scripts.errors import InputError, cli, json_object_option
-from workflow_scripts.tables import path_column, read_table
+from workflow_scripts.tables import path_column, read_json, read_table
 
 CACHE_DTYPE = np.dtype(np.uint16)
 META = "meta.json"
@@ -252,13 +252,7 @@ def load_cache(
     meta_path = cache_dir / META
     if not meta_path.is_file():
         raise InputError(f"{meta_path}: not found; build the cache first (rule build_image_cache)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{meta_path}: not valid JSON ({err})") from err
-    missing = [key for key in META_KEYS if key not in meta]
-    if missing:
-        raise InputError(f"{meta_path}: missing key(s) {', '.join(missing)}")
+    meta = read_json(meta_path, required=META_KEYS)
     absent = [ch for ch in channels if ch not in meta["channels"]]
     if absent:
         raise InputError(

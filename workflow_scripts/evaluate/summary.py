@@ -25,7 +25,6 @@ import argparse
 import base64
 import html
 import io
-import json
 import sys
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import pandas as pd  # noqa: E402
 
 from workflow_scripts.atomic import atomic_path, write_text  # noqa: E402
 from workflow_scripts.errors import InputError, cli  # noqa: E402
-from workflow_scripts.tables import read_table, write_table  # noqa: E402
+from workflow_scripts.tables import read_json, read_table, write_table  # noqa: E402
 
 METRICS = {"nsc": "NSC", "nscb": "NSCB", "map_nsc": "mAP (NSC)", "map_nscb": "mAP (NSCB)"}
 CONFUSION_METRIC = "nscb"  # picks the (arch, channel) whose last epoch's confusion is drawn
@@ -78,15 +77,7 @@ def read_runs(paths: list[Path]) -> pd.DataFrame:
     """One row per metrics.json: arch, channel, epoch, the metrics, counts, and its folder."""
     rows = []
     for path in paths:
-        if not path.is_file():
-            raise InputError(f"{path}: file not found")
-        try:
-            metrics = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InputError(f"{path}: not valid JSON ({err})") from err
-        missing = [key for key in ("label", *METRICS) if key not in metrics]
-        if missing:
-            raise InputError(f"{path}: missing key(s) {', '.join(missing)}")
+        metrics = read_json(path, required=("label", *METRICS))
         arch, channel, epoch = parse_label(metrics["label"], path)
         rows.append(
             {
@@ -206,15 +197,7 @@ def read_confusion(run_dir: Path) -> pd.DataFrame:
 
 
 def read_validation(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        report = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(report, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return report
+    return read_json(path)
 
 
 def validation_html(report: dict) -> str:

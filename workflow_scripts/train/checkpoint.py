@@ -10,7 +10,6 @@ Two kinds, two places (docs/formats.md):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -23,6 +22,7 @@ from torch import nn
 
 from workflow_scripts.atomic import atomic_path, write_json
 from workflow_scripts.errors import InputError
+from workflow_scripts.tables import read_json
 from workflow_scripts.train.backbone import NO_WEIGHTS, build_backbone, weights_mismatch
 
 RESUME_STATE = "state.pt"
@@ -71,13 +71,7 @@ def load_backbone_checkpoint(
     for required in (path, meta_file):
         if not required.is_file():
             raise InputError(f"checkpoint file not found: {required}")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{meta_file}: not valid JSON ({err})") from err
-    missing = [key for key in REQUIRED_META if key not in meta]
-    if missing:
-        raise InputError(f"{meta_file}: missing key(s) {', '.join(missing)}")
+    meta = read_json(meta_file, required=REQUIRED_META)
     if expected_arch is not None and meta["arch"] != expected_arch:
         raise InputError(f"checkpoint {path} is for arch {meta['arch']}, not {expected_arch}")
     try:
