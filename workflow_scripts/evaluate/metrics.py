@@ -20,10 +20,22 @@ mAP (the metric of copairs, Kalinin et al. 2025): a query ranks its candidates b
 lowest index first); positives are the candidates with the query's MoA (so: same MoA, different
 compound, and for NSCB no shared batch); AP = mean over positives of the precision at the
 positive's rank. Queries without positives have no AP and are left out. Reported: mean AP over
-queries (each treatment one vote, like NSC) and per MoA. Significance: for each query the AP of
-`permutations` random rankings of its candidates (same numbers of candidates and positives) gives
-a null; a MoA's p-value compares its mAP with the null mean of its queries' random APs,
-p = (1 + #{null >= observed}) / (1 + permutations); q-values are Benjamini-Hochberg over MoAs.
+queries (each treatment one vote, like NSC) and per MoA; per-query AP and per-MoA mAP equal
+copairs' `average_precision` / `mean_average_precision` (tests/test_eval_copairs.py).
+
+Significance (`map.null_model`): `permutations` random rankings of a query's candidates (same
+numbers of candidates and positives) give random APs; a MoA's null is the mean of its queries'
+random APs, p = (1 + #{null mean >= observed mAP}) / (1 + permutations); q-values are
+Benjamini-Hochberg over MoAs.
+- `shared` (default, copairs' null): one set of random rankings per configuration (positives,
+  candidates), shared by all queries with that configuration. The queries of a MoA are not
+  independent (concentrations of one compound, compounds of one MoA rank the same candidates
+  alike), so a null that averages independent draws per query is too narrow and its p-values
+  too small; the shared null is the conservative choice, and the field's (copairs).
+- `per_query`: independent random rankings per query (this workflow's earlier default).
+Ties count as at least as extreme (>=), as in copairs' per-profile p-values; copairs' mAP
+p-value counts only null means strictly above the observed one, which gives a perfect ranking
+the smallest p even when chance reaches it often (e.g. 1 positive among 2 candidates).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import pandas as pd
 from scipy.stats import false_discovery_control
 
 PROTOCOLS = ("nsc", "nscb")
+NULLS = ("shared", "per_query")
 # Null APs equal to the observed one up to rounding count as "at least as good".
 AP_TOLERANCE = 1e-12
 
@@ -105,6 +118,27 @@ def null_average_precision(
         hits = random_subsets(len(k), int(n), k, rng)
         null[rows] = ap_of_hit_rows(hits, k).reshape(len(rows), permutations)
     return null
+
+
+def query_nulls(
+    n_candidates: np.ndarray,
+    n_positives: np.ndarray,
+    permutations: int,
+    rng: np.random.Generator,
+    null: str = "shared",
+) -> np.ndarray:
+    """(Q, permutations) random APs per query: `shared` draws once per distinct (candidates,
+    positives) configuration and gives every query of it the same row; `per_query` draws
+    independently for each query."""
+    if null == "per_query":
+        return null_average_precision(n_candidates, n_positives, permutations, rng)
+    if null != "shared":
+        raise ValueError(f"map.null_model must be one of {', '.join(NULLS)}, not {null!r}")
+    configurations, row = np.unique(
+        np.column_stack([n_candidates, n_positives]), axis=0, return_inverse=True
+    )
+    drawn = null_average_precision(configurations[:, 0], configurations[:, 1], permutations, rng)
+    return drawn[row.ravel()]
 
 
 def random_subsets(n_rows: int, n: int, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -192,8 +226,9 @@ def mean_average_precision(
     permutations = map_settings["permutations"]
     test = permutations > 0 and len(scored) > 0
     if test:
-        null = null_average_precision(
-            protocol.candidates[scored].sum(axis=1), positives[scored].sum(axis=1), permutations, rng
+        null = query_nulls(
+            protocol.candidates[scored].sum(axis=1), positives[scored].sum(axis=1), permutations,
+            rng, map_settings.get("null_model", "shared"),
         )
     result: dict = {
         f"map_{name}": float(ap[scored].mean()) if len(scored) else None,

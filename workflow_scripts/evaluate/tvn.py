@@ -5,10 +5,18 @@ Directions along which untreated cells vary (staining, focus, plate and batch dr
 and the rest rescaled, so that the cosine similarity of treatment profiles measures deviations
 from the typical control rather than nuisance variation. All images are centred on the DMSO mean.
 
-Fitted by an explicit eigendecomposition (of the DMSO covariance matrix, float64) rather than
-sklearn's PCA(whiten=True): the number of kept components is capped explicitly at what the DMSO
-set supports (n_dmso - 1, feature dimension, `max_components`), and components whose eigenvalue is
-at most `eps` x the largest one are dropped instead of being divided by ~0.
+Fitted by a singular value decomposition of the centred DMSO matrix (float64), the same
+whitening as sklearn's PCA(whiten=True) fitted on the DMSO rows. Working on the data matrix
+rather than its covariance matters: the covariance squares the condition number, so features
+whose variances span many orders of magnitude (CellProfiler tables; ViT embeddings with a few
+"massive activation" dimensions) lose their small components to rounding.
+
+Components kept: every direction the DMSO set supports numerically. A singular value counts when
+it exceeds `max(n, D) * machine epsilon * largest` (the numerical-rank rule of
+numpy.linalg.matrix_rank), so the rank is limited by n_dmso - 1, the feature dimension and exact
+redundancy (constant or duplicated features), never by how the features are scaled. Optional:
+`eps`, a relative floor on the component variance (component kept only if its variance exceeds
+eps x the largest), and `max_components`, an explicit cap. Every drop is counted in the report.
 
 `scope="per_batch"` fits one whitening per batch on that batch's DMSO images and applies it to that
 batch. Each batch's principal axes differ, so its whitened coordinates are rotated back onto the
@@ -30,28 +38,32 @@ SCOPES = ("global", "per_batch")
 
 @dataclass(frozen=True)
 class Whitening:
-    """x -> (x - mean) @ projection; projection columns = eigenvectors / sqrt(eigenvalues)."""
+    """x -> (x - mean) @ projection; projection columns = principal axes / sqrt(variances)."""
 
     mean: np.ndarray  # (D,)
-    projection: np.ndarray  # (D, K), K sorted by decreasing eigenvalue
+    projection: np.ndarray  # (D, K), K sorted by decreasing variance
+    possible: int  # min(n_dmso - 1, D): components a DMSO set of this size could support
+    rank: int  # components above the rank tolerance (and the eps floor, when set)
 
     @property
     def n_components(self) -> int:
         return self.projection.shape[1]
 
     def truncated(self, n_components: int) -> "Whitening":
-        return Whitening(self.mean, self.projection[:, :n_components])
+        return Whitening(self.mean, self.projection[:, :n_components], self.possible, self.rank)
 
     def transform(self, features: np.ndarray) -> np.ndarray:
         return (features - self.mean) @ self.projection
 
     def transform_in_feature_axes(self, features: np.ndarray) -> np.ndarray:
         """ZCA: whitened, then rotated back onto the input's axes (comparable across fits)."""
-        axes = self.projection / np.linalg.norm(self.projection, axis=0)  # unit eigenvectors
+        axes = self.projection / np.linalg.norm(self.projection, axis=0)  # unit principal axes
         return self.transform(features) @ axes.T
 
 
-def fit_whitening(dmso: np.ndarray, max_components: int | None, eps: float, where: str) -> Whitening:
+def fit_whitening(
+    dmso: np.ndarray, max_components: int | None, eps: float | None, where: str
+) -> Whitening:
     """PCA whitening of the control features `dmso` (n, D); `where` names the set in errors."""
     n, dim = dmso.shape
     if n < 2:
@@ -61,35 +73,50 @@ def fit_whitening(dmso: np.ndarray, max_components: int | None, eps: float, wher
         )
     dmso = np.asarray(dmso, dtype=np.float64)
     mean = dmso.mean(axis=0)
-    centred = dmso - mean
-    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / (n - 1))
-    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]  # largest first
-    if eigenvalues[0] <= 0:
+    _, singular, axes = np.linalg.svd(dmso - mean, full_matrices=False)  # descending
+    if singular[0] <= 0:
         raise InputError(f"{where}: the DMSO features do not vary; TVN cannot whiten them")
-    supported = int(np.count_nonzero(eigenvalues > eps * eigenvalues[0]))
-    keep = min(supported, n - 1, dim, max_components or dim)
-    projection = eigenvectors[:, :keep] / np.sqrt(eigenvalues[:keep])
-    return Whitening(mean, projection)
+    tolerance = singular[0] * max(n, dim) * np.finfo(np.float64).eps
+    supported = singular > tolerance
+    if eps is not None:
+        supported &= singular**2 > eps * singular[0] ** 2
+    possible = min(n - 1, dim)
+    rank = min(int(np.count_nonzero(supported)), possible)
+    keep = min(rank, max_components or rank)
+    std = singular[:keep] / np.sqrt(n - 1)
+    return Whitening(mean, axes[:keep].T / std, possible, rank)
 
 
-def apply_tvn(
+def whiten(
     features: np.ndarray,
     is_control: np.ndarray,
     batches: np.ndarray,
     scope: str = "global",
     max_components: int | None = None,
-    eps: float = 1e-6,
-) -> tuple[np.ndarray, int]:
-    """Whiten all images (rows of `features`) with the DMSO PCA; returns (whitened, n_components)."""
+    eps: float | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Whiten all images (rows of `features`) with the DMSO PCA.
+
+    Returns (whitened, report); report: components (kept), possible (min(n_dmso - 1, D), per
+    batch the smallest), below_tolerance (possible components dropped as numerically absent or
+    under the eps floor), over_max_components (dropped by the cap or, per batch, to match the
+    batch with the fewest), and per_batch (components each batch supports; per_batch scope only).
+    """
     if scope not in SCOPES:
         raise InputError(f"settings key 'tvn.scope': '{scope}' is not one of {', '.join(SCOPES)}")
     is_control = np.asarray(is_control, dtype=bool)
     if scope == "global":
         whitening = fit_whitening(features[is_control], max_components, eps, "all batches")
-        return whitening.transform(features), whitening.n_components
+        report = {
+            "components": whitening.n_components,
+            "possible": whitening.possible,
+            "below_tolerance": whitening.possible - whitening.rank,
+            "over_max_components": whitening.rank - whitening.n_components,
+        }
+        return whitening.transform(features), report
     batches = np.asarray(batches)
     fitted = {
-        batch: fit_whitening(
+        str(batch): fit_whitening(
             features[is_control & (batches == batch)], max_components, eps, f"batch '{batch}'"
         )
         for batch in np.unique(batches)
@@ -99,4 +126,25 @@ def apply_tvn(
     for batch, whitening in fitted.items():
         rows = batches == batch
         whitened[rows] = whitening.truncated(common).transform_in_feature_axes(features[rows])
-    return whitened, common
+    smallest = min(fitted.values(), key=lambda w: w.possible)
+    report = {
+        "components": common,
+        "possible": smallest.possible,
+        "below_tolerance": max(w.possible - w.rank for w in fitted.values()),
+        "over_max_components": max(w.rank for w in fitted.values()) - common,
+        "per_batch": {batch: w.rank for batch, w in fitted.items()},
+    }
+    return whitened, report
+
+
+def apply_tvn(
+    features: np.ndarray,
+    is_control: np.ndarray,
+    batches: np.ndarray,
+    scope: str = "global",
+    max_components: int | None = None,
+    eps: float | None = None,
+) -> tuple[np.ndarray, int]:
+    """Whiten all images (rows of `features`) with the DMSO PCA; returns (whitened, n_components)."""
+    whitened, report = whiten(features, is_control, batches, scope, max_components, eps)
+    return whitened, report["components"]
