@@ -187,3 +187,77 @@ def test_cli_rejects_a_label_the_summary_cannot_read(tmp_path, capsys):
     status = evaluate_cli.main(["--features", str(tmp_path / "f.parquet"), "--out-dir", str(tmp_path / "e"),
                                 "--label", "only-arch"])
     assert status == 2 and "--label" in capsys.readouterr().err
+
+
+def run_cli_on_csv(table, tmp_path, settings="{}", extra=()):
+    table.to_csv(tmp_path / "table.csv", index=False)
+    out_dir = tmp_path / "eval"
+    status = evaluate_cli.main(["--features", str(tmp_path / "table.csv"), "--settings", settings,
+                                "--out-dir", str(out_dir), "--label", "a/b/0001", *extra])
+    return status, out_dir
+
+
+def with_text_concentration(df):
+    df = df.astype({"concentration": object})
+    df.loc[3, "concentration"] = "ten"
+    return df
+
+
+def with_ids(df):
+    return df.assign(image_id=[f"img{i}" for i in range(len(df))])
+
+
+@pytest.mark.parametrize(
+    "mutate, settings, message",
+    [
+        (with_text_concentration, "{}", "row 3, column 'concentration' is 'ten', not a number"),
+        (None, '{"tvn": {"max_components": "all"}}', "settings key 'tvn.max_components': 'all' is not"),
+        (None, '{"map": {"permutations": -5}}', "settings key 'map.permutations': -5 is less than"),
+        (None, '{"tvn": {"enabled": "yes"}}', "settings key 'tvn.enabled': 'yes' is not of type"),
+        (None, '{"tvn": {"eps": 0}}', "settings key 'tvn.eps': 0 is less than or equal"),
+        (None, '{"normalization": {"method": "zscore"}}', "settings key 'normalization.method'"),
+        (lambda df: df.assign(moa=np.where(df["compound"] == "DMSO", "DMSO", "Only MoA")), "{}",
+         "every treated row has moa 'Only MoA'; MoA retrieval needs at least 2 MoAs"),
+        (lambda df: pd.concat([df, df.iloc[[7]]], ignore_index=True), "{}",
+         f"rows 7 and {len(synthetic_features())} are the same row"),
+        (lambda df: with_ids(df).assign(image_id=lambda d: d["image_id"].where(d.index != 9, "img2")),
+         "{}", "rows 2 and 9 are the same image (image_id='img2')"),
+        (lambda df: df.assign(plate="P", well=[f"W{i % 50}" for i in range(len(df))]), "{}",
+         "rows 0 and 50 are the same well (a per-image table needs a site column)"),
+        (lambda df: df.assign(is_control=np.where(df["compound"] == "DMSO", "yes", "no")), "{}",
+         "row 0, column 'is_control' is 'no'; expected a boolean"),
+        (lambda df: df.iloc[:0], "{}", "the table has no rows (header only)"),
+    ],
+)
+def test_cli_refuses_bad_input_with_one_line(tmp_path, capsys, mutate, settings, message):
+    table = synthetic_features()
+    status, out_dir = run_cli_on_csv(mutate(table) if mutate else table, tmp_path, settings)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_control_flags_and_dmso_spelling_are_read_as_meant(tmp_path):
+    features = synthetic_features()
+    reference = metric_values(evaluate_table(features, FAST))
+    lower = features.assign(compound=features["compound"].replace("DMSO", "dmso"))
+    result = metric_values(evaluate_table(lower, FAST))
+    assert result["n_dmso"] == 16 and result["nsc"] == reference["nsc"]
+    for flags in (features["compound"] == "DMSO",
+                  (features["compound"] == "DMSO").map({True: "TRUE", False: "false"}),
+                  (features["compound"] == "DMSO").astype(int)):
+        flagged = metric_values(evaluate_table(features.assign(is_control=flags), FAST))
+        assert flagged["n_dmso"] == 16 and flagged["map_nsc"] == reference["map_nsc"]
+
+
+def test_few_dmso_rows_warn_with_the_numbers(tmp_path, capsys):
+    # 16 DMSO images, 24 features: at most 15 whitened dimensions
+    features = synthetic_features(dim=24)
+    status, out_dir = run_cli_on_csv(features, tmp_path, write_settings())
+    err = capsys.readouterr().err
+    assert status == 0
+    assert "warning: TVN on all batches: 16 DMSO rows support at most 15 whitened dimensions of 24" in err
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["tvn_components"] == 15 and metrics["tvn"]["possible"] == 15
+    assert any(note.startswith("warning: TVN") for note in metrics["notes"])

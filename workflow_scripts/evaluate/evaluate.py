@@ -13,14 +13,20 @@ embeddings can be put beside the DINOv3 runs in the summary report:
 
 - Input: CSV or parquet, one row per image or per well, treated and DMSO rows together.
 - Needed columns: compound, moa, plate, batch, and concentration (or treatment, one name per
-  compound-concentration pair). `is_control` is derived from compound == DMSO when absent.
-  `--metadata-map ours=theirs,...` renames the table's columns to these names.
+  compound-concentration pair). `is_control` (true/false or 1/0) is derived from compound ==
+  DMSO (any case) when absent. Optional: image_id, or well (+ site for per-image tables), by
+  which a row given twice is refused. `--metadata-map ours=theirs,...` renames the table's
+  columns to these names.
+- Features that are non-finite or constant in the DMSO rows are dropped (counted in the log and
+  in metrics.json); a non-finite value in a treated row is an error.
 - Features: the numeric columns whose name matches `--feature-columns` (a Python regular
   expression, searched; default `^feat_`). The metadata columns above are never features, even
   when the expression matches them; label-like extras (e.g. a numeric MoA code) are ignored
   unless the expression selects them, so choose it to match features only.
-- `--settings`: JSON with config.yaml's `evaluate.tvn`, `.aggregation`, `.map` (missing keys take
-  the config.yaml defaults).
+- `--settings`: JSON with config.yaml's `evaluate.normalization`, `.tvn`, `.aggregation`, `.map`
+  (missing keys take the config.yaml defaults; types and ranges as in the config schema).
+- Log (stderr, also `notes` in metrics.json): features dropped, normalisation, TVN components
+  kept of those possible, warnings (e.g. fewer DMSO rows than features).
 - `--label`: `arch/channel/NNNN`, how the summary names the run (any arch and channel text
   without '/', e.g. `cellprofiler/all/0000`). To compare, run `workflow_scripts.evaluate.summary`
   with this metrics.json added to the workflow's ones.
@@ -42,6 +48,8 @@ from workflow_scripts.tables import FEATURE_PREFIX, METADATA_COLUMNS, read_table
 
 LABEL = re.compile(r"[^/]+/[^/]+/\d+")
 EVALUATION_COLUMNS = ("compound", "concentration", "treatment", "moa", "plate", "batch", "is_control")
+# Identify an image or well, so that a row given twice is found (never features).
+IDENTITY_COLUMNS = ("image_id", "well", "site")
 
 
 def parse_metadata_map(text: str) -> dict[str, str]:
@@ -51,9 +59,10 @@ def parse_metadata_map(text: str) -> dict[str, str]:
         ours, sep, theirs = item.partition("=")
         if not sep or not ours.strip() or not theirs.strip():
             raise InputError(f"--metadata-map: '{item}' is not ours=theirs")
-        if ours.strip() not in EVALUATION_COLUMNS:
+        if ours.strip() not in EVALUATION_COLUMNS + IDENTITY_COLUMNS:
             raise InputError(
-                f"--metadata-map: '{ours.strip()}' is not one of {', '.join(EVALUATION_COLUMNS)}"
+                f"--metadata-map: '{ours.strip()}' is not one of "
+                f"{', '.join(EVALUATION_COLUMNS + IDENTITY_COLUMNS)}"
             )
         renames[theirs.strip()] = ours.strip()
     return renames
@@ -64,7 +73,7 @@ def select_feature_columns(df: pd.DataFrame, pattern: str, source: str) -> list[
         regex = re.compile(pattern)
     except re.error as err:
         raise InputError(f"--feature-columns: '{pattern}' is not a valid regular expression ({err})") from err
-    never = set(METADATA_COLUMNS) | set(EVALUATION_COLUMNS)
+    never = set(METADATA_COLUMNS) | set(EVALUATION_COLUMNS) | set(IDENTITY_COLUMNS)
     columns = [c for c in df.columns if regex.search(str(c)) and c not in never]
     if not columns:
         raise InputError(f"{source}: no column matches --feature-columns '{pattern}'")
@@ -107,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     write_table(result["confusion"].reset_index(), out_dir / "confusion.csv")
     metrics = {"label": args.label, **{k: v for k, v in result.items() if k not in TABLE_KEYS}}
     write_json(out_dir / "metrics.json", metrics)
+    for note in metrics["notes"]:
+        print(f"{args.label}: {note}", file=sys.stderr)
     print(
         f"{args.label}: NSC {_fmt(metrics['nsc'])} ({metrics['n_treatments_nsc']} treatments), "
         f"NSCB {_fmt(metrics['nscb'])} ({metrics['n_treatments_nscb']}), "
