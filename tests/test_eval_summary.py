@@ -17,7 +17,9 @@ def write_run(root, arch, channel, epoch, nscb, map_enabled=True):
         "label": f"{arch}/{channel}/{epoch:04d}", "nsc": min(1.0, nscb + 0.1), "nscb": nscb,
         "map_nsc": nscb if map_enabled else None, "map_nscb": nscb / 2 if map_enabled else None,
         "n_treatments_nsc": 103, "n_treatments_nscb": 92, "n_images": 3848, "n_dmso": 1320,
-        "feature_dim": 384, "tvn_components": 384, "per_moa": {},
+        "feature_dim": 384, "tvn_components": 384, "per_moa": {}, "features_used": 383,
+        "features_dropped": {"constant in DMSO": ["feat_0007"]}, "normalization": "standardize",
+        "tvn": {"components": 384, "possible": 384},
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     confusion = pd.DataFrame([[3 + epoch, 1], [0, 2]], index=pd.Index(MOAS, name="moa"), columns=MOAS)
@@ -80,6 +82,10 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
     assert "NSC nearest-neighbour MoAs of vit_b/DAPI/0010" in report
     assert "vit_s/DAPI/0005" not in report
     assert "3848" in report and "DNA damage" in report and "Week1" in report
+    # what each evaluation did, per run (metrics.json of write_run: 1320 DMSO, 384 of 384 features)
+    evaluation = report[report.index("What each evaluation did"):report.index("Last epoch (pre-declared)")]
+    assert evaluation.count("<td>standardize</td>") == 9 and "1320" in evaluation
+    assert row["n_dmso"] == 1320 and row["features_dropped"] == 1 and row["tvn_possible"] == 384
 
 
 def test_summary_without_map_skips_its_plots(tmp_path):

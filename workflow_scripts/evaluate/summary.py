@@ -45,6 +45,9 @@ CONFUSION_FIGURE = "confusion_last_epoch.png"
 ORACLE = "oracle: selected on the evaluation metric itself (optimistic)"
 RUN_KEYS = ("arch", "channel", "epoch")
 COUNT_KEYS = ("n_treatments_nsc", "n_treatments_nscb", "n_images", "feature_dim", "tvn_components")
+# What the evaluation of each table did (absent from older metrics.json files: left empty).
+EVALUATION_COLUMNS = ("n_dmso", "features_used", "features_dropped", "normalization",
+                      "tvn_possible")
 
 METRICS_EXPLAINED = """
 <p>Each run embeds every image (median over fixed crops), whitens the embeddings with the
@@ -86,6 +89,7 @@ def read_runs(paths: list[Path]) -> pd.DataFrame:
                 "epoch": epoch,
                 **{key: metrics[key] for key in METRICS},
                 **{key: metrics.get(key) for key in COUNT_KEYS},
+                **evaluation_columns(metrics),
                 "run_dir": path.parent,
             }
         )
@@ -98,6 +102,32 @@ def read_runs(paths: list[Path]) -> pd.DataFrame:
     for key in METRICS:
         runs[key] = pd.to_numeric(runs[key]).astype(float)
     return runs.sort_values(list(RUN_KEYS), kind="stable").reset_index(drop=True)
+
+
+def evaluation_columns(metrics: dict) -> dict:
+    """n_dmso, features used and dropped (count), normalisation, TVN components possible."""
+    dropped = metrics.get("features_dropped")
+    tvn = metrics.get("tvn") or {}
+    return {
+        "n_dmso": metrics.get("n_dmso"),
+        "features_used": metrics.get("features_used"),
+        "features_dropped": None if dropped is None else sum(map(len, dropped.values())),
+        "normalization": metrics.get("normalization"),
+        "tvn_possible": tvn.get("possible"),
+    }
+
+
+def evaluation_html(runs: pd.DataFrame) -> str:
+    """Per run: DMSO rows, features used / dropped, normalisation, TVN components kept of those
+    the DMSO set could support."""
+    columns = ["arch", "channel", "epoch", "n_dmso", "feature_dim", "features_used",
+               "features_dropped", "normalization", "tvn_components", "tvn_possible"]
+    table = runs[[c for c in columns if c in runs.columns]].to_html(index=False, na_rep="–", border=0)
+    return (
+        "<h2>What each evaluation did</h2><p>DMSO rows, features used and dropped (non-finite or "
+        "constant in DMSO), per-plate normalisation, and TVN components kept of the number the "
+        "DMSO set could support.</p>" + table
+    )
 
 
 def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -267,6 +297,7 @@ img {{ max-width: 100%; margin: 0.5em 0; }}
 <h1>BBBC021 x DINOv3: MoA retrieval summary</h1>
 <h2>Metrics</h2>{METRICS_EXPLAINED}
 <h2>Dataset</h2>{validation_html(validation)}
+{evaluation_html(runs)}
 <h2>Last epoch (pre-declared) vs epoch 0 (pretrained)</h2>{headline_table}
 <h2>Best epoch per architecture, channel and metric ({ORACLE})</h2>
 <p>Each value below is the maximum over all evaluated epochs, chosen on the same treatments it
