@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from workflow_scripts.errors import InputError
-from workflow_scripts.evaluate.tvn import apply_tvn
+from workflow_scripts.evaluate.tvn import apply_tvn, whiten
 
 
 def correlated(rng, n, dim, shift=0.0, scale=1.0):
@@ -104,3 +104,18 @@ def test_missing_dmso_is_a_clear_error():
     batches = np.array(["W1"] * 5 + ["W2"] * 5)
     with pytest.raises(InputError, match="batch 'W2'.*found 1"):
         apply_tvn(features, is_control, batches, scope="per_batch")
+
+
+def test_default_rank_tolerance_drops_exactly_the_redundant_directions():
+    rng = np.random.default_rng(6)
+    many = correlated(rng, 200, 8)
+    # features on scales 1e-3 .. 1e3 (variances over 12 orders of magnitude), plus a constant
+    # feature and a copy: 8 real directions
+    scaled = many * 10.0 ** np.linspace(-3, 3, 8)
+    degenerate = np.column_stack([scaled, np.full(200, 7.0), scaled[:, 3]])
+    whitened, report = whiten(degenerate, np.ones(200, bool), np.zeros(200))
+    assert report == {"components": 8, "possible": 10, "below_tolerance": 2, "over_max_components": 0}
+    assert_white(whitened)
+    # eps (opt-in) is a floor on the variance relative to the largest component
+    _, floored = whiten(degenerate, np.ones(200, bool), np.zeros(200), eps=1e-6)
+    assert floored["components"] < 8
