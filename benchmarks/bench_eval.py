@@ -4,12 +4,20 @@
    compounds / 103 treatments / 12 MoAs, ~3,800 images of which 1,320 DMSO, 384 features: the
    vit_small width). Times TVN, aggregation and NSC + NSCB + mAP (1000 permutations, config.yaml's
    default) separately; best of `--repeats`.
-2. Extraction: images/s of `workflow_scripts.evaluate.extract.extract_features` on a synthetic
+2. Conditioning (`--conditioning`): the CellProfiler-like and ViT-like tables of
+   tests/profile_tables.py (DMSO variances over 15 orders of magnitude; 4 dimensions at 1e4x;
+   the CellProfiler-like one again with 990 instead of 330 DMSO wells),
+   whitened three ways: the seed's rule (eigendecomposition of the DMSO covariance, components
+   with eigenvalue > 1e-6 x the largest), the same with eps 0, and this workflow's TVN (SVD,
+   numerical rank); prints components, max |whitened DMSO covariance - I|, NSC / NSCB, the
+   NSC + NSCB neighbours that differ from sklearn's PCA(whiten=True), and the time of the
+   whole evaluate_table (config.yaml defaults, 1000 permutations) for its 103 treatments.
+3. Extraction: images/s of `workflow_scripts.evaluate.extract.extract_features` on a synthetic
    cache, for the demo's tiny ViT (depth 2, width 64, 64 px crops of 204x256 fields) and, with
    `--full`, for vit_small_patch16_dinov3 at its real size (224 px crops of 512x640 fields, the
    real cache at resize_factor 0.5). Runs on CUDA when available (bf16), else CPU (fp32).
 
-    python benchmarks/bench_eval.py [--repeats 3] [--full] [--images 64]
+    python benchmarks/bench_eval.py [--repeats 3] [--full] [--images 64] [--conditioning]
 """
 
 from __future__ import annotations
@@ -101,6 +109,75 @@ def bench_metrics(repeats: int) -> dict:
     }
 
 
+def covariance_eigh_whitening(values: np.ndarray, is_control: np.ndarray, eps: float) -> np.ndarray:
+    """The seed's TVN, for comparison: eigenvectors of the DMSO covariance, components with
+    eigenvalue > eps x the largest (at most n_dmso - 1)."""
+    dmso = values[is_control]
+    mean = dmso.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(dmso, rowvar=False))
+    eigenvalues, eigenvectors = eigenvalues[::-1], eigenvectors[:, ::-1]
+    keep = min(int(np.count_nonzero(eigenvalues > eps * eigenvalues[0])), len(dmso) - 1)
+    return (values - mean) @ (eigenvectors[:, :keep] / np.sqrt(eigenvalues[:keep]))
+
+
+def bench_conditioning() -> list[dict]:
+    sys.path.insert(0, str(REPO / "tests"))
+    from profile_tables import cellprofiler_like_table, vit_like_table
+    from sklearn.decomposition import PCA
+
+    from workflow_scripts.evaluate.pipeline import evaluate_table
+    from workflow_scripts.evaluate.tvn import whiten
+
+    rows = []
+    tables = (("cellprofiler-like", cellprofiler_like_table()), ("vit-like", vit_like_table()),
+              ("cellprofiler-like, 990 DMSO", cellprofiler_like_table(dmso_per_plate=33)))
+    for name, table in tables:
+        columns = [c for c in table.columns if c.startswith(("Cells_", "feat_"))]
+        values = table[columns].to_numpy(dtype=np.float64)
+        is_control = table["is_control"].to_numpy()
+        variances = values[is_control].var(axis=0)
+        labels = table[["compound", "concentration", "moa", "plate", "batch"]]
+        no_map = {"tvn": {"enabled": False}, "map": {"enabled": False}}
+
+        def scored(whitened):
+            whitened_table = pd.concat([labels, pd.DataFrame(whitened, columns=feature_names(whitened.shape[1]))], axis=1)
+            return evaluate_table(whitened_table, no_map)
+
+        ours, report = whiten(values, is_control, table["batch"].to_numpy())
+        sklearn = PCA(n_components=report["components"], whiten=True, svd_solver="full").fit(values[is_control])
+        reference = scored(sklearn.transform(values))["predictions"]
+        for method, whitened in (
+            ("seed: covariance eigh, eps 1e-6", covariance_eigh_whitening(values, is_control, 1e-6)),
+            ("covariance eigh, eps 0", covariance_eigh_whitening(values, is_control, 0.0)),
+            ("this workflow: SVD, numerical rank", ours),
+        ):
+            result = scored(whitened)
+            covariance = np.cov(whitened[is_control], rowvar=False)
+            differ = (result["predictions"]["neighbour"].to_numpy() != reference["neighbour"].to_numpy())
+            rows.append({
+                "table": name, "method": method, "rows": len(table), "dmso": int(is_control.sum()),
+                "features": len(columns),
+                "dmso_variance_orders": round(float(np.log10(variances.max() / variances.min())), 1),
+                "components": whitened.shape[1],
+                "max_abs_cov_minus_identity": float(np.abs(covariance - np.eye(len(covariance))).max()),
+                "nsc": f"{round(result['nsc'] * result['n_treatments_nsc'])}/{result['n_treatments_nsc']}",
+                "nscb": f"{round(result['nscb'] * result['n_treatments_nscb'])}/{result['n_treatments_nscb']}",
+                "nsc_nscb_neighbours_differing_from_sklearn": int(differ.sum()),
+            })
+        for normalization in ("standardize", "mad_robustize"):
+            result = evaluate_table(table, {"normalization": {"method": normalization}, "map": {"enabled": False}}, columns)
+            rows.append({"table": name, "method": f"this workflow + normalization {normalization}",
+                         "components": result["tvn_components"],
+                         "nsc": f"{round(result['nsc'] * 103)}/103",
+                         "nscb": f"{round(result['nscb'] * result['n_treatments_nscb'])}/{result['n_treatments_nscb']}"})
+        start = time.perf_counter()
+        result = evaluate_table(table, {}, columns)
+        rows.append({"table": name, "method": "evaluate_table, config.yaml defaults (1000 permutations)",
+                     "treatments": result["n_treatments_nsc"], "seconds": round(time.perf_counter() - start, 2),
+                     "map_nsc": round(result["map_nsc"], 3), "map_nscb": round(result["map_nscb"], 3)})
+    return rows
+
+
 def bench_extraction(name: str, model_kwargs: dict, shape: tuple[int, int], input_size: int, n_images: int) -> dict:
     from workflow_scripts.evaluate.extract import extract_features
     from workflow_scripts.train.backbone import build_backbone
@@ -131,7 +208,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=64, help="images for each extraction run")
     parser.add_argument("--full", action="store_true", help="also vit_small at its real size, 224 px")
+    parser.add_argument("--conditioning", action="store_true",
+                        help="only the TVN conditioning comparison on the synthetic tables")
     args = parser.parse_args()
+    if args.conditioning:
+        for row in bench_conditioning():
+            print(json.dumps(row))
+        return
 
     print(json.dumps({"metrics": bench_metrics(args.repeats)}, indent=2))
     tiny = bench_extraction("tiny ViT (depth 2, width 64)", {"depth": 2, "embed_dim": 64, "num_heads": 2},

@@ -96,11 +96,11 @@ def mix(latent: np.ndarray, n_features: int, rng: np.random.Generator, noise: fl
 
 def cellprofiler_like_table(seed: int = 0, n_features: int = 516, variance_orders: float = 15.0,
                             signal: float = 1.0, signature: float = 0.2,
-                            groups: int = 12) -> pd.DataFrame:
+                            groups: int = 12, dmso_per_plate: int = 11) -> pd.DataFrame:
     """Feature families (`groups`) on scales spread over `variance_orders` orders of magnitude
     of DMSO variance (log10 std of a family uniform, +- 0.5 within it)."""
     rng = np.random.default_rng(seed)
-    table = design(rows_per_well=1, dmso_per_plate=11)
+    table = design(rows_per_well=1, dmso_per_plate=dmso_per_plate)
     values = mix(latent_profiles(table, 48, rng, signal), n_features, rng, noise=0.3,
                  groups=groups)
     values += feature_signatures(table, n_features, rng, strength=signature)

@@ -112,7 +112,9 @@ def evaluate_table(
 
 def dmso_warnings(metadata: pd.DataFrame, n_features: int, scope: str) -> list[str]:
     """A DMSO set smaller than the feature dimension can whiten only its own span: the treated
-    profiles' components outside it are discarded. Allowed (as in the seed), but said."""
+    profiles' components outside it are discarded, and with n_dmso close to the dimension the
+    smallest sample eigenvalues are far too small (their directions get amplified noise).
+    Allowed (as in the seed), but said."""
     is_control = metadata["is_control"].to_numpy()
     groups = (
         [("all batches", int(is_control.sum()))]
@@ -122,7 +124,9 @@ def dmso_warnings(metadata: pd.DataFrame, n_features: int, scope: str) -> list[s
     )
     return [
         f"warning: TVN on {where}: {n} DMSO rows support at most {n - 1} whitened dimensions of "
-        f"{n_features} features; treated variation outside them is discarded"
+        f"{n_features} features; treated variation outside them is discarded and the smallest "
+        "components are poorly estimated (consider evaluate.tvn.max_components or "
+        "evaluate.normalization)"
         for where, n in groups
         if n - 1 < n_features
     ]
