@@ -120,6 +120,12 @@ def covariance_eigh_whitening(values: np.ndarray, is_control: np.ndarray, eps: f
     return (values - mean) @ (eigenvectors[:, :keep] / np.sqrt(eigenvalues[:keep]))
 
 
+def correct_of(result: dict, protocol: str) -> str:
+    """'correct/treatments' of NSC or NSCB."""
+    total = result[f"n_treatments_{protocol}"]
+    return f"{round(result[protocol] * total)}/{total}"
+
+
 def bench_conditioning() -> list[dict]:
     sys.path.insert(0, str(REPO / "tests"))
     from profile_tables import cellprofiler_like_table, vit_like_table
@@ -129,8 +135,11 @@ def bench_conditioning() -> list[dict]:
     from workflow_scripts.evaluate.tvn import whiten
 
     rows = []
-    tables = (("cellprofiler-like", cellprofiler_like_table()), ("vit-like", vit_like_table()),
-              ("cellprofiler-like, 990 DMSO", cellprofiler_like_table(dmso_per_plate=33)))
+    tables = (
+        ("cellprofiler-like", cellprofiler_like_table()),
+        ("vit-like", vit_like_table()),
+        ("cellprofiler-like, 990 DMSO", cellprofiler_like_table(dmso_per_plate=33)),
+    )
     for name, table in tables:
         columns = [c for c in table.columns if c.startswith(("Cells_", "feat_"))]
         values = table[columns].to_numpy(dtype=np.float64)
@@ -140,45 +149,81 @@ def bench_conditioning() -> list[dict]:
         no_map = {"tvn": {"enabled": False}, "map": {"enabled": False}}
 
         def scored(whitened):
-            whitened_table = pd.concat([labels, pd.DataFrame(whitened, columns=feature_names(whitened.shape[1]))], axis=1)
+            whitened_table = pd.concat(
+                [labels, pd.DataFrame(whitened, columns=feature_names(whitened.shape[1]))], axis=1
+            )
             return evaluate_table(whitened_table, no_map)
 
         ours, report = whiten(values, is_control, table["batch"].to_numpy())
-        sklearn = PCA(n_components=report["components"], whiten=True, svd_solver="full").fit(values[is_control])
+        sklearn = PCA(n_components=report["components"], whiten=True, svd_solver="full").fit(
+            values[is_control]
+        )
         reference = scored(sklearn.transform(values))["predictions"]
         for method, whitened in (
-            ("seed: covariance eigh, eps 1e-6", covariance_eigh_whitening(values, is_control, 1e-6)),
+            (
+                "seed: covariance eigh, eps 1e-6",
+                covariance_eigh_whitening(values, is_control, 1e-6),
+            ),
             ("covariance eigh, eps 0", covariance_eigh_whitening(values, is_control, 0.0)),
             ("this workflow: SVD, numerical rank", ours),
         ):
             result = scored(whitened)
             covariance = np.cov(whitened[is_control], rowvar=False)
-            differ = (result["predictions"]["neighbour"].to_numpy() != reference["neighbour"].to_numpy())
-            rows.append({
-                "table": name, "method": method, "rows": len(table), "dmso": int(is_control.sum()),
-                "features": len(columns),
-                "dmso_variance_orders": round(float(np.log10(variances.max() / variances.min())), 1),
-                "components": whitened.shape[1],
-                "max_abs_cov_minus_identity": float(np.abs(covariance - np.eye(len(covariance))).max()),
-                "nsc": f"{round(result['nsc'] * result['n_treatments_nsc'])}/{result['n_treatments_nsc']}",
-                "nscb": f"{round(result['nscb'] * result['n_treatments_nscb'])}/{result['n_treatments_nscb']}",
-                "nsc_nscb_neighbours_differing_from_sklearn": int(differ.sum()),
-            })
+            differ = (
+                result["predictions"]["neighbour"].to_numpy() != reference["neighbour"].to_numpy()
+            )
+            rows.append(
+                {
+                    "table": name,
+                    "method": method,
+                    "rows": len(table),
+                    "dmso": int(is_control.sum()),
+                    "features": len(columns),
+                    "dmso_variance_orders": round(
+                        float(np.log10(variances.max() / variances.min())), 1
+                    ),
+                    "components": whitened.shape[1],
+                    "max_abs_cov_minus_identity": float(
+                        np.abs(covariance - np.eye(len(covariance))).max()
+                    ),
+                    "nsc": correct_of(result, "nsc"),
+                    "nscb": correct_of(result, "nscb"),
+                    "nsc_nscb_neighbours_differing_from_sklearn": int(differ.sum()),
+                }
+            )
         for normalization in ("standardize", "mad_robustize"):
-            result = evaluate_table(table, {"normalization": {"method": normalization}, "map": {"enabled": False}}, columns)
-            rows.append({"table": name, "method": f"this workflow + normalization {normalization}",
-                         "components": result["tvn_components"],
-                         "nsc": f"{round(result['nsc'] * 103)}/103",
-                         "nscb": f"{round(result['nscb'] * result['n_treatments_nscb'])}/{result['n_treatments_nscb']}"})
+            result = evaluate_table(
+                table,
+                {"normalization": {"method": normalization}, "map": {"enabled": False}},
+                columns,
+            )
+            rows.append(
+                {
+                    "table": name,
+                    "method": f"this workflow + normalization {normalization}",
+                    "components": result["tvn_components"],
+                    "nsc": correct_of(result, "nsc"),
+                    "nscb": correct_of(result, "nscb"),
+                }
+            )
         start = time.perf_counter()
         result = evaluate_table(table, {}, columns)
-        rows.append({"table": name, "method": "evaluate_table, config.yaml defaults (1000 permutations)",
-                     "treatments": result["n_treatments_nsc"], "seconds": round(time.perf_counter() - start, 2),
-                     "map_nsc": round(result["map_nsc"], 3), "map_nscb": round(result["map_nscb"], 3)})
+        rows.append(
+            {
+                "table": name,
+                "method": "evaluate_table, config.yaml defaults (1000 permutations)",
+                "treatments": result["n_treatments_nsc"],
+                "seconds": round(time.perf_counter() - start, 2),
+                "map_nsc": round(result["map_nsc"], 3),
+                "map_nscb": round(result["map_nscb"], 3),
+            }
+        )
     return rows
 
 
-def bench_extraction(name: str, model_kwargs: dict, shape: tuple[int, int], input_size: int, n_images: int) -> dict:
+def bench_extraction(
+    name: str, model_kwargs: dict, shape: tuple[int, int], input_size: int, n_images: int
+) -> dict:
     from workflow_scripts.evaluate.extract import extract_features
     from workflow_scripts.train.backbone import build_backbone
 
@@ -197,9 +242,15 @@ def bench_extraction(name: str, model_kwargs: dict, shape: tuple[int, int], inpu
         features = extract_features(model, [array], CLIP_MAX, settings, device, "none", **loader)
         seconds = time.perf_counter() - start
     return {
-        "model": name, "device": str(device), "threads": torch.get_num_threads(), "images": n_images,
-        "field": f"{shape[0]}x{shape[1]}", "crops_per_image": 4, "input_size": input_size,
-        "feature_dim": features.shape[1], "images_per_s": round(n_images / seconds, 1),
+        "model": name,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "images": n_images,
+        "field": f"{shape[0]}x{shape[1]}",
+        "crops_per_image": 4,
+        "input_size": input_size,
+        "feature_dim": features.shape[1],
+        "images_per_s": round(n_images / seconds, 1),
     }
 
 
@@ -207,9 +258,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=64, help="images for each extraction run")
-    parser.add_argument("--full", action="store_true", help="also vit_small at its real size, 224 px")
-    parser.add_argument("--conditioning", action="store_true",
-                        help="only the TVN conditioning comparison on the synthetic tables")
+    parser.add_argument(
+        "--full", action="store_true", help="also vit_small at its real size, 224 px"
+    )
+    parser.add_argument(
+        "--conditioning",
+        action="store_true",
+        help="only the TVN conditioning comparison on the synthetic tables",
+    )
     args = parser.parse_args()
     if args.conditioning:
         for row in bench_conditioning():
@@ -217,8 +273,13 @@ def main() -> None:
         return
 
     print(json.dumps({"metrics": bench_metrics(args.repeats)}, indent=2))
-    tiny = bench_extraction("tiny ViT (depth 2, width 64)", {"depth": 2, "embed_dim": 64, "num_heads": 2},
-                            (204, 256), 64, args.images)
+    tiny = bench_extraction(
+        "tiny ViT (depth 2, width 64)",
+        {"depth": 2, "embed_dim": 64, "num_heads": 2},
+        (204, 256),
+        64,
+        args.images,
+    )
     print(json.dumps({"extraction": tiny}, indent=2))
     if args.full:
         full = bench_extraction("vit_small_patch16_dinov3", {}, (512, 640), 224, args.images)

@@ -73,7 +73,9 @@ rule evaluate_features:
         features=FEATURES,
         code=code("evaluate.evaluate"),
     params:
-        settings=as_json({k: EVAL_SETTINGS.get(k, {}) for k in ("normalization", "tvn", "aggregation", "map")}),
+        settings=as_json(
+            {k: EVAL_SETTINGS.get(k, {}) for k in ("normalization", "tvn", "aggregation", "map")}
+        ),
         out_dir=lambda w, output: os.path.dirname(output.metrics),
     threads: 2
     conda:

@@ -37,7 +37,9 @@ def design(rows_per_well: int, dmso_per_plate: int) -> pd.DataFrame:
             for p in range(PLATES_PER_WEEK):
                 well = f"C{c:02d}D{d}"
                 for site in range(rows_per_well):
-                    rows.append((f"cpd{c:02d}", dose, f"MoA {moa:02d}", f"{week}_P{p}", well, site, week))
+                    rows.append(
+                        (f"cpd{c:02d}", dose, f"MoA {moa:02d}", f"{week}_P{p}", well, site, week)
+                    )
     for week in WEEKS:
         for p in range(PLATES_PER_WEEK):
             for w in range(dmso_per_plate):
@@ -50,8 +52,9 @@ def design(rows_per_well: int, dmso_per_plate: int) -> pd.DataFrame:
     return table
 
 
-def latent_profiles(table: pd.DataFrame, latent_dim: int, rng: np.random.Generator,
-                    signal: float) -> np.ndarray:
+def latent_profiles(
+    table: pd.DataFrame, latent_dim: int, rng: np.random.Generator, signal: float
+) -> np.ndarray:
     """(rows, latent_dim): MoA + compound signal x dose, week and plate effects, noise."""
     moa_axis = {m: rng.normal(size=latent_dim) for m in table["moa"].unique()}
     compound_axis = {c: rng.normal(scale=0.7, size=latent_dim) for c in table["compound"].unique()}
@@ -66,8 +69,9 @@ def latent_profiles(table: pd.DataFrame, latent_dim: int, rng: np.random.Generat
     return values
 
 
-def feature_signatures(table: pd.DataFrame, n_features: int, rng: np.random.Generator,
-                       strength: float) -> np.ndarray:
+def feature_signatures(
+    table: pd.DataFrame, n_features: int, rng: np.random.Generator, strength: float
+) -> np.ndarray:
     """(rows, n_features): each MoA (and, weaker, each compound) shifts every feature a little,
     growing with dose; zero for controls. Such shifts lie mostly along directions in which the
     controls barely vary: what TVN's whitening is there to bring out."""
@@ -81,8 +85,9 @@ def feature_signatures(table: pd.DataFrame, n_features: int, rng: np.random.Gene
     return shifts
 
 
-def mix(latent: np.ndarray, n_features: int, rng: np.random.Generator, noise: float,
-        groups: int = 1) -> np.ndarray:
+def mix(
+    latent: np.ndarray, n_features: int, rng: np.random.Generator, noise: float, groups: int = 1
+) -> np.ndarray:
     """Every feature a random mixture of the latent factors of its group plus its own noise;
     with `groups` > 1 the factors and features are split into that many groups (CellProfiler's
     feature families: each measures its own aspect of the cell)."""
@@ -94,15 +99,20 @@ def mix(latent: np.ndarray, n_features: int, rng: np.random.Generator, noise: fl
     return latent @ mixing + rng.normal(scale=noise, size=(len(latent), n_features))
 
 
-def cellprofiler_like_table(seed: int = 0, n_features: int = 516, variance_orders: float = 15.0,
-                            signal: float = 1.0, signature: float = 0.2,
-                            groups: int = 12, dmso_per_plate: int = 11) -> pd.DataFrame:
+def cellprofiler_like_table(
+    seed: int = 0,
+    n_features: int = 516,
+    variance_orders: float = 15.0,
+    signal: float = 1.0,
+    signature: float = 0.2,
+    groups: int = 12,
+    dmso_per_plate: int = 11,
+) -> pd.DataFrame:
     """Feature families (`groups`) on scales spread over `variance_orders` orders of magnitude
     of DMSO variance (log10 std of a family uniform, +- 0.5 within it)."""
     rng = np.random.default_rng(seed)
     table = design(rows_per_well=1, dmso_per_plate=dmso_per_plate)
-    values = mix(latent_profiles(table, 48, rng, signal), n_features, rng, noise=0.3,
-                 groups=groups)
+    values = mix(latent_profiles(table, 48, rng, signal), n_features, rng, noise=0.3, groups=groups)
     values += feature_signatures(table, n_features, rng, strength=signature)
     half = variance_orders / 4  # log10 std spans -half .. half
     family_log_std = np.linspace(-half + 0.5, half - 0.5, groups)
@@ -115,8 +125,13 @@ def cellprofiler_like_table(seed: int = 0, n_features: int = 516, variance_order
     return pd.concat([table, features], axis=1)
 
 
-def vit_like_table(seed: int = 0, n_features: int = 384, massive: int = 4,
-                   massive_scale: float = 1e4, signal: float = 1.5) -> pd.DataFrame:
+def vit_like_table(
+    seed: int = 0,
+    n_features: int = 384,
+    massive: int = 4,
+    massive_scale: float = 1e4,
+    signal: float = 1.5,
+) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     table = design(rows_per_well=2, dmso_per_plate=8)  # 480 DMSO images > 384 features
     values = mix(latent_profiles(table, 40, rng, signal), n_features, rng, noise=1.0)

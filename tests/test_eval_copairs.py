@@ -22,8 +22,12 @@ def profile_table(seed=0, n_moas=8, compounds_per_moa=4, doses=2, signal=0.35):
         for c in range(compounds_per_moa):
             compound_axis = rng.normal(scale=0.5, size=16)
             for d in range(doses):
-                rows.append((f"m{m}c{c}@{d + 1}", f"m{m}c{c}", float(d + 1), f"MoA{m}", (f"B{c % 2}",)))
-                values.append(signal * (d + 1) * (moa_axis[m] + compound_axis) + rng.normal(size=16))
+                rows.append(
+                    (f"m{m}c{c}@{d + 1}", f"m{m}c{c}", float(d + 1), f"MoA{m}", (f"B{c % 2}",))
+                )
+                values.append(
+                    signal * (d + 1) * (moa_axis[m] + compound_axis) + rng.normal(size=16)
+                )
     table = pd.DataFrame(rows, columns=["treatment", "compound", "concentration", "moa", "batches"])
     order = np.argsort(table["treatment"].to_numpy(), kind="stable")  # the profile table's order
     return np.asarray(values)[order], table.iloc[order].reset_index(drop=True)
@@ -33,11 +37,21 @@ def copairs_scores(profiles, table, block_batches, cache_dir):
     meta = table[["compound", "moa"]].assign(batch=[b[0] for b in table["batches"]])
     diff = ["compound", "batch"] if block_batches else ["compound"]
     ap = copairs_ap.average_precision(
-        meta, profiles, pos_sameby=["moa"], pos_diffby=diff, neg_sameby=[],
-        neg_diffby=["moa", "batch"] if block_batches else ["moa"], progress_bar=False,
+        meta,
+        profiles,
+        pos_sameby=["moa"],
+        pos_diffby=diff,
+        neg_sameby=[],
+        neg_diffby=["moa", "batch"] if block_batches else ["moa"],
+        progress_bar=False,
     )
     per_moa = copairs_ap.mean_average_precision(
-        ap, sameby=["moa"], null_size=PERMUTATIONS, threshold=0.05, seed=0, progress_bar=False,
+        ap,
+        sameby=["moa"],
+        null_size=PERMUTATIONS,
+        threshold=0.05,
+        seed=0,
+        progress_bar=False,
         cache_dir=cache_dir,
     ).set_index("moa")
     return ap, per_moa

@@ -21,7 +21,9 @@ def with_plate_gains(df, seed=1):
     df = df.astype({f: np.float64 for f in FEATURES})
     for plate in df["plate"].unique():
         rows = df["plate"] == plate
-        df.loc[rows, FEATURES] = df.loc[rows, FEATURES] * rng.uniform(0.5, 3, 12) + rng.normal(0, 2, 12)
+        df.loc[rows, FEATURES] = df.loc[rows, FEATURES] * rng.uniform(0.5, 3, 12) + rng.normal(
+            0, 2, 12
+        )
     return df
 
 
@@ -36,11 +38,15 @@ def test_standardize_equals_sklearn_standard_scaler_fitted_on_each_plates_dmso()
     is_control = (table["compound"] == "DMSO").to_numpy()
     plates = table["plate"].to_numpy()
     stats = plate_statistics(values, is_control, plates, "standardize")
-    np.testing.assert_allclose(normalize_per_plate(values, plates, stats), expected[FEATURES], atol=1e-9)
+    np.testing.assert_allclose(
+        normalize_per_plate(values, plates, stats), expected[FEATURES], atol=1e-9
+    )
     # end to end: the option equals evaluating the sklearn-standardised table without it
     ours = evaluate_table(table, {**FAST, "normalization": {"method": "standardize"}})
     reference = evaluate_table(expected, FAST)
-    assert ours["nsc"] == reference["nsc"] and ours["map_nsc"] == pytest.approx(reference["map_nsc"])
+    assert ours["nsc"] == reference["nsc"] and ours["map_nsc"] == pytest.approx(
+        reference["map_nsc"]
+    )
     assert ours["normalization"] == "standardize" and reference["normalization"] == "none"
     assert any("normalised per plate" in note for note in ours["notes"])
 
@@ -54,19 +60,24 @@ def test_mad_robustize_equals_a_brute_force_median_and_mad_per_plate():
     normalised = normalize_per_plate(values, plates, stats)
     for i in range(len(values)):
         for j in range(12):
-            dmso = [values[k, j] for k in range(len(values)) if is_control[k] and plates[k] == plates[i]]
-            centre = sorted(dmso)[len(dmso) // 2 - 1: len(dmso) // 2 + 1]  # 4 DMSO: even count
+            dmso = [
+                values[k, j] for k in range(len(values)) if is_control[k] and plates[k] == plates[i]
+            ]
+            centre = sorted(dmso)[len(dmso) // 2 - 1 : len(dmso) // 2 + 1]  # 4 DMSO: even count
             median = sum(centre) / 2
             deviations = sorted(abs(v - median) for v in dmso)
             mad = (deviations[1] + deviations[2]) / 2
-            assert normalised[i, j] == pytest.approx((values[i, j] - median) / (1.4826 * mad), rel=1e-4)
+            assert normalised[i, j] == pytest.approx(
+                (values[i, j] - median) / (1.4826 * mad), rel=1e-4
+            )
 
 
 def test_per_plate_normalisation_removes_plate_gains():
     table = with_plate_gains(synthetic_features(), seed=2)
     plain = evaluate_table(table, {**FAST, "tvn": {"enabled": False}})
-    normalised = evaluate_table(table, {**FAST, "tvn": {"enabled": False},
-                                        "normalization": {"method": "standardize"}})
+    normalised = evaluate_table(
+        table, {**FAST, "tvn": {"enabled": False}, "normalization": {"method": "standardize"}}
+    )
     assert normalised["nsc"] > plain["nsc"]
 
 
@@ -100,9 +111,13 @@ def test_a_feature_constant_on_one_plates_dmso_is_dropped_only_when_normalising(
 def test_normalising_needs_two_dmso_rows_per_plate():
     table = synthetic_features()
     lonely = np.flatnonzero((table["plate"] == "W1_P0") & (table["compound"] == "DMSO"))[1:]
-    with pytest.raises(InputError, match="plate 'W1_P0': .* at least 2 DMSO rows per plate, found 1"):
-        evaluate_table(table.drop(index=lonely).reset_index(drop=True),
-                       {**FAST, "normalization": {"method": "mad_robustize"}})
+    with pytest.raises(
+        InputError, match="plate 'W1_P0': .* at least 2 DMSO rows per plate, found 1"
+    ):
+        evaluate_table(
+            table.drop(index=lonely).reset_index(drop=True),
+            {**FAST, "normalization": {"method": "mad_robustize"}},
+        )
 
 
 def test_no_usable_feature_is_one_clear_error():

@@ -211,7 +211,8 @@ def with_ids(df):
     "mutate, settings, message",
     [
         (with_text_concentration, "{}", "row 3, column 'concentration' is 'ten', not a number"),
-        (None, '{"tvn": {"max_components": "all"}}', "settings key 'tvn.max_components': 'all' is not"),
+        (None, '{"tvn": {"max_components": "all"}}',
+         "settings key 'tvn.max_components': 'all' is not"),
         (None, '{"map": {"permutations": -5}}', "settings key 'map.permutations': -5 is less than"),
         (None, '{"tvn": {"enabled": "yes"}}', "settings key 'tvn.enabled': 'yes' is not of type"),
         (None, '{"tvn": {"eps": 0}}', "settings key 'tvn.eps': 0 is less than or equal"),
@@ -220,7 +221,7 @@ def with_ids(df):
          "every treated row has moa 'Only MoA'; MoA retrieval needs at least 2 MoAs"),
         (lambda df: pd.concat([df, df.iloc[[7]]], ignore_index=True), "{}",
          f"rows 7 and {len(synthetic_features())} are the same row"),
-        (lambda df: with_ids(df).assign(image_id=lambda d: d["image_id"].where(d.index != 9, "img2")),
+        (lambda df: with_ids(df).replace({"image_id": {"img9": "img2"}}),
          "{}", "rows 2 and 9 are the same image (image_id='img2')"),
         (lambda df: df.assign(plate="P", well=[f"W{i % 50}" for i in range(len(df))]), "{}",
          "rows 0 and 50 are the same well (a per-image table needs a site column)"),
@@ -257,7 +258,10 @@ def test_few_dmso_rows_warn_with_the_numbers(tmp_path, capsys):
     status, out_dir = run_cli_on_csv(features, tmp_path, write_settings())
     err = capsys.readouterr().err
     assert status == 0
-    assert "warning: TVN on all batches: 16 DMSO rows support at most 15 whitened dimensions of 24" in err
+    assert (
+        "warning: TVN on all batches: 16 DMSO rows support at most 15 whitened dimensions of 24"
+        in err
+    )
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["tvn_components"] == 15 and metrics["tvn"]["possible"] == 15
     assert any(note.startswith("warning: TVN") for note in metrics["notes"])

@@ -83,7 +83,8 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
     assert "vit_s/DAPI/0005" not in report
     assert "3848" in report and "DNA damage" in report and "Week1" in report
     # what each evaluation did, per run (metrics.json of write_run: 1320 DMSO, 384 of 384 features)
-    evaluation = report[report.index("What each evaluation did"):report.index("Last epoch (pre-declared)")]
+    start, end = report.index("What each evaluation did"), report.index("Last epoch (pre-declared)")
+    evaluation = report[start:end]
     assert evaluation.count("<td>standardize</td>") == 9 and "1320" in evaluation
     assert row["n_dmso"] == 1320 and row["features_dropped"] == 1 and row["tvn_possible"] == 384
 

@@ -114,7 +114,9 @@ def test_default_rank_tolerance_drops_exactly_the_redundant_directions():
     scaled = many * 10.0 ** np.linspace(-3, 3, 8)
     degenerate = np.column_stack([scaled, np.full(200, 7.0), scaled[:, 3]])
     whitened, report = whiten(degenerate, np.ones(200, bool), np.zeros(200))
-    assert report == {"components": 8, "possible": 10, "below_tolerance": 2, "over_max_components": 0}
+    assert report == {
+        "components": 8, "possible": 10, "below_tolerance": 2, "over_max_components": 0
+    }
     assert_white(whitened)
     # eps (opt-in) is a floor on the variance relative to the largest component
     _, floored = whiten(degenerate, np.ones(200, bool), np.zeros(200), eps=1e-6)

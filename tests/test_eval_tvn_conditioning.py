@@ -139,27 +139,50 @@ def test_readme_external_table_command_agrees_with_sklearn_whitening(cellprofile
 
     from workflow_scripts.evaluate import evaluate as evaluate_cli
 
-    names = {"compound": "Metadata_Compound", "concentration": "Metadata_Concentration",
-             "moa": "Metadata_MoA", "plate": "Metadata_Plate", "batch": "Metadata_Batch"}
+    names = {
+        "compound": "Metadata_Compound",
+        "concentration": "Metadata_Concentration",
+        "moa": "Metadata_MoA",
+        "plate": "Metadata_Plate",
+        "batch": "Metadata_Batch",
+    }
     cellprofiler.drop(columns=["is_control", "well", "site"]).rename(columns=names).to_csv(
         tmp_path / "cellprofiler_wells.csv", index=False
     )
     out_dir = tmp_path / "eval"
-    assert evaluate_cli.main([
-        "--features", str(tmp_path / "cellprofiler_wells.csv"),
-        "--feature-columns", "^(Cells|Cytoplasm|Nuclei)_",
-        "--metadata-map", ",".join(f"{ours}={theirs}" for ours, theirs in names.items()),
-        "--settings", '{"tvn": {"enabled": true}}', "--out-dir", str(out_dir),
-        "--label", "cellprofiler/all/0000",
-    ]) == 0
+    assert (
+        evaluate_cli.main(
+            [
+                "--features",
+                str(tmp_path / "cellprofiler_wells.csv"),
+                "--feature-columns",
+                "^(Cells|Cytoplasm|Nuclei)_",
+                "--metadata-map",
+                ",".join(f"{ours}={theirs}" for ours, theirs in names.items()),
+                "--settings",
+                '{"tvn": {"enabled": true}}',
+                "--out-dir",
+                str(out_dir),
+                "--label",
+                "cellprofiler/all/0000",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["tvn_components"] == 329 and metrics["n_dmso"] == 330
     reference = sklearn_whitening(cellprofiler, 329)
     for protocol, block in (("nsc", False), ("nscb", True)):
         expected = brute_force_neighbours(reference, cellprofiler, block)
-        moa = cellprofiler.assign(
-            treatment=cellprofiler["compound"] + "@" + cellprofiler["concentration"].map("{:g}".format)
-        ).groupby("treatment")["moa"].first()
+        moa = (
+            cellprofiler.assign(
+                treatment=cellprofiler["compound"]
+                + "@"
+                + cellprofiler["concentration"].map("{:g}".format)
+            )
+            .groupby("treatment")["moa"]
+            .first()
+        )
         correct = sum(n is not None and moa[n] == moa[q] for q, n in expected.items())
         assert abs(metrics[protocol] * len(expected) - correct) <= 1
         assert metrics[f"n_treatments_{protocol}"] == len(expected)

@@ -44,7 +44,8 @@ def plate_statistics(
             statistics[plate] = (dmso.mean(axis=0), dmso.std(axis=0))
         else:
             statistics[plate] = (
-                np.median(dmso, axis=0), median_abs_deviation(dmso, axis=0, scale="normal")
+                np.median(dmso, axis=0),
+                median_abs_deviation(dmso, axis=0, scale="normal"),
             )
     return statistics
 

@@ -87,7 +87,8 @@ def evaluate_table(
             f"TVN ({tvn['scope']}): kept {report['components']} of {report['possible']} possible "
             f"components; {report['below_tolerance']} below the rank tolerance"
             f"{'' if tvn['eps'] is None else ' / eps floor'}, {report['over_max_components']} "
-            "over max_components" + (" or the smallest batch" if tvn["scope"] == "per_batch" else "")
+            "over max_components"
+            + (" or the smallest batch" if tvn["scope"] == "per_batch" else "")
         )
     profiles, table = treatment_profiles(
         values, metadata, settings["aggregation"]["plate"], settings["aggregation"]["treatment"]

@@ -122,7 +122,8 @@ def evaluation_html(runs: pd.DataFrame) -> str:
     the DMSO set could support."""
     columns = ["arch", "channel", "epoch", "n_dmso", "feature_dim", "features_used",
                "features_dropped", "normalization", "tvn_components", "tvn_possible"]
-    table = runs[[c for c in columns if c in runs.columns]].to_html(index=False, na_rep="–", border=0)
+    shown = runs[[c for c in columns if c in runs.columns]]
+    table = shown.to_html(index=False, na_rep="–", border=0)
     return (
         "<h2>What each evaluation did</h2><p>DMSO rows, features used and dropped (non-finite or "
         "constant in DMSO), per-plate normalisation, and TVN components kept of the number the "

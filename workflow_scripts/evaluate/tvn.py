@@ -145,6 +145,7 @@ def apply_tvn(
     max_components: int | None = None,
     eps: float | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Whiten all images (rows of `features`) with the DMSO PCA; returns (whitened, n_components)."""
+    """Whiten all images (rows of `features`) with the DMSO PCA; returns (whitened,
+    n_components)."""
     whitened, report = whiten(features, is_control, batches, scope, max_components, eps)
     return whitened, report["components"]
