@@ -9,6 +9,8 @@ keys take the defaults below (= config.yaml's).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pandas as pd
 import yaml
@@ -133,6 +135,7 @@ def dmso_warnings(metadata: pd.DataFrame, n_features: int, scope: str) -> list[s
     ]
 
 
+@functools.lru_cache(maxsize=1)
 def settings_schema() -> dict:
     """config.schema.yaml's `evaluate` properties: one definition of valid settings."""
     with open(SCHEMA_PATH) as fh:

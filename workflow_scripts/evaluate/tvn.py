@@ -17,6 +17,9 @@ numpy.linalg.matrix_rank), so the rank is limited by n_dmso - 1, the feature dim
 redundancy (constant or duplicated features), never by how the features are scaled. Optional:
 `eps`, a relative floor on the component variance (component kept only if its variance exceeds
 eps x the largest), and `max_components`, an explicit cap. Every drop is counted in the report.
+Accuracy: the whitened DMSO covariance is the identity to about machine epsilon x (largest /
+smallest kept singular value): ~1e-11 for DMSO variances spanning 15 orders of magnitude
+(tests/test_eval_tvn_conditioning.py), where the covariance route was off by up to 2.
 
 `scope="per_batch"` fits one whitening per batch on that batch's DMSO images and applies it to that
 batch. Each batch's principal axes differ, so its whitened coordinates are rotated back onto the
