@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import multiprocessing
@@ -65,7 +66,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from flops import ISSUE_VIT_S_GFLOP, analytic_step_flops  # noqa: E402
-from seed_datapath import SeedMultiCropDataset  # noqa: E402
 from workflow_scripts import config as config_module  # noqa: E402
 from workflow_scripts.atomic import write_json  # noqa: E402
 from workflow_scripts.tables import write_table  # noqa: E402
@@ -163,6 +163,9 @@ def seed_loader(
     tiff_paths: list[list[str]], settings: dict, clip_max: int
 ) -> torch.utils.data.DataLoader:
     """The seed's loader: per-sample TIFF decode + albumentations, shuffled, no pinned memory."""
+    # imported here: albumentations is needed by the seed row only (a bare GPU node may lack it)
+    from seed_datapath import SeedMultiCropDataset
+
     return torch.utils.data.DataLoader(
         SeedMultiCropDataset(tiff_paths, settings, clip_max), batch_size=settings["batch_size_per_gpu"],
         shuffle=True, num_workers=settings["num_workers"], drop_last=True,
@@ -225,7 +228,7 @@ def run_config(name: str, args: argparse.Namespace, paths: dict, recipe: dict, c
     # a spawned process inherits "spawn" for its own children; loader workers start as in
     # training, with the platform's default method
     multiprocessing.set_start_method(None, force=True)
-    device = torch.device(args.device)
+    device = cuda_device() if args.device == "cuda" else torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     n_batches = batches_needed(args, device)
@@ -286,6 +289,11 @@ def run_config(name: str, args: argparse.Namespace, paths: dict, recipe: dict, c
     return result
 
 
+def cuda_device() -> torch.device:
+    """The visible GPU this process measures on, with its index (set_device needs one)."""
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
     if override is not None:
         return override
@@ -323,8 +331,10 @@ def machine(device: torch.device) -> dict:
 
 # ---------------------------------------------------------------------------- driver
 def run(args: argparse.Namespace) -> dict:
-    device = torch.device(args.device)
-    config = config_module.load(args.config)
+    device = cuda_device() if args.device == "cuda" else torch.device(args.device)
+    # schema validation where jsonschema is installed (a bare GPU node may lack it)
+    has_schema_checker = importlib.util.find_spec("jsonschema") is not None
+    config = config_module.load(args.config, schema=has_schema_checker)
     recipe = (config_module.train_settings(config, args.arch)
               if args.arch in config_module.architecture_names(config) else config["train"])
     clip_max = int(config["preprocess"]["clip_max"])
