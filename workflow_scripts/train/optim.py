@@ -60,8 +60,17 @@ def cancel_last_layer_gradients(model: nn.Module) -> None:
 def clip_gradients(model: nn.Module, max_norm: float) -> None:
     """Clip each parameter's gradient norm to max_norm separately, as DINO's recipe does (not
     the global norm: one exploding layer then does not shrink every other layer's update);
-    max_norm 0 disables clipping."""
-    if max_norm > 0:
-        for param in model.parameters():
-            if param.grad is not None:
-                nn.utils.clip_grad_norm_(param, max_norm)
+    max_norm 0 disables clipping.
+
+    Per parameter the gradient is scaled by min(1, max_norm / (norm + 1e-6)) (DINO's
+    utils.clip_gradients, and nn.utils.clip_grad_norm_ on that one parameter), but all norms
+    come from one multi-tensor kernel and the scaling from one foreach call: no per-parameter
+    Python loop of small ops (about 1,700 per step for a ViT-B student on a GPU)."""
+    if max_norm <= 0:
+        return
+    grads = [param.grad for param in model.parameters() if param.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack(torch._foreach_norm(grads))
+    scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, list(scales.unbind()))
