@@ -105,8 +105,8 @@ def bench_metrics(repeats: int) -> dict:
     }
 
 
-def bench_extraction(name: str, model_kwargs: dict, shape: tuple[int, int], input_size: int, n_images: int,
-                     batch_size: int, num_workers: int) -> dict:
+def bench_extraction(name: str, model_kwargs: dict, shape: tuple[int, int], input_size: int,
+                     n_images: int, batch_size: int, num_workers: int) -> dict:
     from workflow_scripts.evaluate.extract import extract_features
     from workflow_scripts.train.backbone import build_backbone
 
@@ -143,7 +143,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=workflow["batch_size"],
                         help="extraction batch (default: config.yaml evaluate.batch_size)")
     parser.add_argument("--num-workers", type=int, default=workflow["num_workers"],
-                        help="extraction loader workers (default: config.yaml evaluate.num_workers)")
+                        help="extraction loader workers (default: config.yaml evaluate."
+                        "num_workers)")
     args = parser.parse_args()
     loader = {"batch_size": args.batch_size, "num_workers": args.num_workers}
 
@@ -152,7 +153,8 @@ def main() -> None:
                             (204, 256), 64, args.images, **loader)
     print(json.dumps({"extraction": tiny}, indent=2))
     if args.full:
-        full = bench_extraction("vit_small_patch16_dinov3", {}, (512, 640), 224, args.images, **loader)
+        full = bench_extraction("vit_small_patch16_dinov3", {}, (512, 640), 224, args.images,
+                                **loader)
         print(json.dumps({"extraction": full}, indent=2))
 
 

@@ -24,7 +24,6 @@ tensors under FlopCounterMode (attention then takes the math path, which it coun
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -191,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args(argv)
     # schema validation where jsonschema is installed (a bare GPU node may lack it)
-    has_schema_checker = importlib.util.find_spec("jsonschema") is not None
-    settings = config_module.load(args.config, schema=has_schema_checker)["train"]
+    settings = config_module.load(args.config, schema=config_module.has_schema_checker())["train"]
     rows = flop_table(args.archs, settings, json.loads(args.model_kwargs))
     print_flop_table(rows, settings)
     if args.json:

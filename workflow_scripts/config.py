@@ -65,6 +65,15 @@ def load(paths: Iterable[str | Path], *, schema: bool = True) -> dict:
     return config
 
 
+def has_schema_checker() -> bool:
+    """Whether jsonschema imports (a bare GPU node running benchmarks/ may lack it)."""
+    try:
+        import jsonschema  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def validate(config: dict) -> dict:
     """Validate against the JSON schema (filling nothing) and check what a schema cannot."""
     import jsonschema
