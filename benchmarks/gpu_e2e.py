@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         "--settings", json.dumps(settings), "--out-dir", str(train_dir),
         "--resume-dir", str(args.work / "resume"),
     ], train_log)
-    device_lines = [line for line in train_log.read_text().splitlines() if "process(es) on" in line]
+    device_lines = [line for line in train_log.read_text().splitlines()
+                    if "process(es) on" in line or line.startswith(("note:", "warning:"))]
     print("training log:", *device_lines, sep="\n  ")
     if not any(f"process(es) on {device}" in line for line in device_lines):
         raise SystemExit(f"error: {train_log} does not say it trained on {device}")

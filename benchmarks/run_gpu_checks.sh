@@ -45,6 +45,17 @@ STEPS_LOG="$OUT/steps.log"
 # shellcheck source=benchmarks/gpu_checks_lib.sh
 source benchmarks/gpu_checks_lib.sh
 
+# wheels of benchmarks/make_wheels.sh, when they came along: the seed row's albumentations
+if compgen -G ".whl/*.whl" > /dev/null; then
+    if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --target "$WORK/site" .whl/*.whl; then
+        export PYTHONPATH="$WORK/site:$PYTHONPATH"
+        echo "installed .whl/ into $WORK/site"
+    else
+        echo "warning: installing .whl/ failed: the seed row will be skipped" >&2
+    fi
+fi
+
 if [[ "${1:-}" == "--cpu-smoke" ]]; then
     DEVICE=cpu
     TRAIN_ARGS=(--quick)
