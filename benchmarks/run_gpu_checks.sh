@@ -76,7 +76,7 @@ VIT_S=vit_small_patch16_dinov3.lvd1689m
 VIT_B=vit_base_patch16_dinov3.lvd1689m
 
 preflight() {
-    "$PYTHON" - <<'PY'
+    "$PYTHON" - <<'PY' || return 2
 import importlib
 import os
 import platform
