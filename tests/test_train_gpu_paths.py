@@ -5,8 +5,9 @@ import pytest
 import torch
 from torch import nn
 
+from test_train_run import make_cache, make_job
 from workflow_scripts.errors import InputError
-from workflow_scripts.train import distributed
+from workflow_scripts.train import distributed, loop
 from workflow_scripts.train.ema import make_teacher, update_teacher
 from workflow_scripts.train.head import DINOHead, synchronize_batch_norm
 
@@ -80,6 +81,18 @@ def test_several_gpu_processes_get_sync_batch_norm_with_the_same_state():
     teacher_norm = next(m for m in teacher.modules() if isinstance(m, nn.SyncBatchNorm))
     torch.testing.assert_close(teacher_norm.running_mean, torch.ones(12))
     assert teacher(torch.rand(3, 8)).shape == (3, 16)
+
+
+def test_trainer_refuses_a_batch_norm_head_in_several_cpu_processes(tmp_path):
+    job = make_job(tmp_path, make_cache(tmp_path / "cache"), head={"use_bn": True})
+    two_ranks = distributed.DistributedContext(rank=0, world_size=2, local_rank=0,
+                                               device=torch.device("cpu"))
+    with pytest.raises(InputError, match="use_bn"):
+        loop.Trainer(job, two_ranks)
+    alone = distributed.DistributedContext(rank=0, world_size=1, local_rank=0,
+                                           device=torch.device("cpu"))
+    trainer = loop.Trainer(job, alone)  # one process: BatchNorm as configured
+    assert any(isinstance(m, nn.BatchNorm1d) for m in trainer.student.modules())
 
 
 # ---------------------------------------------------------------- head precision
