@@ -36,7 +36,7 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 OUT="${OUT:-results/gpu_checks}"
 WORK="${WORK:-${TMPDIR:-/tmp}/bbbc021_gpu_checks}"
-rm -rf "$WORK"
+rm -rf "$WORK/e2e" "$WORK/site"  # this script's own scratch from an earlier run
 mkdir -p "$OUT" "$WORK"
 OUT="$(cd "$OUT" && pwd)"
 WORK="$(cd "$WORK" && pwd)"
