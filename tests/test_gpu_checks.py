@@ -155,3 +155,18 @@ def test_cpu_smoke_passes_without_jsonschema_albumentations_snakemake(tmp_path, 
     for name in ("flops.json", "train_step_vit_small.json", "train_step_vit_base.json"):
         assert (out / name).stat().st_size > 0
     assert len(list(out.iterdir())) <= 8  # what a lent machine hands back
+
+
+def test_config_load_without_schema_still_checks_meaning(tmp_path):
+    from workflow_scripts import config as cfg
+    from workflow_scripts.errors import InputError
+
+    schema_error = tmp_path / "schema_error.yaml"
+    schema_error.write_text("train: {bogus_key: 1}\n")
+    with pytest.raises(InputError, match="bogus_key"):
+        cfg.load([REPO / "config.yaml", schema_error])
+    assert "bogus_key" in cfg.load([REPO / "config.yaml", schema_error], schema=False)["train"]
+    meaning_error = tmp_path / "meaning_error.yaml"
+    meaning_error.write_text("architectures: [{name: vit_giant_patch16_dinov3, weights: none}]\n")
+    with pytest.raises(InputError, match="unknown architecture"):
+        cfg.load([REPO / "config.yaml", meaning_error], schema=False)
