@@ -63,9 +63,10 @@ def clip_gradients(model: nn.Module, max_norm: float) -> None:
     max_norm 0 disables clipping.
 
     Per parameter the gradient is scaled by min(1, max_norm / (norm + 1e-6)) (DINO's
-    utils.clip_gradients, and nn.utils.clip_grad_norm_ on that one parameter), but all norms
-    come from one multi-tensor kernel and the scaling from one foreach call: no per-parameter
-    Python loop of small ops (about 1,700 per step for a ViT-B student on a GPU)."""
+    utils.clip_gradients, and nn.utils.clip_grad_norm_ on that one parameter), but the norms
+    come from one multi-tensor call and the scaling from another: 8 dispatched ops per step
+    instead of 1,360 for a ViT-S/B student (170 tensors). (The scaling multiplies tensors of
+    different shapes, which CUDA may still run as one kernel per tensor, but without Python.)"""
     if max_norm <= 0:
         return
     grads = [param.grad for param in model.parameters() if param.grad is not None]
