@@ -20,6 +20,8 @@
 #   end_to_end      the train CLI (tiny ViT, 2 epochs) and the extract CLI on its checkpoint, as
 #                   the rules run them, no Snakemake (benchmarks/gpu_e2e.py); the training log
 #                   must name the device
+#   clip            per-parameter gradient clipping: ops per call, and ms on CUDA, multi-tensor
+#                   vs one clip_grad_norm_ per parameter (benchmarks/bench_clip.py)
 #   compile         GPU only, optional (only if time is left): ViT-S/16 tuned with torch.compile
 #
 # Results go to ${OUT:-results/gpu_checks} as they are made, so a killed run still returns what
@@ -100,7 +102,7 @@ if missing:
 if os.environ["DEVICE"] == "cuda" and not cuda:
     sys.exit(f"error: torch {torch.__version__} sees no CUDA device (use --cpu-smoke without one)")
 for module in ("workflow_scripts.train.cli", "workflow_scripts.evaluate.extract", "flops",
-               "bench_train_step", "bench_eval", "gpu_e2e"):
+               "bench_train_step", "bench_eval", "gpu_e2e", "bench_clip"):
     try:
         importlib.import_module(module)
     except ImportError as err:
@@ -146,6 +148,7 @@ step train_step_vit_base 150 "$PYTHON" benchmarks/bench_train_step.py --arch "$V
 step bench_eval 90 "$PYTHON" benchmarks/bench_eval.py "${EVAL_ARGS[@]}"
 step collective 30 collective
 step end_to_end "$E2E_LIMIT" "$PYTHON" benchmarks/gpu_e2e.py --work "$WORK/e2e" "${E2E_ARGS[@]}"
+step clip 40 "$PYTHON" benchmarks/bench_clip.py
 if [[ $DEVICE == cuda ]]; then
     optional_step compile 120 "$PYTHON" benchmarks/bench_train_step.py --arch "$VIT_S" \
         --device cuda --configs tuned --compile --steps 10 --warmup 3 --profile-steps 0 \

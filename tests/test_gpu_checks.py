@@ -142,7 +142,7 @@ def test_cpu_smoke_passes_without_jsonschema_albumentations_snakemake(tmp_path, 
                        flags=re.M)
     assert [name for name, *_ in steps] == ["preflight", "flops", "train_step_vit_small",
                                             "train_step_vit_base", "bench_eval", "collective",
-                                            "end_to_end"]
+                                            "end_to_end", "clip"]
     for name, status, seconds, cap, at in steps:
         assert status == "0" and int(seconds) <= int(cap) + 5 and int(at) + int(cap) <= 470, name
     assert wall < 480
