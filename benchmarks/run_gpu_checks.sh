@@ -9,6 +9,7 @@
 # Steps, most wanted first, each capped by its own limit and by the overall deadline
 # (benchmarks/gpu_checks_lib.sh: a step gets min(limit, time left), a cut or failed step is
 # recorded and the next one runs, a step with too little time left is skipped):
+#   wheels          only with a .whl/ folder (benchmarks/make_wheels.sh): install it into WORK
 #   preflight       versions (python, torch, CUDA, timm, GPU), the DINOv3 names in timm, every
 #                   module the steps import; a failure here stops the script with one line
 #   flops           analytic FLOP per image per step, ViT-S/16 and ViT-B/16 (benchmarks/flops.py)
@@ -46,17 +47,6 @@ SUMMARY="$OUT/summary.txt"
 STEPS_LOG="$OUT/steps.log"
 # shellcheck source=benchmarks/gpu_checks_lib.sh
 source benchmarks/gpu_checks_lib.sh
-
-# wheels of benchmarks/make_wheels.sh, when they came along: the seed row's albumentations
-if compgen -G ".whl/*.whl" > /dev/null; then
-    if "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
-        --target "$WORK/site" .whl/*.whl; then
-        export PYTHONPATH="$WORK/site:$PYTHONPATH"
-        echo "installed .whl/ into $WORK/site"
-    else
-        echo "warning: installing .whl/ failed: the seed row will be skipped" >&2
-    fi
-fi
 
 if [[ "${1:-}" == "--cpu-smoke" ]]; then
     DEVICE=cpu
@@ -132,11 +122,20 @@ dist.destroy_process_group()
 PY
 }
 
-export DEVICE PYTHON
-export -f preflight collective
-checks_init
+install_wheels() {  # the wheels of benchmarks/make_wheels.sh: the seed row's albumentations
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --target "$WORK/site" .whl/*.whl
+}
+
+export DEVICE PYTHON WORK
+export -f preflight collective install_wheels
+checks_init  # the deadline counts from here
+if compgen -G ".whl/*.whl" > /dev/null; then  # only when they came along
+    step wheels 60 install_wheels
+    [[ -d "$WORK/site" ]] && export PYTHONPATH="$WORK/site:$PYTHONPATH"
+fi
 step preflight 60 preflight
-if [[ $FAILED != 0 ]]; then
+if grep -q "^preflight .*exit [^0]" "$SUMMARY"; then
     echo "preflight failed: $(grep -h '^error:' "$STEPS_LOG" | tail -n 1)" | tee -a "$SUMMARY"
     exit 2
 fi
