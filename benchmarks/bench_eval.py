@@ -15,9 +15,12 @@
 3. Extraction: images/s of `workflow_scripts.evaluate.extract.extract_features` on a synthetic
    cache, for the demo's tiny ViT (depth 2, width 64, 64 px crops of 204x256 fields) and, with
    `--full`, for vit_small_patch16_dinov3 at its real size (224 px crops of 512x640 fields, the
-   real cache at resize_factor 0.5). Runs on CUDA when available (bf16), else CPU (fp32).
+   real cache at resize_factor 0.5). Runs on CUDA when available (bf16), else CPU (fp32). As
+   the workflow runs it: the batch size and loader workers of config.yaml's evaluate section
+   (the crops are cut and resized on the CPU by the workers; pinned memory on CUDA), unless
+   --batch-size / --num-workers say otherwise.
 
-    python benchmarks/bench_eval.py [--repeats 3] [--full] [--images 64] [--conditioning]
+    python benchmarks/bench_eval.py [--repeats 3] [--full] [--images 64] [--num-workers N] [--conditioning]
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from workflow_scripts.evaluate.aggregate import treatment_profiles  # noqa: E402
 from workflow_scripts.evaluate.metrics import evaluate_profiles  # noqa: E402
@@ -221,9 +225,8 @@ def bench_conditioning() -> list[dict]:
     return rows
 
 
-def bench_extraction(
-    name: str, model_kwargs: dict, shape: tuple[int, int], input_size: int, n_images: int
-) -> dict:
+def bench_extraction(name: str, model_kwargs: dict, shape: tuple[int, int], input_size: int,
+                     n_images: int, batch_size: int, num_workers: int) -> dict:
     from workflow_scripts.evaluate.extract import extract_features
     from workflow_scripts.train.backbone import build_backbone
 
@@ -236,8 +239,9 @@ def bench_extraction(
         np.save(path, rng.integers(0, CLIP_MAX, size=(n_images, *shape), dtype=np.uint16))
         array = np.load(path, mmap_mode="r")
         settings = {"crop_grid": [2, 2], "input_size": input_size, "embedding": "cls"}
-        loader = {"interpolation": "bicubic", "batch_size": 64, "num_workers": 0}
-        extract_features(model, [array[:64]], CLIP_MAX, settings, device, "none", **loader)
+        loader = {"interpolation": "bicubic", "batch_size": batch_size, "num_workers": num_workers}
+        # warm-up (CUDA context, kernels); worker start-up stays in the timed run, as in a job
+        extract_features(model, [array[:batch_size]], CLIP_MAX, settings, device, "none", **loader)
         start = time.perf_counter()
         features = extract_features(model, [array], CLIP_MAX, settings, device, "none", **loader)
         seconds = time.perf_counter() - start
@@ -246,6 +250,8 @@ def bench_extraction(
         "device": str(device),
         "threads": torch.get_num_threads(),
         "images": n_images,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
         "field": f"{shape[0]}x{shape[1]}",
         "crops_per_image": 4,
         "input_size": input_size,
@@ -255,6 +261,8 @@ def bench_extraction(
 
 
 def main() -> None:
+    with open(REPO / "config.yaml") as fh:
+        workflow = yaml.safe_load(fh)["evaluate"]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=64, help="images for each extraction run")
@@ -266,23 +274,25 @@ def main() -> None:
         action="store_true",
         help="only the TVN conditioning comparison on the synthetic tables",
     )
+    parser.add_argument("--batch-size", type=int, default=workflow["batch_size"],
+                        help="extraction batch (default: config.yaml evaluate.batch_size)")
+    parser.add_argument("--num-workers", type=int, default=workflow["num_workers"],
+                        help="extraction loader workers (default: config.yaml evaluate."
+                        "num_workers)")
     args = parser.parse_args()
     if args.conditioning:
         for row in bench_conditioning():
             print(json.dumps(row))
         return
+    loader = {"batch_size": args.batch_size, "num_workers": args.num_workers}
 
     print(json.dumps({"metrics": bench_metrics(args.repeats)}, indent=2))
-    tiny = bench_extraction(
-        "tiny ViT (depth 2, width 64)",
-        {"depth": 2, "embed_dim": 64, "num_heads": 2},
-        (204, 256),
-        64,
-        args.images,
-    )
+    tiny = bench_extraction("tiny ViT (depth 2, width 64)", {"depth": 2, "embed_dim": 64, "num_heads": 2},
+                            (204, 256), 64, args.images, **loader)
     print(json.dumps({"extraction": tiny}, indent=2))
     if args.full:
-        full = bench_extraction("vit_small_patch16_dinov3", {}, (512, 640), 224, args.images)
+        full = bench_extraction("vit_small_patch16_dinov3", {}, (512, 640), 224, args.images,
+                                **loader)
         print(json.dumps({"extraction": full}, indent=2))
 
 

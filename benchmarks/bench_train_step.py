@@ -65,7 +65,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from flops import ISSUE_VIT_S_GFLOP, analytic_step_flops  # noqa: E402
-from seed_datapath import SeedMultiCropDataset  # noqa: E402
 from workflow_scripts import config as config_module  # noqa: E402
 from workflow_scripts.atomic import write_json  # noqa: E402
 from workflow_scripts.tables import write_table  # noqa: E402
@@ -159,10 +158,22 @@ def cycle(loader: torch.utils.data.DataLoader) -> Iterator[list[torch.Tensor]]:
         yield from loader
 
 
+def seed_path_available() -> bool:
+    """Whether the seed's data path (albumentations) imports."""
+    try:
+        import seed_datapath  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def seed_loader(
     tiff_paths: list[list[str]], settings: dict, clip_max: int
 ) -> torch.utils.data.DataLoader:
     """The seed's loader: per-sample TIFF decode + albumentations, shuffled, no pinned memory."""
+    # imported here: albumentations is needed by the seed row only (a bare GPU node may lack it)
+    from seed_datapath import SeedMultiCropDataset
+
     return torch.utils.data.DataLoader(
         SeedMultiCropDataset(tiff_paths, settings, clip_max), batch_size=settings["batch_size_per_gpu"],
         shuffle=True, num_workers=settings["num_workers"], drop_last=True,
@@ -225,7 +236,7 @@ def run_config(name: str, args: argparse.Namespace, paths: dict, recipe: dict, c
     # a spawned process inherits "spawn" for its own children; loader workers start as in
     # training, with the platform's default method
     multiprocessing.set_start_method(None, force=True)
-    device = torch.device(args.device)
+    device = cuda_device() if args.device == "cuda" else torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     n_batches = batches_needed(args, device)
@@ -286,6 +297,11 @@ def run_config(name: str, args: argparse.Namespace, paths: dict, recipe: dict, c
     return result
 
 
+def cuda_device() -> torch.device:
+    """The visible GPU this process measures on, with its index (set_device needs one)."""
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def peak_tflops(device: torch.device, override: float | None) -> float | None:
     if override is not None:
         return override
@@ -323,8 +339,9 @@ def machine(device: torch.device) -> dict:
 
 # ---------------------------------------------------------------------------- driver
 def run(args: argparse.Namespace) -> dict:
-    device = torch.device(args.device)
-    config = config_module.load(args.config)
+    device = cuda_device() if args.device == "cuda" else torch.device(args.device)
+    # schema validation where jsonschema is installed (a bare GPU node may lack it)
+    config = config_module.load(args.config, schema=config_module.has_schema_checker())
     recipe = (config_module.train_settings(config, args.arch)
               if args.arch in config_module.architecture_names(config) else config["train"])
     clip_max = int(config["preprocess"]["clip_max"])
@@ -346,23 +363,34 @@ def run(args: argparse.Namespace) -> dict:
         "issue_estimate_gflop_vit_s": ISSUE_VIT_S_GFLOP,
         "peak_tflops": peak_tflops(device, args.peak_tflops),
         "configs": {},
+        "skipped_configs": {},
     }
+    configs = list(args.configs)
+    if "seed" in configs and not seed_path_available():
+        # a bare GPU node: measure the rest rather than nothing
+        configs.remove("seed")
+        reason = ("albumentations is not installed (its data path is the seed's); "
+                  "pip install albumentations, or carry the wheels of benchmarks/make_wheels.sh")
+        results["skipped_configs"]["seed"] = reason
+        print(f"warning: seed configuration skipped: {reason}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
         root = Path(tmp)
         fields = random_fields(DISTINCT_FIELDS, tuple(args.field_shape), clip_max)
         n_cache = max(args.tuned_batch, args.seed_batch) * n_batches
         write_cache(root / "cache", fields, n_cache, channels, args.resize_factor, clip_max)
-        pool = write_tiffs(root / "tiff", fields, channels) if "seed" in args.configs else []
+        pool = write_tiffs(root / "tiff", fields, channels) if "seed" in configs else []
         seed_fields = [pool[i % len(pool)] for i in range(args.seed_batch * n_batches)] if pool else []
         paths = {"root": str(root), "cache": str(root / "cache"), "tiffs": seed_fields}
-        runs: dict[str, list[dict]] = {name: [] for name in args.configs}
+        runs: dict[str, list[dict]] = {name: [] for name in configs}
         for repeat in range(args.repeats):  # interleaved, so slow phases of a shared machine hit all
-            for name in args.configs:
+            for name in configs:
                 print(f"{name} ({repeat + 1}/{args.repeats}): {args.warmup} + {args.steps} steps on "
                       f"{device}...", flush=True)
                 with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
                     outcome = executor.submit(run_config, name, args, paths, recipe, clip_max)
                     runs[name].append(outcome.result())
+                # at once, so a run killed later still leaves this one in its log
+                print(f"result {name}: {json.dumps(runs[name][-1])}", flush=True)
     for name, outcomes in runs.items():
         # the least disturbed run; the others' rates are kept beside it
         best = max(outcomes, key=lambda outcome: outcome["images_per_s"])
@@ -398,6 +426,8 @@ def print_results(results: dict) -> None:
               f"{row['achieved_tflops']:>8.3f} {mfu:>6}")
     if "speedup_images_per_s" in results:
         print(f"tuned / seed images/s: {results['speedup_images_per_s']:.2f}x")
+    for name, reason in results.get("skipped_configs", {}).items():
+        print(f"{name}: skipped: {reason}")
     counted = ", ".join(f"{row['flop_counter_per_image'] / 1e9:.2f} G"
                         for row in results["configs"].values())
     line = f"FLOP per image per step: FlopCounterMode on a real step {counted}"

@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-kwargs", default="{}", help="JSON: extra timm.create_model kwargs")
     parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args(argv)
-    settings = config_module.load(args.config)["train"]
+    # schema validation where jsonschema is installed (a bare GPU node may lack it)
+    settings = config_module.load(args.config, schema=config_module.has_schema_checker())["train"]
     rows = flop_table(args.archs, settings, json.loads(args.model_kwargs))
     print_flop_table(rows, settings)
     if args.json:

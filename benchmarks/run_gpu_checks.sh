@@ -1,55 +1,65 @@
 #!/usr/bin/env bash
-# The one prepared GPU check behind the README's performance table. On a machine with one NVIDIA
-# GPU, from anywhere inside the repository, after `pip install -r requirements.txt -e .` (the
-# script installs nothing; it needs a CUDA build of torch):
+# The one prepared GPU check behind the README's performance table. Made for a bare, offline GPU
+# node (Python 3.12, a CUDA build of torch, timm; no jsonschema, albumentations or snakemake, no
+# internet, nothing installed by this script) and one command of at most 10 minutes:
 #
-#   bash benchmarks/run_gpu_checks.sh              # GPU: about 5-8 minutes
+#   bash benchmarks/run_gpu_checks.sh              # GPU: at most DEADLINE_S=480 s by construction
 #   bash benchmarks/run_gpu_checks.sh --cpu-smoke  # the same steps on CPU at toy sizes
 #
-# Steps, most wanted first, each under its own time limit (a failed or cut step is recorded and
-# the next one runs):
-#   device          nvidia-smi, torch / CUDA / timm versions
+# Steps, most wanted first, each capped by its own limit and by the overall deadline
+# (benchmarks/gpu_checks_lib.sh: a step gets min(limit, time left), a cut or failed step is
+# recorded and the next one runs, a step with too little time left is skipped):
+#   wheels          only with a .whl/ folder (benchmarks/make_wheels.sh): install it into WORK
+#   preflight       versions (python, torch, CUDA, timm, GPU), the DINOv3 names in timm, every
+#                   module the steps import; a failure here stops the script with one line
 #   flops           analytic FLOP per image per step, ViT-S/16 and ViT-B/16 (benchmarks/flops.py)
 #   train_step_*    seed vs tuned training steps, ViT-S/16 and ViT-B/16, random init (same cost
-#                   as pretrained) (benchmarks/bench_train_step.py)
-#   bench_eval      extraction images/s and NSC + NSCB + mAP time for 103 treatments
-#                   (benchmarks/bench_eval.py; it prints JSON documents)
+#                   as pretrained): images/s, GPU busy, MFU, peak memory (bench_train_step.py)
+#   bench_eval      extraction images/s with the workflow's loader settings, and NSC + NSCB +
+#                   mAP time for 103 treatments (benchmarks/bench_eval.py; JSON documents)
 #   collective      one all_reduce through torch.distributed (NCCL on GPU, gloo on CPU)
-#   demo            the demo pipeline once with its model on the GPU (gpus: 1); the training log
-#                   lines must name the device
-#   train_step_vit_small_compile   ViT-S/16 tuned with torch.compile (last: compiling is slow)
+#   end_to_end      the train CLI (tiny ViT, 2 epochs) and the extract CLI on its checkpoint, as
+#                   the rules run them, no Snakemake (benchmarks/gpu_e2e.py); the training log
+#                   must name the device
+#   clip            per-parameter gradient clipping: ops per call, and ms on CUDA, multi-tensor
+#                   vs one clip_grad_norm_ per parameter (benchmarks/bench_clip.py)
+#   compile         GPU only, optional (only if time is left): ViT-S/16 tuned with torch.compile
 #
-# Results, at most 8 small files (what a lent machine hands back), go to ${OUT:-results/gpu_checks}:
-# summary.txt (each step's status and time, the device proofs), device.txt, flops.json,
-# train_step_vit_small.json, train_step_vit_base.json, train_step_vit_small_compile.json,
-# bench_eval.log and logs.tar.gz (every step's log, the demo's logs and summary.csv). The bulky
-# work (demo data, caches) stays in ${WORK:-/tmp/bbbc021_gpu_checks}.
+# Results go to ${OUT:-results/gpu_checks} as they are made, so a killed run still returns what
+# it measured (6 files; a lent machine hands back at most 8): summary.txt (each step's status,
+# time and cap, then the device proofs), steps.log (every step's output, appended while it
+# runs), flops.json, train_step_vit_small.json, train_step_vit_base.json and, when it ran,
+# train_step_vit_small_compile.json. Bulky scratch (caches) goes to ${WORK:-/tmp/...}.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1
+REPO="$(pwd)"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 OUT="${OUT:-results/gpu_checks}"
 WORK="${WORK:-${TMPDIR:-/tmp}/bbbc021_gpu_checks}"
-rm -rf "$WORK/demo" "$WORK/logs"  # a rerun must run the demo again, not find it done
-mkdir -p "$OUT" "$WORK/logs"
+rm -rf "$WORK/e2e" "$WORK/site"  # this script's own scratch from an earlier run
+mkdir -p "$OUT" "$WORK"
 OUT="$(cd "$OUT" && pwd)"
 WORK="$(cd "$WORK" && pwd)"
-LOGS="$WORK/logs"
+SUMMARY="$OUT/summary.txt"
+STEPS_LOG="$OUT/steps.log"
+# shellcheck source=benchmarks/gpu_checks_lib.sh
+source benchmarks/gpu_checks_lib.sh
 
 if [[ "${1:-}" == "--cpu-smoke" ]]; then
     DEVICE=cpu
     TRAIN_ARGS=(--quick)
-    COMPILE_ARGS=(--quick)
-    EVAL_ARGS=(--repeats 1 --images 16)
-    DEMO_CORES=2
-    DEMO_LIMIT=1500  # 2 shared CPU cores
+    EVAL_ARGS=(--repeats 1 --images 16 --num-workers 2)
+    E2E_ARGS=(--images 48 --num-workers 2)
+    E2E_LIMIT=240  # 2 shared CPU cores
 elif [[ $# -eq 0 ]]; then
     DEVICE=cuda
     TRAIN_ARGS=(--steps 30 --warmup 5 --profile-steps 5)
-    COMPILE_ARGS=(--steps 30 --warmup 8 --profile-steps 5)
     EVAL_ARGS=(--repeats 1 --images 512 --full)
-    DEMO_CORES=8
-    DEMO_LIMIT=420
+    E2E_ARGS=(--images 256 --num-workers 4)
+    E2E_LIMIT=120
 else
     echo "usage: $0 [--cpu-smoke]" >&2
     exit 2
@@ -57,35 +67,43 @@ fi
 VIT_S=vit_small_patch16_dinov3.lvd1689m
 VIT_B=vit_base_patch16_dinov3.lvd1689m
 
-FAILED=0
-SUMMARY="$OUT/summary.txt"
-: > "$SUMMARY"
-step() {  # step NAME LIMIT_S LOG COMMAND...: run under a time limit, log, record the status
-    local name=$1 limit=$2 log=$3
-    shift 3
-    local start=$SECONDS status
-    echo "== $name (limit ${limit}s)"
-    timeout --kill-after=15 "$limit" bash -c '"$@"' "$name" "$@" > "$log" 2>&1
-    status=$?
-    if [[ $status == 0 ]]; then
-        tail -n 12 "$log"
-    else
-        FAILED=1
-        tail -n 30 "$log"
-    fi
-    printf '%-30s exit %-3s %4ss\n' "$name" "$status" "$((SECONDS - start))" | tee -a "$SUMMARY"
-}
+preflight() {
+    "$PYTHON" - <<'PY' || return 2
+import importlib
+import os
+import platform
+import sys
 
-device_info() {
+sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "benchmarks")]
+try:
+    import timm
+    import torch
+except ImportError as err:
+    sys.exit(f"error: {err}: the checks need torch and timm")
+cuda = torch.cuda.is_available()
+print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"timm {timm.__version__}, {os.cpu_count()} cores")
+print("device:", torch.cuda.get_device_name(0) if cuda else "no CUDA device")
+names = ("vit_small_patch16_dinov3", "vit_base_patch16_dinov3")
+missing = [name for name in names if not timm.is_model(name)]
+if missing:
+    sys.exit(f"error: timm {timm.__version__} has no {', '.join(missing)}: install a timm with "
+             "the DINOv3 ViTs (the workflow is tested with the version in requirements.txt)")
+if os.environ["DEVICE"] == "cuda" and not cuda:
+    sys.exit(f"error: torch {torch.__version__} sees no CUDA device (use --cpu-smoke without one)")
+for module in ("workflow_scripts.train.cli", "workflow_scripts.evaluate.extract", "flops",
+               "bench_train_step", "bench_eval", "gpu_e2e", "bench_clip"):
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        sys.exit(f"error: importing {module} fails: {err}")
+print("timm has the DINOv3 ViTs; every module the steps run imports")
+PY
     if command -v nvidia-smi > /dev/null; then nvidia-smi; fi
-    python -c 'import torch, timm
-print("torch", torch.__version__, "cuda", torch.version.cuda, "timm", timm.__version__)
-print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device")'
-    echo "cpu cores: $(nproc)"
 }
 
 collective() {
-    python - <<'EOF'
+    "$PYTHON" - <<'PY'
 import os
 import torch
 import torch.distributed as dist
@@ -101,48 +119,46 @@ assert value.tolist() == [1.0] * 4, value
 print(f"{backend} all_reduce on {device}: ok (one rank: the library and its kernels work; "
       f"the transport between GPUs needs several)")
 dist.destroy_process_group()
-EOF
+PY
 }
 
-demo_on_device() {
-    # overlay: the demo's tiny model with gpus: 1, so the real rules run the GPU code paths
-    # (CUDA device, bf16 autocast, pinned memory, fused AdamW)
-    cat > "$WORK/demo_overlay.yaml" <<EOF
-output_dir: $WORK/demo
-architectures:
-  - name: $VIT_S
-    weights: none
-    gpus: 1
-    model_kwargs: {depth: 2, embed_dim: 64, num_heads: 2}
-EOF
-    snakemake --cores "$DEMO_CORES" --configfile config/demo.yaml "$WORK/demo_overlay.yaml" || return 1
-    echo "training logs, device line:"
-    grep -h "process(es) on" "$WORK"/demo/logs/train/*/*.log
-    grep -qh "process(es) on $DEVICE" "$WORK"/demo/logs/train/*/*.log
+install_wheels() {  # the wheels of benchmarks/make_wheels.sh: the seed row's albumentations
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --target "$WORK/site" .whl/*.whl
 }
 
-export WORK DEVICE DEMO_CORES VIT_S
-export -f device_info collective demo_on_device
-step device 60 "$OUT/device.txt" device_info
-step flops 120 "$LOGS/flops.log" python benchmarks/flops.py --json "$OUT/flops.json"
-step train_step_vit_small 180 "$LOGS/train_step_vit_small.log" python benchmarks/bench_train_step.py \
-    --arch "$VIT_S" --device "$DEVICE" "${TRAIN_ARGS[@]}" --json "$OUT/train_step_vit_small.json"
-step train_step_vit_base 180 "$LOGS/train_step_vit_base.log" python benchmarks/bench_train_step.py \
-    --arch "$VIT_B" --device "$DEVICE" "${TRAIN_ARGS[@]}" --json "$OUT/train_step_vit_base.json"
-step bench_eval 150 "$OUT/bench_eval.log" python benchmarks/bench_eval.py "${EVAL_ARGS[@]}"
-step collective 60 "$LOGS/collective.log" collective
-step demo "$DEMO_LIMIT" "$LOGS/demo.log" demo_on_device
-step train_step_vit_small_compile 180 "$LOGS/train_step_vit_small_compile.log" \
-    python benchmarks/bench_train_step.py --arch "$VIT_S" --device "$DEVICE" --configs tuned --compile \
-    "${COMPILE_ARGS[@]}" --json "$OUT/train_step_vit_small_compile.json"
+export DEVICE PYTHON WORK
+export -f preflight collective install_wheels
+checks_init  # the deadline counts from here
+if compgen -G ".whl/*.whl" > /dev/null; then  # only when they came along
+    step wheels 60 install_wheels
+    [[ -d "$WORK/site" ]] && export PYTHONPATH="$WORK/site:$PYTHONPATH"
+fi
+step preflight 60 preflight
+if grep -q "^preflight .*exit [^0]" "$SUMMARY"; then
+    echo "preflight failed: $(grep -h '^error:' "$STEPS_LOG" | tail -n 1)" | tee -a "$SUMMARY"
+    exit 2
+fi
+step flops 60 "$PYTHON" benchmarks/flops.py --json "$OUT/flops.json"
+step train_step_vit_small 150 "$PYTHON" benchmarks/bench_train_step.py --arch "$VIT_S" \
+    --device "$DEVICE" "${TRAIN_ARGS[@]}" --tmpdir "$WORK" --json "$OUT/train_step_vit_small.json"
+step train_step_vit_base 150 "$PYTHON" benchmarks/bench_train_step.py --arch "$VIT_B" \
+    --device "$DEVICE" "${TRAIN_ARGS[@]}" --tmpdir "$WORK" --json "$OUT/train_step_vit_base.json"
+step bench_eval 90 "$PYTHON" benchmarks/bench_eval.py "${EVAL_ARGS[@]}"
+step collective 30 collective
+step end_to_end "$E2E_LIMIT" "$PYTHON" benchmarks/gpu_e2e.py --work "$WORK/e2e" "${E2E_ARGS[@]}"
+step clip 40 "$PYTHON" benchmarks/bench_clip.py
+if [[ $DEVICE == cuda ]]; then
+    optional_step compile 120 "$PYTHON" benchmarks/bench_train_step.py --arch "$VIT_S" \
+        --device cuda --configs tuned --compile --steps 10 --warmup 3 --profile-steps 0 \
+        --tmpdir "$WORK" --json "$OUT/train_step_vit_small_compile.json"
+fi
 
 {
     echo "-- proofs"
-    tail -n 1 "$LOGS/collective.log"
-    grep -h "process(es) on" "$LOGS/demo.log"
+    grep -h -E "all_reduce on|process\(es\) on|^end to end on|^(python|device:) " "$STEPS_LOG"
+    echo "total $((SECONDS - CHECKS_START))s of a ${DEADLINE_S}s deadline"
 } >> "$SUMMARY"
-cp "$WORK/demo_overlay.yaml" "$LOGS/" 2>/dev/null
-tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs $(cd "$WORK" && ls -d demo/logs demo/summary/summary.csv 2>/dev/null)
 echo "results in $OUT:"
 cat "$SUMMARY"
 exit $FAILED

@@ -41,8 +41,10 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load(paths: Iterable[str | Path]) -> dict:
-    """Load config files in order (later ones overlay earlier ones) and validate the result."""
+def load(paths: Iterable[str | Path], *, schema: bool = True) -> dict:
+    """Load config files in order (later ones overlay earlier ones) and validate the result.
+    schema=False skips the JSON-schema part (jsonschema is then not imported; the meaning
+    checks still run): for the benchmarks, which must start on a bare GPU node."""
     config: dict = {}
     for path in paths:
         path = Path(path)
@@ -56,8 +58,20 @@ def load(paths: Iterable[str | Path]) -> dict:
         if not isinstance(loaded, dict):
             raise InputError(f"{path}: top level must be a mapping")
         config = deep_merge(config, loaded)
-    validate(config)
+    if schema:
+        validate(config)
+    else:
+        check_meaning(config)
     return config
+
+
+def has_schema_checker() -> bool:
+    """Whether jsonschema imports (a bare GPU node running benchmarks/ may lack it)."""
+    try:
+        import jsonschema  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def validate(config: dict) -> dict:

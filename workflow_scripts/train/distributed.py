@@ -12,7 +12,10 @@ Launchers understood, checked in this order:
    task of a job without any communication).
 3. Anything else: a single process, no process group at all.
 
-Backend: nccl when CUDA is available (one GPU per process, cuda:LOCAL_RANK), gloo on CPU.
+Backend: nccl when CUDA is available (one GPU per process), gloo on CPU. The GPU is chosen among
+those the process can see: cuda:LOCAL_RANK when all of the node's GPUs are visible (torchrun), the
+only one when the launcher binds one GPU per task (srun --gpus-per-task=1, --gpu-bind: each task
+sees its own as cuda:0, whatever its SLURM_LOCALID).
 """
 
 from __future__ import annotations
@@ -53,6 +56,19 @@ def launcher_ranks(env: dict[str, str]) -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def cuda_device_index(local_rank: int, visible_gpus: int, env: dict[str, str]) -> int:
+    """The ordinal, among the `visible_gpus` GPUs this process sees, of the one it trains on."""
+    if local_rank < visible_gpus:
+        return local_rank
+    if visible_gpus == 1:  # per-task binding: the one GPU this task was given
+        return 0
+    raise InputError(
+        f"local rank {local_rank}, but this process sees {visible_gpus} GPUs "
+        f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unset>')}): bind one GPU per "
+        f"task (srun --gpus-per-task=1) or let every task see all of the node's GPUs"
+    )
+
+
 def slurm_rendezvous(env: dict[str, str]) -> dict[str, str]:
     """MASTER_ADDR / MASTER_PORT for an srun-launched job (see the module docstring)."""
     address = env.get("MASTER_ADDR")
@@ -79,7 +95,11 @@ def setup() -> DistributedContext:
     """Join the process group the launcher describes (none for a single process)."""
     rank, world_size, local_rank = launcher_ranks(dict(os.environ))
     use_cuda = torch.cuda.is_available()
-    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        index = cuda_device_index(local_rank, torch.cuda.device_count(), dict(os.environ))
+        device = torch.device("cuda", index)
+    else:
+        device = torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
     if world_size > 1:

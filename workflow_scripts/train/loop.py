@@ -36,6 +36,7 @@ from workflow_scripts.train.checkpoint import (
 )
 from workflow_scripts.train.dataset import build_train_loader
 from workflow_scripts.train.ema import make_teacher, update_teacher
+from workflow_scripts.train.head import synchronize_batch_norm
 from workflow_scripts.train.loss import DINOLoss
 from workflow_scripts.train.model import build_dino_model
 from workflow_scripts.train.resume_key import resume_key
@@ -117,6 +118,7 @@ class Trainer:
         self.student = build_dino_model(
             backbone, settings["head"], settings.get("input_standardization", "none")
         ).to(self.device)
+        self.student = synchronize_batch_norm(self.student, context.world_size, self.device.type)
         self.teacher = make_teacher(self.student)
         no_decay = {f"backbone.{name}" for name in _no_weight_decay_names(backbone)}
         self.optimizer = build_optimizer(

@@ -60,8 +60,18 @@ def cancel_last_layer_gradients(model: nn.Module) -> None:
 def clip_gradients(model: nn.Module, max_norm: float) -> None:
     """Clip each parameter's gradient norm to max_norm separately, as DINO's recipe does (not
     the global norm: one exploding layer then does not shrink every other layer's update);
-    max_norm 0 disables clipping."""
-    if max_norm > 0:
-        for param in model.parameters():
-            if param.grad is not None:
-                nn.utils.clip_grad_norm_(param, max_norm)
+    max_norm 0 disables clipping.
+
+    Per parameter the gradient is scaled by min(1, max_norm / (norm + 1e-6)) (DINO's
+    utils.clip_gradients, and nn.utils.clip_grad_norm_ on that one parameter), but the norms
+    come from one multi-tensor call and the scaling from another: 8 dispatched ops per step
+    instead of 1,360 for a ViT-S/B student (170 tensors). (The scaling multiplies tensors of
+    different shapes, which CUDA may still run as one kernel per tensor, but without Python.)"""
+    if max_norm <= 0:
+        return
+    grads = [param.grad for param in model.parameters() if param.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack(torch._foreach_norm(grads))
+    scales = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, list(scales.unbind()))
