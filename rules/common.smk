@@ -187,23 +187,14 @@ if SOURCE != "demo" and not DOWNLOADING:
 EVAL_SETTINGS = config["evaluate"]
 
 
-def extract_inputs(wildcards):
-    """Epoch 0 is the pretrained backbone; other epochs read the training checkpoint."""
-    if int(wildcards.epoch) == 0:
-        return weights_input(wildcards)
-    return [CHECKPOINT.format(**wildcards), CHECKPOINT_META.format(**wildcards)]
-
-
-def extract_model_arg(wildcards):
-    """Epoch 0 sees images as this architecture's training does; checkpoints record it."""
-    if int(wildcards.epoch) == 0:
-        settings = arch_train(wildcards.arch)
-        return (
-            f"--weights {weights_arg(wildcards)} --init-seed {settings['seed']} "
-            f"--input-standardization {settings['input_standardization']} "
-            f"--interpolation {settings['interpolation']}"
-        )
-    return f"--checkpoint {CHECKPOINT.format(**wildcards)}"
+def pretrained_model_arg(wildcards):
+    """Epoch 0 sees images as this architecture's training does (checkpoints record it)."""
+    settings = arch_train(wildcards.arch)
+    return (
+        f"--weights {weights_arg(wildcards)} --init-seed {settings['seed']} "
+        f"--input-standardization {settings['input_standardization']} "
+        f"--interpolation {settings['interpolation']}"
+    )
 
 
 def all_metrics():

@@ -24,6 +24,8 @@ from workflow_copy import (
     PlannedOutput,
     copy_repo,
     demo_config,
+    extract_trained_rule,
+    is_extraction,
     mark_up_to_date,
     summary,
     train_rule,
@@ -96,7 +98,8 @@ def test_adding_an_architecture_plans_only_its_jobs_and_the_summary(finished):
     assert pending(rows) == expected
     assert {r.rule for r in rows if r.pending and r.arch == THIRD_ARCH} == {
         train_rule(THIRD_ARCH),
-        "extract_features",
+        "extract_pretrained",
+        extract_trained_rule(THIRD_ARCH),
         "combine_channel_features",
         "evaluate_features",
     }
@@ -113,8 +116,8 @@ def test_evaluation_setting_reruns_evaluation_only(finished, profile):
 def test_extraction_setting_reruns_extraction_and_evaluation_not_training(finished):
     overlay = {**base_overlay(), "evaluate": {"input_size": 32}}
     rows = plan(finished, overlay, "input_size")
-    assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES | {"extract_features"})
-    assert {r.status for r in rows if r.rule == "extract_features"} == {"params changed"}
+    assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
+    assert {r.status for r in rows if is_extraction(r.rule)} == {"params changed"}
 
 
 def test_extraction_speed_settings_rerun_nothing(finished):
@@ -131,7 +134,7 @@ def test_interpolation_override_reruns_the_epoch0_extraction_too(finished):
     rows = plan(finished, overlay, "interpolation")
     expected = paths(rows, lambda r: r.rule == "summarize" or r.arch == SECOND_ARCH)
     assert pending(rows) == expected
-    assert any(r.rule == "extract_features" and r.epoch == 0 and r.pending for r in rows)
+    assert any(r.rule == "extract_pretrained" and r.epoch == 0 and r.pending for r in rows)
 
 
 def test_training_override_of_one_architecture_retrains_only_it(finished):
@@ -172,7 +175,7 @@ def test_editing_the_metrics_module_reruns_evaluation_not_extraction(finished):
 def test_editing_a_module_extraction_imports_reruns_extraction_not_training(finished):
     rows = edited_plan(finished, "workflow_scripts/train/multicrop.py")
     # multicrop is shared by training and extraction: both rerun, the data stage does not
-    rerun_rules = EVALUATION_RULES | {"extract_features", train_rule(DEMO_ARCH), train_rule(SECOND_ARCH)}
-    assert pending(rows) == paths(rows, lambda r: r.rule in rerun_rules)
+    rerun_rules = EVALUATION_RULES | {train_rule(DEMO_ARCH), train_rule(SECOND_ARCH)}
+    assert pending(rows) == paths(rows, lambda r: r.rule in rerun_rules or is_extraction(r.rule))
     rows = edited_plan(finished, "workflow_scripts/evaluate/extract.py")
-    assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES | {"extract_features"})
+    assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
