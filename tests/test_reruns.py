@@ -15,10 +15,12 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
+from workflow_copy import REPO as SOURCE_REPO
 from workflow_copy import (
     DEMO_CONFIG,
     PlannedOutput,
@@ -27,10 +29,14 @@ from workflow_copy import (
     extract_trained_rule,
     is_extraction,
     mark_up_to_date,
+    snakemake,
     summary,
     train_rule,
     write_overlay,
 )
+
+sys.path.insert(0, str(SOURCE_REPO / "benchmarks"))
+from slurm_plan import parse_plan  # noqa: E402
 
 OUTPUT_DIR = "results/rerun"
 DEMO_ARCH = demo_config()["architectures"][0]["name"]
@@ -38,6 +44,9 @@ TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 SECOND_ARCH = "vit_small_plus_patch16_dinov3.lvd1689m"
 THIRD_ARCH = "vit_base_patch16_dinov3.lvd1689m"
 EVALUATION_RULES = {"combine_channel_features", "evaluate_features", "summarize"}
+TRAIN_CHANNELS = ["DAPI", "Tubulin", "Actin", "rgb"]  # config.yaml's channel_modes
+EVAL_CHANNELS = TRAIN_CHANNELS + ["combined"]
+TRAINED_EPOCHS = [2, 4]  # the demo: 4 epochs, a checkpoint every 2
 
 
 def tiny_arch(name: str, **extra) -> dict:
@@ -179,3 +188,47 @@ def test_editing_a_module_extraction_imports_reruns_extraction_not_training(fini
     assert pending(rows) == paths(rows, lambda r: r.rule in rerun_rules or is_extraction(r.rule))
     rows = edited_plan(finished, "workflow_scripts/evaluate/extract.py")
     assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
+
+
+def cluster_plan(
+    workdir: Path, overlay: dict, name: str, *extra: str
+) -> tuple[dict[str, list[str]], list[str]]:
+    """The SLURM profile's dry run: ({group job: its members' rules}, [jobs outside groups])."""
+    args = config_args(workdir, overlay, name)
+    result = snakemake(workdir, "--dry-run", "--profile", "slurm", *args, *extra)
+    groups, ungrouped = parse_plan(result.stdout + result.stderr)
+    return {group: sorted(rules) for group, rules in groups.items()}, ungrouped
+
+
+def test_cluster_plan_has_one_extraction_and_one_evaluation_job_per_arch_and_channel(finished):
+    # a new input size reruns every extraction and evaluation: each (arch, channel) gets one
+    # extraction group (epoch 0 + one job of all trained epochs) and one evaluation group
+    overlay = {**base_overlay(), "evaluate": {"input_size": 32}}
+    groups, ungrouped = cluster_plan(finished, overlay, "input_size_cluster")
+    expected = {}
+    for arch in (DEMO_ARCH, SECOND_ARCH):
+        for channel in TRAIN_CHANNELS:
+            expected[f"extract_{arch}_{channel}"] = sorted(["extract_pretrained", extract_trained_rule(arch)])
+        for channel in EVAL_CHANNELS:
+            expected[f"evaluate_{arch}_{channel}"] = ["evaluate_features"] * (1 + len(TRAINED_EPOCHS))
+    assert groups == expected
+    assert not [rule for rule in ungrouped if is_extraction(rule) or rule == "evaluate_features"]
+
+
+def test_cluster_plan_after_retraining_one_arch_leaves_its_epoch0_out(finished):
+    overlay = base_overlay()
+    overlay["architectures"][1]["train"] = {"optimizer": {"lr": 5.0e-5}}
+    groups, ungrouped = cluster_plan(finished, overlay, "train_override_cluster")
+    expected = {f"extract_{SECOND_ARCH}_{c}": [extract_trained_rule(SECOND_ARCH)] for c in TRAIN_CHANNELS}
+    expected |= {f"evaluate_{SECOND_ARCH}_{c}": ["evaluate_features"] * len(TRAINED_EPOCHS) for c in EVAL_CHANNELS}
+    assert groups == expected
+    assert sorted(set(ungrouped)) == sorted(
+        {train_rule(SECOND_ARCH), "combine_channel_features", "summarize", "all"}
+    )
+
+
+def test_cluster_plan_reruns_one_forced_evaluation_alone(finished):
+    metrics = Path(OUTPUT_DIR) / "eval" / DEMO_ARCH / "Actin" / "epoch_0002" / "metrics.json"
+    groups, ungrouped = cluster_plan(finished, base_overlay(), "forced", "--forcerun", str(metrics))
+    assert groups == {f"evaluate_{DEMO_ARCH}_Actin": ["evaluate_features"]}
+    assert sorted(ungrouped) == ["all", "summarize"]
