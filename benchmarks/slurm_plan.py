@@ -47,7 +47,9 @@ def local_rules(repo: Path = REPO) -> set[str]:
     """Rule names listed under `localrules:` in the workflow's rule files."""
     names: set[str] = set()
     for path in sorted((repo / "rules").glob("*.smk")):
-        for block in re.findall(r"^\s*localrules:\s*\n((?:\s+\w+,?\s*\n)+)", path.read_text(), re.M):
+        for block in re.findall(
+            r"^\s*localrules:\s*\n((?:\s+\w+,?\s*\n)+)", path.read_text(), re.M
+        ):
             names.update(re.findall(r"\w+", block))
     return names
 

@@ -197,6 +197,26 @@ def pretrained_model_arg(wildcards):
     )
 
 
+def extract_runtime(n_epochs):
+    """Minutes for one extraction job of n epochs: start-up, then each epoch's pass."""
+    return RESOURCES["extract_runtime_min"] + n_epochs * RESOURCES["extract_epoch_runtime_min"]
+
+
+def extract_resources(n_epochs):
+    """An extraction job's resources (rules/evaluate.smk: group_slot = one member at a time)."""
+    return dict(
+        gpu=lambda w: 1 if gpus(w.arch) else 0,
+        mem_mb=32000,
+        runtime=extract_runtime(n_epochs),
+        group_slot=1,
+        # Speed, not results: as resources (no rerun trigger looks at them, unlike params) a
+        # change reruns no extraction; `--set-resources <rule>:extract_batch_size=N`
+        # overrides them per run. Executors ignore resource names they do not know.
+        extract_batch_size=EVAL_SETTINGS["batch_size"],
+        extract_workers=EVAL_SETTINGS["num_workers"],
+    )
+
+
 def all_metrics():
     return [
         path

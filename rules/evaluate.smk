@@ -11,35 +11,6 @@ EVALUATE_GROUP = "evaluate_{arch}_{channel}"
 EXTRACT_SETTINGS = as_json({k: EVAL_SETTINGS[k] for k in ("crop_grid", "input_size", "embedding")})
 
 
-def extract_runtime(n_epochs):
-    """Minutes for one extraction job of n epochs: start-up, then each epoch's pass."""
-    return RESOURCES["extract_runtime_min"] + n_epochs * RESOURCES["extract_epoch_runtime_min"]
-
-
-def extract_resources(n_epochs):
-    return dict(
-        gpu=lambda w: 1 if gpus(w.arch) else 0,
-        mem_mb=32000,
-        runtime=extract_runtime(n_epochs),
-        group_slot=1,
-        # Speed, not results: as resources (no rerun trigger looks at them, unlike params) a
-        # change reruns no extraction; `--set-resources <rule>:extract_batch_size=N`
-        # overrides them per run. Executors ignore resource names they do not know.
-        extract_batch_size=EVAL_SETTINGS["batch_size"],
-        extract_workers=EVAL_SETTINGS["num_workers"],
-    )
-
-
-def extract_shell(model_arg):
-    return (
-        "python -m workflow_scripts.evaluate.extract --arch {wildcards.arch:q} "
-        "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} " + model_arg + " "
-        "--model-kwargs {params.model_kwargs:q} --settings {params.settings:q} "
-        "--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers} "
-        "--epoch {params.epochs} --out {output:q} > {log} 2>&1"
-    )
-
-
 rule extract_pretrained:
     # Epoch 0: the backbone before fine-tuning; it does not wait for (or rerun with) training.
     output:
@@ -70,7 +41,11 @@ rule extract_pretrained:
     benchmark:
         out("benchmarks", "extract", "{arch}", "{channel}", "epoch_0000.tsv")
     shell:
-        extract_shell("{params.model}")
+        "python -m workflow_scripts.evaluate.extract --arch {wildcards.arch:q} "
+        "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} {params.model} "
+        "--model-kwargs {params.model_kwargs:q} --settings {params.settings:q} "
+        "--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers} "
+        "--epoch {params.epochs} --out {output:q} > {log} 2>&1"
 
 
 # One rule per architecture (as training): its output list is that architecture's trained epochs.
@@ -110,7 +85,12 @@ for _arch in ARCHS:
         benchmark:
             out("benchmarks", "extract", "{arch}", "{channel}", "trained_epochs.tsv")
         shell:
-            extract_shell("--checkpoint {input.checkpoints:q}")
+            "python -m workflow_scripts.evaluate.extract --arch {wildcards.arch:q} "
+            "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
+            "--checkpoint {input.checkpoints:q} "
+            "--model-kwargs {params.model_kwargs:q} --settings {params.settings:q} "
+            "--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers} "
+            "--epoch {params.epochs} --out {output:q} > {log} 2>&1"
 
 
 # Seconds of CPU work: not worth a SLURM job (SLURM profile).

@@ -19,18 +19,42 @@ def checkpoint(folder, epoch: int, channel: str = "rgb"):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.01 * epoch)
-    meta = {"arch": ARCH, "channel": channel, "epoch": epoch, "config_digest": "x", "model_kwargs": TINY,
-            "in_chans": 3, "train_settings": {"input_standardization": "none", "interpolation": "bicubic"}}
+    meta = {
+        "arch": ARCH,
+        "channel": channel,
+        "epoch": epoch,
+        "config_digest": "x",
+        "model_kwargs": TINY,
+        "in_chans": 3,
+        "train_settings": {"input_standardization": "none", "interpolation": "bicubic"},
+    }
     return str(save_backbone_checkpoint(folder, model, meta))
 
 
 def run(cache_dir, epochs, checkpoints, outs, *extra):  # noqa: F811 (fixture as argument)
-    return extract.main([
-        "--arch", ARCH, "--channel", "rgb", "--cache-dir", str(cache_dir),
-        "--model-kwargs", json.dumps(TINY), "--settings", json.dumps(SETTINGS),
-        "--batch-size", "16", "--epoch", *map(str, epochs), "--checkpoint", *checkpoints,
-        "--out", *map(str, outs), *extra,
-    ])
+    return extract.main(
+        [
+            "--arch",
+            ARCH,
+            "--channel",
+            "rgb",
+            "--cache-dir",
+            str(cache_dir),
+            "--model-kwargs",
+            json.dumps(TINY),
+            "--settings",
+            json.dumps(SETTINGS),
+            "--batch-size",
+            "16",
+            "--epoch",
+            *map(str, epochs),
+            "--checkpoint",
+            *checkpoints,
+            "--out",
+            *map(str, outs),
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +63,25 @@ def checkpoints(tmp_path_factory):
     return {epoch: checkpoint(folder, epoch) for epoch in (1, 2, 3)}
 
 
-def test_one_call_writes_what_one_call_per_epoch_writes(cache_dir, checkpoints, tmp_path, monkeypatch):  # noqa: F811
+def test_one_call_writes_what_one_call_per_epoch_writes(
+    cache_dir, checkpoints, tmp_path, monkeypatch
+):  # noqa: F811
     for epoch in (1, 2, 3):  # the oracle: today's one-epoch calls
-        assert run(cache_dir, [epoch], [checkpoints[epoch]], [tmp_path / f"single_{epoch}.parquet"]) == 0
+        assert (
+            run(cache_dir, [epoch], [checkpoints[epoch]], [tmp_path / f"single_{epoch}.parquet"])
+            == 0
+        )
     cache_loads = []
     real_load_cache = extract.load_cache
-    monkeypatch.setattr(extract, "load_cache", lambda *a: cache_loads.append(a) or real_load_cache(*a))
+    monkeypatch.setattr(
+        extract, "load_cache", lambda *a: cache_loads.append(a) or real_load_cache(*a)
+    )
     outs = [tmp_path / f"multi_{epoch}.parquet" for epoch in (1, 2, 3)]
     assert run(cache_dir, [1, 2, 3], [checkpoints[e] for e in (1, 2, 3)], outs) == 0
     for epoch, out in zip((1, 2, 3), outs):
-        pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(tmp_path / f"single_{epoch}.parquet"))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(out), pd.read_parquet(tmp_path / f"single_{epoch}.parquet")
+        )
     # epochs differ, so a file written for the wrong epoch would not pass the comparison above
     assert not pd.read_parquet(outs[0]).equals(pd.read_parquet(outs[1]))
     # rgb: one look at meta.json for the channel order, then the cache itself, once for 3 epochs
@@ -64,7 +97,14 @@ def test_one_call_writes_what_one_call_per_epoch_writes(cache_dir, checkpoints, 
     ],
 )
 def test_epochs_checkpoints_and_outputs_must_pair_up(
-    cache_dir, checkpoints, tmp_path, capsys, epochs, n_checkpoints, n_outs, message  # noqa: F811
+    cache_dir,
+    checkpoints,
+    tmp_path,
+    capsys,
+    epochs,
+    n_checkpoints,
+    n_outs,
+    message,  # noqa: F811
 ):
     outs = [tmp_path / f"{i}.parquet" for i in range(n_outs)]
     assert run(cache_dir, epochs, [checkpoints[e] for e in (1, 2)][:n_checkpoints], outs) == 2
@@ -72,19 +112,42 @@ def test_epochs_checkpoints_and_outputs_must_pair_up(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_same_output_twice_and_several_epochs_from_weights_are_errors(cache_dir, checkpoints, tmp_path, capsys):  # noqa: F811
+def test_same_output_twice_and_several_epochs_from_weights_are_errors(
+    cache_dir, checkpoints, tmp_path, capsys
+):  # noqa: F811
     out = tmp_path / "x.parquet"
     assert run(cache_dir, [1, 2], [checkpoints[1], checkpoints[2]], [out, out]) == 2
     assert f"--out: {out} given more than once" in capsys.readouterr().err
-    assert extract.main([
-        "--arch", ARCH, "--channel", "rgb", "--cache-dir", str(cache_dir), "--weights", "none",
-        "--settings", json.dumps(SETTINGS), "--epoch", "0", "1", "--out", str(out), str(out),
-    ]) == 2
+    assert (
+        extract.main(
+            [
+                "--arch",
+                ARCH,
+                "--channel",
+                "rgb",
+                "--cache-dir",
+                str(cache_dir),
+                "--weights",
+                "none",
+                "--settings",
+                json.dumps(SETTINGS),
+                "--epoch",
+                "0",
+                "1",
+                "--out",
+                str(out),
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "--weights extracts one epoch" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_missing_checkpoint_stops_the_call_before_any_extraction(cache_dir, checkpoints, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_a_missing_checkpoint_stops_the_call_before_any_extraction(
+    cache_dir, checkpoints, tmp_path, capsys, monkeypatch
+):  # noqa: F811
     calls = []
     monkeypatch.setattr(extract, "extract_features", lambda *a, **k: calls.append(1))
     missing = str(tmp_path / "epoch_0009.safetensors")
@@ -94,7 +157,9 @@ def test_a_missing_checkpoint_stops_the_call_before_any_extraction(cache_dir, ch
     assert calls == [] and not any(o.exists() for o in outs)
 
 
-def test_a_failing_later_epoch_leaves_no_output_of_the_call(cache_dir, checkpoints, tmp_path, capsys):  # noqa: F811
+def test_a_failing_later_epoch_leaves_no_output_of_the_call(
+    cache_dir, checkpoints, tmp_path, capsys
+):  # noqa: F811
     wrong_channel = checkpoint(tmp_path / "other", 4, channel="DAPI")
     outs = [tmp_path / "out" / "a.parquet", tmp_path / "out" / "b.parquet"]
     assert run(cache_dir, [1, 4], [checkpoints[1], wrong_channel], outs) == 2

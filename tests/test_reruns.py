@@ -125,7 +125,8 @@ def test_evaluation_setting_reruns_evaluation_only(finished, profile):
 def test_extraction_setting_reruns_extraction_and_evaluation_not_training(finished):
     overlay = {**base_overlay(), "evaluate": {"input_size": 32}}
     rows = plan(finished, overlay, "input_size")
-    assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
+    rerun = paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
+    assert pending(rows) == rerun
     assert {r.status for r in rows if is_extraction(r.rule)} == {"params changed"}
 
 
@@ -187,7 +188,8 @@ def test_editing_a_module_extraction_imports_reruns_extraction_not_training(fini
     rerun_rules = EVALUATION_RULES | {train_rule(DEMO_ARCH), train_rule(SECOND_ARCH)}
     assert pending(rows) == paths(rows, lambda r: r.rule in rerun_rules or is_extraction(r.rule))
     rows = edited_plan(finished, "workflow_scripts/evaluate/extract.py")
-    assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
+    rerun = paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
+    assert pending(rows) == rerun
 
 
 def cluster_plan(
@@ -208,9 +210,11 @@ def test_cluster_plan_has_one_extraction_and_one_evaluation_job_per_arch_and_cha
     expected = {}
     for arch in (DEMO_ARCH, SECOND_ARCH):
         for channel in TRAIN_CHANNELS:
-            expected[f"extract_{arch}_{channel}"] = sorted(["extract_pretrained", extract_trained_rule(arch)])
+            members = ["extract_pretrained", extract_trained_rule(arch)]
+            expected[f"extract_{arch}_{channel}"] = sorted(members)
         for channel in EVAL_CHANNELS:
-            expected[f"evaluate_{arch}_{channel}"] = ["evaluate_features"] * (1 + len(TRAINED_EPOCHS))
+            n_epochs = 1 + len(TRAINED_EPOCHS)
+            expected[f"evaluate_{arch}_{channel}"] = ["evaluate_features"] * n_epochs
     assert groups == expected
     assert not [rule for rule in ungrouped if is_extraction(rule) or rule == "evaluate_features"]
 
@@ -219,8 +223,10 @@ def test_cluster_plan_after_retraining_one_arch_leaves_its_epoch0_out(finished):
     overlay = base_overlay()
     overlay["architectures"][1]["train"] = {"optimizer": {"lr": 5.0e-5}}
     groups, ungrouped = cluster_plan(finished, overlay, "train_override_cluster")
-    expected = {f"extract_{SECOND_ARCH}_{c}": [extract_trained_rule(SECOND_ARCH)] for c in TRAIN_CHANNELS}
-    expected |= {f"evaluate_{SECOND_ARCH}_{c}": ["evaluate_features"] * len(TRAINED_EPOCHS) for c in EVAL_CHANNELS}
+    trained = [extract_trained_rule(SECOND_ARCH)]
+    evaluations = ["evaluate_features"] * len(TRAINED_EPOCHS)
+    expected = {f"extract_{SECOND_ARCH}_{c}": trained for c in TRAIN_CHANNELS}
+    expected |= {f"evaluate_{SECOND_ARCH}_{c}": evaluations for c in EVAL_CHANNELS}
     assert groups == expected
     assert sorted(set(ungrouped)) == sorted(
         {train_rule(SECOND_ARCH), "combine_channel_features", "summarize", "all"}

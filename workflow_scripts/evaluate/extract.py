@@ -281,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         "--epoch", type=int, nargs="+", required=True,
         help="epoch(s); several need one --checkpoint and one --out each, in the same order",
     )
-    parser.add_argument("--out", nargs="+", required=True, help="features .parquet, one per --epoch")
+    parser.add_argument(
+        "--out", nargs="+", required=True, help="features .parquet, one per --epoch"
+    )
     args = parser.parse_args(argv)
     jobs = epoch_jobs(args.epoch, args.checkpoint, args.out)
     # before any GPU time is spent on the epochs that precede a missing one
@@ -310,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     written: list[str] = []
     try:
         for epoch, checkpoint, out in jobs:
-            one_epoch = argparse.Namespace(**{**vars(args), "epoch": epoch, "checkpoint": checkpoint})
+            one_epoch = argparse.Namespace(**{**vars(args), "epoch": epoch,
+                                              "checkpoint": checkpoint})
             model, preprocessing = load_model(one_epoch, model_kwargs)
             start = time.perf_counter()
             features = extract_features(
