@@ -3,9 +3,10 @@
 # Cluster job economy (slurm/README.md): the extractions of one (arch, channel) form one group
 # job: epoch 0 and one extraction of every trained epoch, which loads libraries, CUDA and the
 # cache once; the evaluations of one (arch, channel) form another. Every epoch stays a declared
-# output, so a rerun plans exactly the stale epochs. `group_slot` (a resource scoped per group by
-# the profile, 1 slot) runs a group's members one after another: the group asks for one member's
-# GPU, CPUs and memory and the sum of their runtimes. Groups matter only on a cluster.
+# output and a group holds only the jobs that must run, so evaluations rerun per epoch.
+# `group_slot` (a resource scoped per group by the profile, 1 slot) runs a group's members one
+# after another: the group asks for one member's GPU, CPUs and memory and the sum of their
+# runtimes. Groups matter only on a cluster (local runs ignore them).
 EXTRACT_GROUP = "extract_{arch}_{channel}"
 EVALUATE_GROUP = "evaluate_{arch}_{channel}"
 EXTRACT_SETTINGS = as_json({k: EVAL_SETTINGS[k] for k in ("crop_grid", "input_size", "embedding")})
