@@ -36,7 +36,7 @@ from workflow_copy import (
 )
 
 sys.path.insert(0, str(SOURCE_REPO / "benchmarks"))
-from slurm_plan import parse_plan  # noqa: E402
+from slurm_plan import local_rules, parse_plan, submissions  # noqa: E402
 
 OUTPUT_DIR = "results/rerun"
 DEMO_ARCH = demo_config()["architectures"][0]["name"]
@@ -217,6 +217,20 @@ def test_cluster_plan_has_one_extraction_and_one_evaluation_job_per_arch_and_cha
             expected[f"evaluate_{arch}_{channel}"] = ["evaluate_features"] * n_epochs
     assert groups == expected
     assert not [rule for rule in ungrouped if is_extraction(rule) or rule == "evaluate_features"]
+
+
+def test_submission_counter_counts_groups_and_cluster_rules_not_local_rules(finished):
+    # benchmarks/slurm_plan.py, which gives README its counts: one retrained architecture
+    overlay = base_overlay()
+    overlay["architectures"][1]["train"] = {"optimizer": {"lr": 5.0e-5}}
+    args = config_args(finished, overlay, "train_override_count")
+    result = snakemake(finished, "--dry-run", "--profile", "slurm", *args)
+    assert {"combine_channel_features", "summarize", "fetch_weights"} <= local_rules()
+    assert submissions(result.stdout + result.stderr, local_rules()) == {
+        "extract (group)": len(TRAIN_CHANNELS),
+        "evaluate (group)": len(EVAL_CHANNELS),
+        train_rule(SECOND_ARCH): len(TRAIN_CHANNELS),
+    }
 
 
 def test_cluster_plan_after_retraining_one_arch_leaves_its_epoch0_out(finished):
