@@ -187,23 +187,34 @@ if SOURCE != "demo" and not DOWNLOADING:
 EVAL_SETTINGS = config["evaluate"]
 
 
-def extract_inputs(wildcards):
-    """Epoch 0 is the pretrained backbone; other epochs read the training checkpoint."""
-    if int(wildcards.epoch) == 0:
-        return weights_input(wildcards)
-    return [CHECKPOINT.format(**wildcards), CHECKPOINT_META.format(**wildcards)]
+def pretrained_model_arg(wildcards):
+    """Epoch 0 sees images as this architecture's training does (checkpoints record it)."""
+    settings = arch_train(wildcards.arch)
+    return (
+        f"--weights {weights_arg(wildcards)} --init-seed {settings['seed']} "
+        f"--input-standardization {settings['input_standardization']} "
+        f"--interpolation {settings['interpolation']}"
+    )
 
 
-def extract_model_arg(wildcards):
-    """Epoch 0 sees images as this architecture's training does; checkpoints record it."""
-    if int(wildcards.epoch) == 0:
-        settings = arch_train(wildcards.arch)
-        return (
-            f"--weights {weights_arg(wildcards)} --init-seed {settings['seed']} "
-            f"--input-standardization {settings['input_standardization']} "
-            f"--interpolation {settings['interpolation']}"
-        )
-    return f"--checkpoint {CHECKPOINT.format(**wildcards)}"
+def extract_runtime(n_epochs):
+    """Minutes for one extraction job of n epochs: start-up, then each epoch's pass."""
+    return RESOURCES["extract_runtime_min"] + n_epochs * RESOURCES["extract_epoch_runtime_min"]
+
+
+def extract_resources(n_epochs):
+    """An extraction job's resources (rules/evaluate.smk: group_slot = one member at a time)."""
+    return dict(
+        gpu=lambda w: 1 if gpus(w.arch) else 0,
+        mem_mb=32000,
+        runtime=extract_runtime(n_epochs),
+        group_slot=1,
+        # Speed, not results: as resources (no rerun trigger looks at them, unlike params) a
+        # change reruns no extraction; `--set-resources <rule>:extract_batch_size=N`
+        # overrides them per run. Executors ignore resource names they do not know.
+        extract_batch_size=EVAL_SETTINGS["batch_size"],
+        extract_workers=EVAL_SETTINGS["num_workers"],
+    )
 
 
 def all_metrics():

@@ -1,42 +1,97 @@
 # Evaluation stage: features per (arch, channel, epoch) -> TVN -> profiles -> NSC / NSCB / mAP.
-rule extract_features:
+#
+# Cluster job economy (slurm/README.md): the extractions of one (arch, channel) form one group
+# job: epoch 0 and one extraction of every trained epoch, which loads libraries, CUDA and the
+# cache once; the evaluations of one (arch, channel) form another. Every epoch stays a declared
+# output and a group holds only the jobs that must run, so evaluations rerun per epoch.
+# `group_slot` (a resource scoped per group by the profile, 1 slot) runs a group's members one
+# after another: the group asks for one member's GPU, CPUs and memory and the sum of their
+# runtimes. Groups matter only on a cluster (local runs ignore them).
+EXTRACT_GROUP = "extract_{arch}_{channel}"
+EVALUATE_GROUP = "evaluate_{arch}_{channel}"
+EXTRACT_SETTINGS = as_json({k: EVAL_SETTINGS[k] for k in ("crop_grid", "input_size", "embedding")})
+
+
+rule extract_pretrained:
+    # Epoch 0: the backbone before fine-tuning; it does not wait for (or rerun with) training.
     output:
-        FEATURES,
+        FEATURES.replace("{epoch}", epoch_tag(0)),
     input:
         cache=CACHE_TABLE,
         meta=CACHE_META,
         arrays=CACHE_ARRAYS,
-        model=extract_inputs,
+        model=weights_input,
         code=code("evaluate.extract"),
     params:
-        settings=as_json({k: EVAL_SETTINGS[k] for k in ("crop_grid", "input_size", "embedding")}),
+        settings=EXTRACT_SETTINGS,
         model_kwargs=lambda w: as_json(arch_entry(w.arch)["model_kwargs"]),
-        model=extract_model_arg,
+        model=pretrained_model_arg,
+        epochs=0,
         cache_dir=lambda w, input: os.path.dirname(input.meta),
     wildcard_constraints:
         channel="|".join(TRAIN_CHANNELS),
+    group:
+        EXTRACT_GROUP
     threads: 4
     resources:
-        gpu=lambda w: 1 if gpus(w.arch) else 0,
-        mem_mb=32000,
-        runtime=RESOURCES["extract_runtime_min"],
-        # Speed, not results: as resources (no rerun trigger looks at them, unlike params) a
-        # change reruns no extraction; `--set-resources extract_features:extract_batch_size=N`
-        # overrides them per run. Executors ignore resource names they do not know.
-        extract_batch_size=EVAL_SETTINGS["batch_size"],
-        extract_workers=EVAL_SETTINGS["num_workers"],
+        **extract_resources(1),
     conda:
         "../envs/pytorch-cuda.yaml"
     log:
-        out("logs", "extract", "{arch}", "{channel}", "epoch_{epoch}.log"),
+        out("logs", "extract", "{arch}", "{channel}", "epoch_0000.log"),
     benchmark:
-        out("benchmarks", "extract", "{arch}", "{channel}", "epoch_{epoch}.tsv")
+        out("benchmarks", "extract", "{arch}", "{channel}", "epoch_0000.tsv")
     shell:
         "python -m workflow_scripts.evaluate.extract --arch {wildcards.arch:q} "
         "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} {params.model} "
         "--model-kwargs {params.model_kwargs:q} --settings {params.settings:q} "
         "--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers} "
-        "--epoch {wildcards.epoch} --out {output:q} > {log} 2>&1"
+        "--epoch {params.epochs} --out {output:q} > {log} 2>&1"
+
+
+# One rule per architecture (as training): its output list is that architecture's trained epochs.
+for _arch in ARCHS:
+    _slug = re.sub(r"\W", "_", _arch)
+    _epochs = train_epochs(_arch)
+
+    rule:
+        name:
+            f"extract_trained_{_slug}"
+        output:
+            expand(FEATURES, epoch=_epochs, allow_missing=True),
+        input:
+            cache=CACHE_TABLE,
+            meta=CACHE_META,
+            arrays=CACHE_ARRAYS,
+            checkpoints=expand(CHECKPOINT, epoch=_epochs, allow_missing=True),
+            metas=expand(CHECKPOINT_META, epoch=_epochs, allow_missing=True),
+            code=code("evaluate.extract"),
+        params:
+            settings=EXTRACT_SETTINGS,
+            model_kwargs=as_json(arch_entry(_arch)["model_kwargs"]),
+            epochs=" ".join(str(int(e)) for e in _epochs),
+            cache_dir=lambda w, input: os.path.dirname(input.meta),
+        wildcard_constraints:
+            arch=re.escape(_arch),
+            channel="|".join(TRAIN_CHANNELS),
+        group:
+            EXTRACT_GROUP
+        threads: 4
+        resources:
+            **extract_resources(len(_epochs)),
+        conda:
+            "../envs/pytorch-cuda.yaml"
+        log:
+            out("logs", "extract", "{arch}", "{channel}", "trained_epochs.log"),
+        benchmark:
+            out("benchmarks", "extract", "{arch}", "{channel}", "trained_epochs.tsv")
+        shell:
+            "python -m workflow_scripts.evaluate.extract --arch {wildcards.arch:q} "
+            "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
+            "--checkpoint {input.checkpoints:q} "
+            "--model-kwargs {params.model_kwargs:q} --settings {params.settings:q} "
+            "--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers} "
+            "--epoch {params.epochs} --out {output:q} > {log} 2>&1"
 
 
 # Seconds of CPU work: not worth a SLURM job (SLURM profile).
@@ -77,7 +132,11 @@ rule evaluate_features:
             {k: EVAL_SETTINGS.get(k, {}) for k in ("normalization", "tvn", "aggregation", "map")}
         ),
         out_dir=lambda w, output: os.path.dirname(output.metrics),
+    group:
+        EVALUATE_GROUP
     threads: 2
+    resources:
+        group_slot=1,
     conda:
         "../envs/workflow.yaml"
     log:

@@ -15,20 +15,28 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
+from workflow_copy import REPO as SOURCE_REPO
 from workflow_copy import (
     DEMO_CONFIG,
     PlannedOutput,
     copy_repo,
     demo_config,
+    extract_trained_rule,
+    is_extraction,
     mark_up_to_date,
+    snakemake,
     summary,
     train_rule,
     write_overlay,
 )
+
+sys.path.insert(0, str(SOURCE_REPO / "benchmarks"))
+from slurm_plan import local_rules, parse_plan, submissions  # noqa: E402
 
 OUTPUT_DIR = "results/rerun"
 DEMO_ARCH = demo_config()["architectures"][0]["name"]
@@ -36,6 +44,9 @@ TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 SECOND_ARCH = "vit_small_plus_patch16_dinov3.lvd1689m"
 THIRD_ARCH = "vit_base_patch16_dinov3.lvd1689m"
 EVALUATION_RULES = {"combine_channel_features", "evaluate_features", "summarize"}
+TRAIN_CHANNELS = ["DAPI", "Tubulin", "Actin", "rgb"]  # config.yaml's channel_modes
+EVAL_CHANNELS = TRAIN_CHANNELS + ["combined"]
+TRAINED_EPOCHS = [2, 4]  # the demo: 4 epochs, a checkpoint every 2
 
 
 def tiny_arch(name: str, **extra) -> dict:
@@ -96,7 +107,8 @@ def test_adding_an_architecture_plans_only_its_jobs_and_the_summary(finished):
     assert pending(rows) == expected
     assert {r.rule for r in rows if r.pending and r.arch == THIRD_ARCH} == {
         train_rule(THIRD_ARCH),
-        "extract_features",
+        "extract_pretrained",
+        extract_trained_rule(THIRD_ARCH),
         "combine_channel_features",
         "evaluate_features",
     }
@@ -113,8 +125,9 @@ def test_evaluation_setting_reruns_evaluation_only(finished, profile):
 def test_extraction_setting_reruns_extraction_and_evaluation_not_training(finished):
     overlay = {**base_overlay(), "evaluate": {"input_size": 32}}
     rows = plan(finished, overlay, "input_size")
-    assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES | {"extract_features"})
-    assert {r.status for r in rows if r.rule == "extract_features"} == {"params changed"}
+    rerun = paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
+    assert pending(rows) == rerun
+    assert {r.status for r in rows if is_extraction(r.rule)} == {"params changed"}
 
 
 def test_extraction_speed_settings_rerun_nothing(finished):
@@ -131,7 +144,7 @@ def test_interpolation_override_reruns_the_epoch0_extraction_too(finished):
     rows = plan(finished, overlay, "interpolation")
     expected = paths(rows, lambda r: r.rule == "summarize" or r.arch == SECOND_ARCH)
     assert pending(rows) == expected
-    assert any(r.rule == "extract_features" and r.epoch == 0 and r.pending for r in rows)
+    assert any(r.rule == "extract_pretrained" and r.epoch == 0 and r.pending for r in rows)
 
 
 def test_training_override_of_one_architecture_retrains_only_it(finished):
@@ -172,7 +185,70 @@ def test_editing_the_metrics_module_reruns_evaluation_not_extraction(finished):
 def test_editing_a_module_extraction_imports_reruns_extraction_not_training(finished):
     rows = edited_plan(finished, "workflow_scripts/train/multicrop.py")
     # multicrop is shared by training and extraction: both rerun, the data stage does not
-    rerun_rules = EVALUATION_RULES | {"extract_features", train_rule(DEMO_ARCH), train_rule(SECOND_ARCH)}
-    assert pending(rows) == paths(rows, lambda r: r.rule in rerun_rules)
+    rerun_rules = EVALUATION_RULES | {train_rule(DEMO_ARCH), train_rule(SECOND_ARCH)}
+    assert pending(rows) == paths(rows, lambda r: r.rule in rerun_rules or is_extraction(r.rule))
     rows = edited_plan(finished, "workflow_scripts/evaluate/extract.py")
-    assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES | {"extract_features"})
+    rerun = paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
+    assert pending(rows) == rerun
+
+
+def cluster_plan(
+    workdir: Path, overlay: dict, name: str, *extra: str
+) -> tuple[dict[str, list[str]], list[str]]:
+    """The SLURM profile's dry run: ({group job: its members' rules}, [jobs outside groups])."""
+    args = config_args(workdir, overlay, name)
+    result = snakemake(workdir, "--dry-run", "--profile", "slurm", *args, *extra)
+    groups, ungrouped = parse_plan(result.stdout + result.stderr)
+    return {group: sorted(rules) for group, rules in groups.items()}, ungrouped
+
+
+def test_cluster_plan_has_one_extraction_and_one_evaluation_job_per_arch_and_channel(finished):
+    # a new input size reruns every extraction and evaluation: each (arch, channel) gets one
+    # extraction group (epoch 0 + one job of all trained epochs) and one evaluation group
+    overlay = {**base_overlay(), "evaluate": {"input_size": 32}}
+    groups, ungrouped = cluster_plan(finished, overlay, "input_size_cluster")
+    expected = {}
+    for arch in (DEMO_ARCH, SECOND_ARCH):
+        for channel in TRAIN_CHANNELS:
+            members = ["extract_pretrained", extract_trained_rule(arch)]
+            expected[f"extract_{arch}_{channel}"] = sorted(members)
+        for channel in EVAL_CHANNELS:
+            n_epochs = 1 + len(TRAINED_EPOCHS)
+            expected[f"evaluate_{arch}_{channel}"] = ["evaluate_features"] * n_epochs
+    assert groups == expected
+    assert not [rule for rule in ungrouped if is_extraction(rule) or rule == "evaluate_features"]
+
+
+def test_submission_counter_counts_groups_and_cluster_rules_not_local_rules(finished):
+    # benchmarks/slurm_plan.py, which gives README its counts: one retrained architecture
+    overlay = base_overlay()
+    overlay["architectures"][1]["train"] = {"optimizer": {"lr": 5.0e-5}}
+    args = config_args(finished, overlay, "train_override_count")
+    result = snakemake(finished, "--dry-run", "--profile", "slurm", *args)
+    assert {"combine_channel_features", "summarize", "fetch_weights"} <= local_rules()
+    assert submissions(result.stdout + result.stderr, local_rules()) == {
+        "extract (group)": len(TRAIN_CHANNELS),
+        "evaluate (group)": len(EVAL_CHANNELS),
+        train_rule(SECOND_ARCH): len(TRAIN_CHANNELS),
+    }
+
+
+def test_cluster_plan_after_retraining_one_arch_leaves_its_epoch0_out(finished):
+    overlay = base_overlay()
+    overlay["architectures"][1]["train"] = {"optimizer": {"lr": 5.0e-5}}
+    groups, ungrouped = cluster_plan(finished, overlay, "train_override_cluster")
+    trained = [extract_trained_rule(SECOND_ARCH)]
+    evaluations = ["evaluate_features"] * len(TRAINED_EPOCHS)
+    expected = {f"extract_{SECOND_ARCH}_{c}": trained for c in TRAIN_CHANNELS}
+    expected |= {f"evaluate_{SECOND_ARCH}_{c}": evaluations for c in EVAL_CHANNELS}
+    assert groups == expected
+    assert sorted(set(ungrouped)) == sorted(
+        {train_rule(SECOND_ARCH), "combine_channel_features", "summarize", "all"}
+    )
+
+
+def test_cluster_plan_reruns_one_forced_evaluation_alone(finished):
+    metrics = Path(OUTPUT_DIR) / "eval" / DEMO_ARCH / "Actin" / "epoch_0002" / "metrics.json"
+    groups, ungrouped = cluster_plan(finished, base_overlay(), "forced", "--forcerun", str(metrics))
+    assert groups == {f"evaluate_{DEMO_ARCH}_Actin": ["evaluate_features"]}
+    assert sorted(ungrouped) == ["all", "summarize"]

@@ -25,8 +25,10 @@ import yaml
 from slurm_cluster import LocalSlurm, unavailable_reason
 from workflow_copy import (
     DEMO_CONFIG,
+    REPO,
     copy_repo,
     demo_config,
+    extract_trained_rule,
     snakemake,
     train_rule,
     write_overlay,
@@ -34,6 +36,8 @@ from workflow_copy import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
+# group jobs (rules/evaluate.smk): one per (arch, channel) and kind, whatever the epochs
+GROUP_KINDS = ("extract", "evaluate")
 PARTITION = "gpu"  # the cluster's default partition is "cpu": the profile edit must reach sbatch
 OUTPUT_DIR = "results/slurm"
 GPU_ARCH = demo_config()["architectures"][0]["name"]
@@ -43,12 +47,14 @@ CPUS_PER_GPU = demo_config()["resources"]["cpus_per_gpu"]
 MEM_MB_PER_GPU = demo_config()["resources"]["mem_mb_per_gpu"]
 TRAIN_RUNTIME_MIN = 30
 EXTRACT_RUNTIME_MIN = 20
+EXTRACT_EPOCH_RUNTIME_MIN = 5
+TRAINED_EPOCHS = (1, 2)
 PIPELINE_TIMEOUT_S = 420
 
 
 def slurm_overlay() -> dict:
-    """The demo made small (30 images, rgb only, 2 epochs of 2 steps), with one 2-GPU and one
-    CPU-only architecture."""
+    """The demo made small (30 images, rgb only, 2 epochs of 2 steps, both evaluated: a job per
+    epoch shows in the counts), with one 2-GPU and one CPU-only architecture."""
     gpu_arch = {**copy.deepcopy(demo_config()["architectures"][0]), "gpus": GPUS}
     cpu_arch = {**copy.deepcopy(gpu_arch), "name": CPU_ARCH, "gpus": 0}
     return {
@@ -67,7 +73,7 @@ def slurm_overlay() -> dict:
         "channel_modes": ["rgb"],
         "train": {
             "epochs": 2,
-            "checkpoint_every": 2,
+            "checkpoint_every": 1,
             "max_steps_per_epoch": 2,
             "batch_size_per_gpu": 4,  # 30 images over 2 processes
         },
@@ -75,6 +81,7 @@ def slurm_overlay() -> dict:
         "resources": {
             "train_runtime_min": TRAIN_RUNTIME_MIN,
             "extract_runtime_min": EXTRACT_RUNTIME_MIN,
+            "extract_epoch_runtime_min": EXTRACT_EPOCH_RUNTIME_MIN,
         },
     }
 
@@ -132,19 +139,44 @@ def slurm_logs(repo: Path) -> str:
 
 def submitted(cluster: LocalSlurm) -> list[dict[str, str]]:
     """SLURM jobs, each with the Snakemake rule and wildcards it ran: the plugin submits with
-    --comment rule_<rule>_wildcards_<values joined by _>."""
+    --comment rule_<rule>_wildcards_<values joined by _>, and a group job with
+    --comment rule_<group id>_<its rules joined by _>; for those, `rule` is the group's kind
+    (GROUP_KINDS) and `wildcards` <arch>_<channel>."""
     rules = sorted(
         {train_rule(GPU_ARCH), train_rule(CPU_ARCH), "validate_images", "build_image_cache",
-         "extract_features", "evaluate_features", "generate_demo_data", "prepare_metadata",
+         "extract_pretrained", extract_trained_rule(GPU_ARCH), extract_trained_rule(CPU_ARCH),
+         "evaluate_features", "generate_demo_data", "prepare_metadata",
          "combine_channel_features", "summarize", "all"},
         key=len, reverse=True,  # longest first: no rule name is mistaken for a prefix of another
     )
     jobs = cluster.jobs()
     for job in jobs:
         comment = job.get("Comment", "")
+        group = next(
+            (
+                (kind, f"{arch}_{comment.removeprefix(f'rule_{kind}_{arch}_').split('_')[0]}")
+                for kind in GROUP_KINDS
+                for arch in sorted((GPU_ARCH, CPU_ARCH), key=len, reverse=True)
+                if comment.startswith(f"rule_{kind}_{arch}_")
+            ),
+            None,
+        )
+        if group:
+            job["rule"], job["wildcards"] = group
+            continue
         job["rule"] = next((r for r in rules if comment.startswith(f"rule_{r}")), comment)
         job["wildcards"] = comment.removeprefix(f"rule_{job['rule']}").removeprefix("_wildcards_")
     return jobs
+
+
+def profile_resources(rule: str) -> dict:
+    """What slurm/config.yaml asks for a CPU rule: its set-resources over default-resources."""
+    profile = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())
+    return {**profile["default-resources"], **profile.get("set-resources", {}).get(rule, {})}
+
+
+def time_limit(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
 
 
 def gpus_requested(job: dict[str, str]) -> int:
@@ -158,7 +190,8 @@ def test_demo_pipeline_runs_through_the_profile(pipeline_run):
     assert (out / "summary" / "report.html").stat().st_size > 0
     with open(out / "summary" / "summary.csv") as fh:
         rows = {(r["arch"], r["channel"], int(r["epoch"])) for r in csv.DictReader(fh)}
-    assert rows == {(arch, "rgb", epoch) for arch in (GPU_ARCH, CPU_ARCH) for epoch in (0, 2)}
+    epochs = (0, *TRAINED_EPOCHS)
+    assert rows == {(arch, "rgb", epoch) for arch in (GPU_ARCH, CPU_ARCH) for epoch in epochs}
 
 
 def test_only_cluster_rules_are_submitted_and_all_completed(cluster, pipeline_run):
@@ -168,15 +201,19 @@ def test_only_cluster_rules_are_submitted_and_all_completed(cluster, pipeline_ru
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job["rule"]] = counts.get(job["rule"], 0) + 1
-    # local rules (login node) never reach SLURM
+    # local rules (login node) never reach SLURM; the extractions of one (arch, channel) are
+    # one SLURM job, its evaluations another, however many epochs (one job per epoch: 6 and 6)
     assert counts == {
         "validate_images": 1,
         "build_image_cache": 1,
         train_rule(GPU_ARCH): 1,
         train_rule(CPU_ARCH): 1,
-        "extract_features": 4,
-        "evaluate_features": 4,
+        "extract": 2,
+        "evaluate": 2,
     }
+    assert sorted(j["wildcards"] for j in jobs if j["rule"] in GROUP_KINDS) == sorted(
+        f"{arch}_rgb" for arch in (GPU_ARCH, CPU_ARCH) for _ in GROUP_KINDS
+    )
 
 
 def test_sbatch_requests_follow_config(cluster, pipeline_run):
@@ -186,16 +223,26 @@ def test_sbatch_requests_follow_config(cluster, pipeline_run):
             assert gpus_requested(job) == GPUS
             assert int(job["NumCPUs"]) == GPUS * CPUS_PER_GPU
             assert f"mem={GPUS * MEM_MB_PER_GPU}M" in job["TRES"]
-            assert job["TimeLimit"] == f"00:{TRAIN_RUNTIME_MIN}:00"
-        elif rule == "extract_features" and arch_is_gpu:
+            assert job["TimeLimit"] == time_limit(TRAIN_RUNTIME_MIN)
+        elif rule == "extract" and arch_is_gpu:
+            # epoch 0 and the trained epochs one after another: one member's GPU, not the sum
             assert gpus_requested(job) == 1
-            assert job["TimeLimit"] == f"00:{EXTRACT_RUNTIME_MIN}:00"
         else:  # CPU jobs, and gpus: 0 (resource gpu=0) training and extraction: no GPU at all
             assert gpus_requested(job) == 0, (rule, job.get("TresPerJob"))
             assert "gpu" not in job.get("TRES", "")
-        if rule in ("validate_images", "build_image_cache", "evaluate_features"):
-            assert job["TimeLimit"] == "02:00:00"  # profile default-resources: runtime 120
-            assert "mem=16000M" in job["TRES"]  # profile default-resources: mem_mb 16000
+        if rule == "extract":  # runtimes of the members summed; CPUs and memory of one member
+            members = EXTRACT_RUNTIME_MIN + EXTRACT_EPOCH_RUNTIME_MIN  # epoch 0
+            members += EXTRACT_RUNTIME_MIN + len(TRAINED_EPOCHS) * EXTRACT_EPOCH_RUNTIME_MIN
+            assert job["TimeLimit"] == time_limit(members)
+            assert int(job["NumCPUs"]) == 4 and "mem=32000M" in job["TRES"]
+        if rule == "evaluate":  # epochs 0, 1, 2 one after another
+            asked = profile_resources("evaluate_features")
+            assert job["TimeLimit"] == time_limit((1 + len(TRAINED_EPOCHS)) * asked["runtime"])
+            assert int(job["NumCPUs"]) == 2 and f"mem={asked['mem_mb']}M" in job["TRES"]
+        if rule in ("validate_images", "build_image_cache"):
+            asked = profile_resources(rule)
+            assert job["TimeLimit"] == time_limit(asked["runtime"])
+            assert f"mem={asked['mem_mb']}M" in job["TRES"]
 
 
 def test_job_steps_see_their_gpus(cluster, pipeline_run):
@@ -206,7 +253,7 @@ def test_job_steps_see_their_gpus(cluster, pipeline_run):
         devices = seen[(job["JobId"], "0")]
         if job["rule"] == train_rule(GPU_ARCH):
             assert devices == ",".join(str(i) for i in range(GPUS))
-        elif job["rule"] == "extract_features" and job["wildcards"].startswith(GPU_ARCH + "_"):
+        elif job["rule"] == "extract" and job["wildcards"].startswith(GPU_ARCH + "_"):
             assert len(devices.split(",")) == 1 and devices != "none"
         else:
             assert devices == "none", job["rule"]

@@ -30,6 +30,16 @@ def train_rule(arch: str) -> str:
     return "train_" + re.sub(r"\W", "_", arch)
 
 
+def extract_trained_rule(arch: str) -> str:
+    """Name of the rule extracting an architecture's trained epochs (rules/evaluate.smk: one
+    job per channel for all its epochs; epoch 0 is rule extract_pretrained)."""
+    return "extract_trained_" + re.sub(r"\W", "_", arch)
+
+
+def is_extraction(rule: str) -> bool:
+    return rule == "extract_pretrained" or rule.startswith("extract_trained_")
+
+
 def copy_repo(dest: Path) -> Path:
     shutil.copytree(REPO, dest, ignore=NOT_COPIED, symlinks=True)
     return dest

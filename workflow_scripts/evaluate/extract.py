@@ -24,10 +24,17 @@ whose recorded train_settings input_standardization and interpolation are used (
 option that disagrees is an error). `--batch-size` / `--num-workers` only change speed.
 Inference: eval mode, torch.inference_mode, bf16 autocast on CUDA, fp32 on CPU; deterministic.
 
+Several epochs in one call (`--epoch 5 10 --checkpoint a b --out x y`, one checkpoint and one
+output per epoch) pay the start-up once: libraries, CUDA and the cache are loaded once, then each
+checkpoint is loaded, embedded and written in turn, exactly as one call per epoch would write it.
+On an error no output of the call is left behind.
+
     python -m workflow_scripts.evaluate.extract --arch vit_small_patch16_dinov3.lvd1689m \
         --channel DAPI --cache-dir results/cache --weights none --model-kwargs '{}' \
         --settings '{"crop_grid": [2, 2], "input_size": 224, "embedding": "cls"}' \
         --batch-size 64 --num-workers 4 --epoch 0 --out features.parquet
+    python -m workflow_scripts.evaluate.extract ... --checkpoint train/epoch_0005.safetensors \
+        train/epoch_0010.safetensors --epoch 5 10 --out epoch_0005.parquet epoch_0010.parquet
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -47,7 +55,7 @@ from workflow_scripts.data.cache import load_cache
 from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.tables import feature_names, write_table
 from workflow_scripts.train.backbone import build_backbone, input_standardization
-from workflow_scripts.train.checkpoint import load_backbone_checkpoint
+from workflow_scripts.train.checkpoint import load_backbone_checkpoint, meta_path
 from workflow_scripts.train.multicrop import INTERPOLATIONS, limit_opencv_threads, resized_crop
 from workflow_scripts.train.rng import seed_everything
 from workflow_scripts.train.precision import Precision
@@ -218,6 +226,27 @@ def load_model(args: argparse.Namespace, model_kwargs: dict) -> tuple[nn.Module,
     return model, preprocessing
 
 
+def epoch_jobs(
+    epochs: list[int], checkpoints: list[str] | None, outs: list[str]
+) -> list[tuple[int, str | None, str]]:
+    """(epoch, checkpoint or None, output) per requested epoch; InputError when the lists do not
+    pair up (one checkpoint and one output per epoch; --weights serves one epoch only)."""
+    if checkpoints is None:
+        if len(epochs) != 1:
+            raise InputError(f"--epoch {' '.join(map(str, epochs))}: --weights extracts one epoch")
+        checkpoints = [None]
+    if not len(epochs) == len(checkpoints) == len(outs):
+        raise InputError(
+            f"{len(epochs)} --epoch, {len(checkpoints)} --checkpoint and {len(outs)} --out values: "
+            "need one checkpoint and one output per epoch"
+        )
+    for name, values in (("--epoch", epochs), ("--out", outs)):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise InputError(f"{name}: {', '.join(repeated)} given more than once")
+    return list(zip(epochs, checkpoints, outs))
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -225,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel", required=True, help="a cache channel, or rgb (all three)")
     parser.add_argument("--cache-dir", required=True)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="epoch_NNNN.safetensors of a training run")
+    source.add_argument(
+        "--checkpoint", nargs="+", help="epoch_NNNN.safetensors of a training run, one per --epoch"
+    )
     source.add_argument("--weights", help="epoch 0: none (random init) or a weights file")
     parser.add_argument("--model-kwargs", default="{}", help="extra timm.create_model kwargs (JSON)")
     parser.add_argument(
@@ -246,9 +277,20 @@ def main(argv: list[str] | None = None) -> int:
     # speed only, not results: kept out of --settings so that changing them reruns nothing
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
-    parser.add_argument("--epoch", type=int, required=True)
-    parser.add_argument("--out", required=True, help="features .parquet")
+    parser.add_argument(
+        "--epoch", type=int, nargs="+", required=True,
+        help="epoch(s); several need one --checkpoint and one --out each, in the same order",
+    )
+    parser.add_argument(
+        "--out", nargs="+", required=True, help="features .parquet, one per --epoch"
+    )
     args = parser.parse_args(argv)
+    jobs = epoch_jobs(args.epoch, args.checkpoint, args.out)
+    # before any GPU time is spent on the epochs that precede a missing one
+    for checkpoint in args.checkpoint or []:
+        for required in (Path(checkpoint), meta_path(checkpoint)):
+            if not required.is_file():
+                raise InputError(f"checkpoint file not found: {required}")
 
     settings = json_object_option(args.settings, "--settings")
     missing = [key for key in SETTINGS_KEYS if key not in settings]
@@ -265,30 +307,40 @@ def main(argv: list[str] | None = None) -> int:
             f"--batch-size {args.batch_size} / --num-workers {args.num_workers}: "
             "need a batch size of at least 1 and at least 0 workers"
         )
-    model, preprocessing = load_model(args, model_kwargs)
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    start = time.perf_counter()
-    features = extract_features(
-        model,
-        [arrays[c] for c in channels],
-        meta["clip_max"],
-        settings,
-        device,
-        preprocessing["input_standardization"],
-        interpolation=preprocessing["interpolation"],
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-    )
-    seconds = time.perf_counter() - start
-    print(
-        f"extracted {len(features)} images x {features.shape[1]} features on {device} in "
-        f"{seconds:.1f} s ({len(features) / seconds:.1f} images/s)",
-        file=sys.stderr,
-    )
     metadata = table[[c for c in table.columns if not c.startswith("path_")]].reset_index(drop=True)
-    values = pd.DataFrame(features, columns=feature_names(features.shape[1]))
-    write_table(pd.concat([metadata, values], axis=1), args.out)
+    written: list[str] = []
+    try:
+        for epoch, checkpoint, out in jobs:
+            one_epoch = argparse.Namespace(**{**vars(args), "epoch": epoch,
+                                              "checkpoint": checkpoint})
+            model, preprocessing = load_model(one_epoch, model_kwargs)
+            start = time.perf_counter()
+            features = extract_features(
+                model,
+                [arrays[c] for c in channels],
+                meta["clip_max"],
+                settings,
+                device,
+                preprocessing["input_standardization"],
+                interpolation=preprocessing["interpolation"],
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+            )
+            seconds = time.perf_counter() - start
+            print(
+                f"epoch {epoch}: extracted {len(features)} images x {features.shape[1]} features "
+                f"on {device} in {seconds:.1f} s ({len(features) / seconds:.1f} images/s)",
+                file=sys.stderr,
+            )
+            values = pd.DataFrame(features, columns=feature_names(features.shape[1]))
+            write_table(pd.concat([metadata, values], axis=1), out)
+            written.append(out)
+    except BaseException:
+        # all or nothing: an epoch that fails leaves none of this call's outputs behind
+        for path in written:
+            Path(path).unlink(missing_ok=True)
+        raise
     return 0
 
 
