@@ -2,13 +2,16 @@
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without installation
 
 from workflow_scripts import config as cfg
+from workflow_scripts import output_lock
 from workflow_scripts.code_deps import relative_module_files
+from workflow_scripts.data import manifest as raw_manifest
 from workflow_scripts.errors import InputError
 
 try:
@@ -48,6 +51,7 @@ wildcard_constraints:
 
 # ------------------------------------------------------------------ paths between stages
 PREPARED_TABLE = out("data", "images_prepared.parquet")
+RAW_MANIFEST = out("data", "raw_images.tsv")  # size + mtime of every raw TIFF (data/manifest.py)
 VALIDATED_TABLE = out("data", "images.parquet")
 VALIDATION_REPORT = out("data", "validation_report.json")
 VALIDATION_REPORT_MD = out("data", "validation_report.md")
@@ -67,6 +71,31 @@ SUMMARY_TABLE = out("summary", "summary.csv")
 SUMMARY_REPORT = out("summary", "report.html")
 LOGS = out("logs")
 BENCH = out("benchmarks")
+
+
+# ------------------------------------------------------------------ one run per output_dir
+if workflow.is_main_process:
+    # a run killed with -9 left its locks: clear them so the plain command runs again
+    if output_lock.recover_after_crash(OUT, os.path.join(os.getcwd(), ".snakemake")):
+        print(f"note: removed the stale lock of a run on {OUT} that is gone", file=sys.stderr)
+    # raw TIFFs replaced since the last run: rewrite the manifest, so what reads them reruns
+    if raw_manifest.refresh(RAW_MANIFEST):
+        print(f"note: raw images changed since {RAW_MANIFEST} was written", file=sys.stderr)
+
+
+onstart:
+    try:
+        output_lock.acquire(OUT, os.getcwd())
+    except InputError as err:
+        raise WorkflowError(f"error: {err}") from None
+
+
+onsuccess:
+    output_lock.release(OUT)
+
+
+onerror:
+    output_lock.release(OUT)
 
 
 def epoch_tag(epoch):
@@ -195,15 +224,17 @@ def extract_inputs(wildcards):
 
 
 def extract_model_arg(wildcards):
-    """Epoch 0 sees images as this architecture's training does; checkpoints record it."""
+    """Epoch 0 sees images as this architecture's training does; checkpoints record it.
+    Several arguments in one param, so each value is shell-quoted here (paths may hold spaces,
+    quotes or `$(...)`)."""
     if int(wildcards.epoch) == 0:
         settings = arch_train(wildcards.arch)
         return (
-            f"--weights {weights_arg(wildcards)} --init-seed {settings['seed']} "
-            f"--input-standardization {settings['input_standardization']} "
-            f"--interpolation {settings['interpolation']}"
+            f"--weights {shlex.quote(weights_arg(wildcards))} --init-seed {settings['seed']} "
+            f"--input-standardization {shlex.quote(settings['input_standardization'])} "
+            f"--interpolation {shlex.quote(settings['interpolation'])}"
         )
-    return f"--checkpoint {CHECKPOINT.format(**wildcards)}"
+    return f"--checkpoint {shlex.quote(CHECKPOINT.format(**wildcards))}"
 
 
 def all_metrics():

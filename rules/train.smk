@@ -20,7 +20,7 @@ rule fetch_weights:
         os.path.join(BENCH, "fetch_weights", "{arch}.tsv")
     shell:
         "python -m workflow_scripts.train.fetch_weights --arch {wildcards.arch:q} "
-        "--out {output:q} > {log} 2>&1"
+        "--out {output:q} > {log:q} 2>&1"
 
 
 # One rule per architecture: its epoch list (an output list) may differ from the others', and
@@ -71,4 +71,4 @@ for _arch in ARCHS:
             "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
             "--weights {params.weights:q} --model-kwargs {params.model_kwargs:q} "
             "--settings {params.settings:q} --out-dir {params.out_dir:q} "
-            "--resume-dir {params.resume_dir:q} > {log} 2>&1"
+            "--resume-dir {params.resume_dir:q} > {log:q} 2>&1"
