@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -54,6 +55,23 @@ def _current_umask() -> int:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line with a single O_APPEND write: concurrent writers never interleave or
+    overwrite each other's lines (a rewrite of the whole file would drop theirs)."""
+    if "\n" in line:
+        raise ValueError("append_line: the line must not contain a newline")
+    data = (line + "\n").encode()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # only on a full disk; never leave half a line
+            os.ftruncate(fd, os.fstat(fd).st_size - written)
+            raise OSError(errno.ENOSPC, f"no space left to append a line to {path}")
+    finally:
+        os.close(fd)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

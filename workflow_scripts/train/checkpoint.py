@@ -10,6 +10,7 @@ Two kinds, two places (docs/formats.md):
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -55,6 +56,25 @@ def save_weights(
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+        _sort_header_metadata(tmp)
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """safetensors writes `__metadata__` in hash-map order, which changes from call to call;
+    sorted keys make the same weights and metadata give the same bytes (a resumed run's
+    checkpoint equals a clean run's). Same content, so the header keeps its length."""
+    with open(path, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        raw = fh.read(size)
+        header = json.loads(raw)
+        if "__metadata__" not in header:
+            return
+        ordered = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # cannot happen for a valid header; never corrupt the file
+            raise ValueError(f"{path}: unexpected safetensors header")
+        fh.seek(8)
+        fh.write(text.ljust(size, b" "))
 
 
 def load_backbone_checkpoint(
