@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -22,8 +23,25 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
         except InputError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except (OSError, RuntimeError) as err:
+            if not disk_full(err):
+                raise
+            where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+            print(f"error: {where}no space left on device ({err})", file=sys.stderr)
+            return 2
 
     return wrapper
+
+
+def disk_full(err: BaseException) -> bool:
+    """A write failed for lack of space (or quota). pyarrow and torch.save do not always set
+    errno: torch reports a short write as "unexpected pos"."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "Disk quota exceeded" in text or (
+        isinstance(err, RuntimeError) and "unexpected pos" in text
+    )
 
 
 def json_object_option(text: str, option: str) -> dict:
