@@ -16,6 +16,7 @@ from workflow_scripts.errors import InputError
 
 try:
     cfg.check_meaning(config)
+    cfg.check_model_kwargs(config)
 except InputError as err:
     raise WorkflowError(f"config error: {err}") from None
 

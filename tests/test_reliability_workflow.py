@@ -45,7 +45,7 @@ def overlay(weights: str) -> dict:
         },
         "channel_modes": ["per_channel"],
         "architectures": [{"name": ARCH, "weights": weights, "gpus": 0, "model_kwargs": TINY}],
-        "train": {"epochs": 1, "checkpoint_every": 1},
+        "train": {"epochs": 1, "checkpoint_every": 1, "loss": {"warmup_teacher_temp_epochs": 1}},
         "evaluate": {"map": {"permutations": 20}},
     }
 
