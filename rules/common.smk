@@ -16,7 +16,8 @@ from workflow_scripts.errors import InputError
 
 try:
     cfg.check_meaning(config)
-    cfg.check_model_kwargs(config)
+    if workflow.is_main_process:  # jobs re-parse this file: checked once, by the main process
+        cfg.check_model_kwargs(config)
 except InputError as err:
     raise WorkflowError(f"config error: {err}") from None
 
