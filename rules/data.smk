@@ -25,7 +25,8 @@ if SOURCE == "demo":
             os.path.join(BENCH, "generate_demo_data.tsv")
         shell:
             "python -m workflow_scripts.data.demo --settings {params.settings:q} "
-            "--image-shape {params.shape} --workers {threads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+            "--image-shape {params.shape} --workers {threads} --out-dir {params.out_dir:q} "
+            "> {log:q} 2>&1"
 
 
 # Seconds of CPU work each: not worth a SLURM job (SLURM profile).
@@ -77,7 +78,8 @@ rule validate_images:
     shell:
         "python -m workflow_scripts.data.validate --table {input.table:q} "
         "--channels {params.channels:q} --image-shape {params.shape} "
-        "--out {output.table:q} --report {output.report:q} --report-md {output.report_md:q} > {log:q} 2>&1"
+        "--out {output.table:q} --report {output.report:q} --report-md {output.report_md:q} "
+        "> {log:q} 2>&1"
 
 
 rule build_image_cache:

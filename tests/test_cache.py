@@ -269,7 +269,9 @@ def test_too_little_free_space_is_one_error_naming_folder_and_bytes(dataset, tmp
     assert (out / "meta.json").is_file()
 
 
-def test_a_disk_filling_up_during_the_build_is_an_error_not_a_sigbus(dataset, tmp_path, monkeypatch):
+def test_a_disk_filling_up_during_the_build_is_an_error_not_a_sigbus(
+    dataset, tmp_path, monkeypatch
+):
     import errno
     import os
 

@@ -55,7 +55,8 @@ def test_unknown_architecture_names_key_and_valid_models(demo_config):
         (lambda c: c["train"]["optimizer"].update(min_lr=1.0), "train.optimizer.min_lr"),
         (lambda c: c["architectures"].append(dict(c["architectures"][0])), "architectures.1.name"),
         # warm-ups longer than the run (demo: 4 epochs)
-        (lambda c: c["train"]["optimizer"].update(warmup_epochs=5), "train.optimizer.warmup_epochs"),
+        (lambda c: c["train"]["optimizer"].update(warmup_epochs=5),
+         "train.optimizer.warmup_epochs"),
         (lambda c: c["train"]["loss"].update(warmup_teacher_temp_epochs=5),
          "train.loss.warmup_teacher_temp_epochs"),
         (lambda c: c.update(allow_cpu_fallback="yes"), "allow_cpu_fallback"),

@@ -69,4 +69,5 @@ def test_stale_temp_files_of_an_output_are_removed_by_its_next_write(tmp_path):
     (tmp_path / ".log.jsonl.abcd1234.tmp").write_text("half")  # a killed writer's
     (tmp_path / ".log.jsonl.bak.abcd1234.tmp").write_text("another file's")
     write_text(tmp_path / "log.jsonl", "line\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".log.jsonl.bak.abcd1234.tmp", "log.jsonl"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".log.jsonl.bak.abcd1234.tmp", "log.jsonl"]

@@ -277,7 +277,8 @@ def test_a_treated_row_with_a_blank_concentration_is_an_error_not_dropped(datase
 
     image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
     row = pd.read_csv(image_csv)["Image_Metadata_Concentration"].isna().idxmax()
-    with pytest.raises(InputError, match=rf"row {row}, column 'Image_Metadata_Concentration': missing"):
+    message = rf"row {row}, column 'Image_Metadata_Concentration': missing"
+    with pytest.raises(InputError, match=message):
         metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
     annotated, dmso = seed_tables(dataset[1], tmp_path)
     seed = pd.read_csv(annotated, index_col=0).reset_index(drop=True)

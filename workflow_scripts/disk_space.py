@@ -56,7 +56,9 @@ def reserve(path: str | os.PathLike, n_bytes: int) -> None:
         os.close(fd)
 
 
-def remove_stale_temps(directory: str | os.PathLike, prefix: str, suffix: str = ".tmp") -> list[Path]:
+def remove_stale_temps(
+    directory: str | os.PathLike, prefix: str, suffix: str = ".tmp"
+) -> list[Path]:
     """Remove `prefix????????suffix` files and folders in `directory`: temp output of an earlier job
     killed before its cleanup ran. Only safe where no other job writes the same output at the
     same time (Snakemake runs one job per output; workflow_scripts/output_lock.py one run per

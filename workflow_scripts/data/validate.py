@@ -204,7 +204,8 @@ def check_design(df: pd.DataFrame, table: str | os.PathLike, channels: list[str]
         row, other = disagreement
         raise InputError(
             f"{where(table, df, row, 'batch')}: plate {df['plate'].iloc[row]!r} is in batch "
-            f"{df['batch'].iloc[row]!r} here but in {df['batch'].iloc[other]!r} in {row_ref(df, other)}"
+            f"{df['batch'].iloc[row]!r} here but in {df['batch'].iloc[other]!r} "
+            f"in {row_ref(df, other)}"
         )
     if df["batch"].nunique() < 2:
         raise InputError(
