@@ -8,6 +8,7 @@ whose output_dir and weights path hold a space, a quote and `$(...)`; later test
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,7 +20,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from workflow_copy import DEMO_CONFIG, copy_repo, demo_config, snakemake, summary, write_overlay
+from workflow_copy import (
+    DEMO_CONFIG, REPO, copy_repo, demo_config, snakemake, summary, write_overlay,
+)
 from workflow_scripts.output_lock import LOCK_NAME
 
 # each `$(touch ...)` would create its file in the job's working directory if a shell ran it
@@ -66,6 +69,42 @@ def run(tmp_path_factory):
     write_overlay(workdir / "overlay.yaml", overlay(str(weights)))
     snakemake(workdir, "--cores", "2", *config_args(workdir), timeout_s=900)
     return workdir
+
+
+# Placeholders that may appear unquoted in a shell directive, and why it is safe.
+UNQUOTED_OK = {
+    "threads": "an integer",
+    "resources.gpu": "an integer",
+    "resources.allow_cpu_fallback": "0 or 1",
+    "resources.extract_batch_size": "an integer",
+    "resources.extract_workers": "an integer",
+    "params.shape": "two integers (schema)",
+    "params.launcher": "several words built from an integer (common.smk)",
+    "params.model": "several arguments, each shlex-quoted (common.smk: extract_model_arg)",
+    "params.plates": "'--plates' + BBBC021 plate names checked against the known list",
+    "wildcards.channel": "constrained to the configured channel names (schema enum)",
+    "wildcards.epoch": r"constrained to \d{4}",
+    "wildcards.arch": "constrained to the configured, known timm names",
+    "wildcards.plate": r"constrained to Week\d+_\d+",
+    "source_args()": "an f-string call whose result holds :q placeholders",
+}
+
+
+def test_every_shell_placeholder_is_quoted_or_known_safe():
+    unsafe = []
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        lines = smk.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.strip() != "shell:":
+                continue
+            indent = len(line) - len(line.lstrip())
+            for body in lines[i + 1:]:
+                if body.strip() and len(body) - len(body.lstrip()) <= indent:
+                    break
+                for name, quoted in re.findall(r"\{([^{}:]+)(:q)?\}", body):
+                    if not quoted and name not in UNQUOTED_OK:
+                        unsafe.append(f"{smk.name}: {{{name}}} in {body.strip()}")
+    assert unsafe == []
 
 
 def pwned(workdir: Path) -> list[str]:
