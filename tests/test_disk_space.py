@@ -24,6 +24,17 @@ def test_enospc_anywhere_in_a_cli_is_one_line_and_status_2(capsys):
     assert err.count("\n") == 1
 
 
+def test_a_library_short_write_with_a_stack_trace_is_one_line_too(capsys):
+    @cli
+    def main(argv=None):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . unexpected pos 9 vs 4\n"
+                           "frame #0: c10::Error::Error() + 0x1\nframe #1: ...")
+
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on device (") and err.count("\n") == 1
+
+
 def test_other_os_errors_are_not_mistaken_for_a_full_disk():
     @cli
     def main(argv=None):

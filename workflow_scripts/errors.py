@@ -14,7 +14,8 @@ class InputError(Exception):
 
 
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Wrap a CLI entry point: InputError -> 'error: <message>' on stderr and exit status 2."""
+    """Wrap a CLI entry point: InputError -> 'error: <message>' on stderr and exit status 2;
+    a full disk, however the library reports it, likewise (one line, status 2)."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
@@ -23,11 +24,12 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
         except InputError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        except (OSError, RuntimeError) as err:
+        except Exception as err:  # safetensors, pyarrow and torch each wrap ENOSPC their way
             if not disk_full(err):
                 raise
             where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-            print(f"error: {where}no space left on device ({err})", file=sys.stderr)
+            detail = " ".join(str(err).split())[:300]  # torch appends a C++ stack trace
+            print(f"error: {where}no space left on device ({detail})", file=sys.stderr)
             return 2
 
     return wrapper
