@@ -1,6 +1,8 @@
 # BBBC021 x DINOv3: DINO fine-tuning of timm DINOv3 backbones, scored per epoch by NSC/NSCB.
 # Run: snakemake --cores 2 --configfile config/demo.yaml      (demo, CPU)
 #      snakemake --profile slurm                                (cluster, real BBBC021)
+import sys
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -9,6 +11,14 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without installation
+from workflow_scripts.config import check_schema
+from workflow_scripts.errors import InputError
+
+try:
+    check_schema(config)  # Snakemake's messages below name no key; this one does
+except InputError as err:
+    raise WorkflowError(f"config error: {err}") from None
 validate(config, "schemas/config.schema.yaml")
 
 

@@ -2,17 +2,22 @@
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without installation
 
 from workflow_scripts import config as cfg
+from workflow_scripts import output_lock
 from workflow_scripts.code_deps import relative_module_files
+from workflow_scripts.data import manifest as raw_manifest
 from workflow_scripts.errors import InputError
 
 try:
     cfg.check_meaning(config)
+    if workflow.is_main_process:  # jobs re-parse this file: checked once, by the main process
+        cfg.check_model_kwargs(config)
 except InputError as err:
     raise WorkflowError(f"config error: {err}") from None
 
@@ -48,6 +53,7 @@ wildcard_constraints:
 
 # ------------------------------------------------------------------ paths between stages
 PREPARED_TABLE = out("data", "images_prepared.parquet")
+RAW_MANIFEST = out("data", "raw_images.tsv")  # size + mtime of every raw TIFF (data/manifest.py)
 VALIDATED_TABLE = out("data", "images.parquet")
 VALIDATION_REPORT = out("data", "validation_report.json")
 VALIDATION_REPORT_MD = out("data", "validation_report.md")
@@ -67,6 +73,31 @@ SUMMARY_TABLE = out("summary", "summary.csv")
 SUMMARY_REPORT = out("summary", "report.html")
 LOGS = out("logs")
 BENCH = out("benchmarks")
+
+
+# ------------------------------------------------------------------ one run per output_dir
+if workflow.is_main_process:
+    # a run killed with -9 left its locks: clear them so the plain command runs again
+    if output_lock.recover_after_crash(OUT, os.path.join(os.getcwd(), ".snakemake")):
+        print(f"note: removed the stale lock of a run on {OUT} that is gone", file=sys.stderr)
+    # raw TIFFs replaced since the last run: rewrite the manifest, so what reads them reruns
+    if raw_manifest.refresh(RAW_MANIFEST):
+        print(f"note: raw images changed since {RAW_MANIFEST} was written", file=sys.stderr)
+
+
+onstart:
+    try:
+        output_lock.acquire(OUT, os.getcwd())
+    except InputError as err:
+        raise WorkflowError(f"error: {err}") from None
+
+
+onsuccess:
+    output_lock.release(OUT)
+
+
+onerror:
+    output_lock.release(OUT)
 
 
 def epoch_tag(epoch):
@@ -190,10 +221,12 @@ EVAL_SETTINGS = config["evaluate"]
 def pretrained_model_arg(wildcards):
     """Epoch 0 sees images as this architecture's training does (checkpoints record it)."""
     settings = arch_train(wildcards.arch)
+    # several arguments in one param, so each value is shell-quoted here (paths may hold
+    # spaces, quotes or `$(...)`)
     return (
-        f"--weights {weights_arg(wildcards)} --init-seed {settings['seed']} "
-        f"--input-standardization {settings['input_standardization']} "
-        f"--interpolation {settings['interpolation']}"
+        f"--weights {shlex.quote(weights_arg(wildcards))} --init-seed {settings['seed']} "
+        f"--input-standardization {shlex.quote(settings['input_standardization'])} "
+        f"--interpolation {shlex.quote(settings['interpolation'])}"
     )
 
 

@@ -25,7 +25,8 @@ if SOURCE == "demo":
             os.path.join(BENCH, "generate_demo_data.tsv")
         shell:
             "python -m workflow_scripts.data.demo --settings {params.settings:q} "
-            "--image-shape {params.shape} --workers {threads} --out-dir {params.out_dir:q} > {log} 2>&1"
+            "--image-shape {params.shape} --workers {threads} --out-dir {params.out_dir:q} "
+            "> {log:q} 2>&1"
 
 
 # Seconds of CPU work each: not worth a SLURM job (SLURM profile).
@@ -35,10 +36,11 @@ localrules:
 
 rule prepare_metadata:
     output:
-        PREPARED_TABLE,
+        table=PREPARED_TABLE,
+        manifest=RAW_MANIFEST,
     input:
         **source_tables(),
-        code=code("data.metadata"),
+        code=sorted(set(code("data.metadata") + code("data.manifest"))),
     params:
         channels=DATA_CHANNELS,
         image_root=image_root(),
@@ -50,7 +52,9 @@ rule prepare_metadata:
         os.path.join(BENCH, "prepare_metadata.tsv")
     shell:
         f"python -m workflow_scripts.data.metadata {source_args()} "
-        "--channels {params.channels} --out {output:q} > {log} 2>&1"
+        "--channels {params.channels:q} --out {output.table:q} > {log:q} 2>&1 && "
+        "python -m workflow_scripts.data.manifest --table {output.table:q} "
+        "--out {output.manifest:q} >> {log:q} 2>&1"
 
 
 rule validate_images:
@@ -60,6 +64,7 @@ rule validate_images:
         report_md=VALIDATION_REPORT_MD,
     input:
         table=PREPARED_TABLE,
+        manifest=RAW_MANIFEST,  # changed raw images rerun validation and everything after it
         code=code("data.validate"),
     params:
         channels=DATA_CHANNELS,
@@ -72,8 +77,9 @@ rule validate_images:
         os.path.join(BENCH, "validate_images.tsv")
     shell:
         "python -m workflow_scripts.data.validate --table {input.table:q} "
-        "--channels {params.channels} --image-shape {params.shape} "
-        "--out {output.table:q} --report {output.report:q} --report-md {output.report_md:q} > {log} 2>&1"
+        "--channels {params.channels:q} --image-shape {params.shape} "
+        "--out {output.table:q} --report {output.report:q} --report-md {output.report_md:q} "
+        "> {log:q} 2>&1"
 
 
 rule build_image_cache:
@@ -83,6 +89,7 @@ rule build_image_cache:
         arrays=CACHE_ARRAYS,
     input:
         table=VALIDATED_TABLE,
+        manifest=RAW_MANIFEST,
         code=code("data.cache"),
     params:
         settings=as_json(config["preprocess"]),
@@ -97,5 +104,5 @@ rule build_image_cache:
         os.path.join(BENCH, "build_image_cache.tsv")
     shell:
         "python -m workflow_scripts.data.cache --table {input.table:q} "
-        "--channels {params.channels} --settings {params.settings:q} "
-        "--workers {threads} --out-dir {params.out_dir:q} > {log} 2>&1"
+        "--channels {params.channels:q} --settings {params.settings:q} "
+        "--workers {threads} --out-dir {params.out_dir:q} > {log:q} 2>&1"

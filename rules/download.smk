@@ -36,7 +36,7 @@ if DOWNLOAD.get("enabled", False) and SOURCE == "official":
         shell:
             "python -m workflow_scripts.data.download plate --base-url {params.base_url:q} "
             "--plate {wildcards.plate} --image-root {params.image_root:q} --marker {output:q} "
-            "> {log} 2>&1"
+            "> {log:q} 2>&1"
 
     rule download_tables:
         output:
@@ -62,4 +62,4 @@ if DOWNLOAD.get("enabled", False) and SOURCE == "official":
             "python -m workflow_scripts.data.download tables "
             "--image-table-url {params.image_table_url:q} --moa-table-url {params.moa_table_url:q} "
             "--image-table {output.image_table:q} --moa-table {output.moa_table:q} {params.plates} "
-            "> {log} 2>&1"
+            "> {log:q} 2>&1"

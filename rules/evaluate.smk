@@ -46,7 +46,7 @@ rule extract_pretrained:
         "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} {params.model} "
         "--model-kwargs {params.model_kwargs:q} --settings {params.settings:q} "
         "--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers} "
-        "--epoch {params.epochs} --out {output:q} > {log} 2>&1"
+        "--epoch {params.epochs} --out {output:q} > {log:q} 2>&1"
 
 
 # One rule per architecture (as training): its output list is that architecture's trained epochs.
@@ -91,7 +91,7 @@ for _arch in ARCHS:
             "--checkpoint {input.checkpoints:q} "
             "--model-kwargs {params.model_kwargs:q} --settings {params.settings:q} "
             "--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers} "
-            "--epoch {params.epochs} --out {output:q} > {log} 2>&1"
+            "--epoch {params.epochs} --out {output:q} > {log:q} 2>&1"
 
 
 # Seconds of CPU work: not worth a SLURM job (SLURM profile).
@@ -116,7 +116,7 @@ rule combine_channel_features:
         out("benchmarks", "combine", "{arch}", "epoch_{epoch}.tsv")
     shell:
         "python -m workflow_scripts.evaluate.combine --inputs {input.features:q} "
-        "--names {params.names} --out {output:q} > {log} 2>&1"
+        "--names {params.names:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate_features:
@@ -146,4 +146,4 @@ rule evaluate_features:
     shell:
         "python -m workflow_scripts.evaluate.evaluate --features {input.features:q} "
         "--settings {params.settings:q} --out-dir {params.out_dir:q} "
-        "--label {wildcards.arch}/{wildcards.channel}/{wildcards.epoch} > {log} 2>&1"
+        "--label {wildcards.arch}/{wildcards.channel}/{wildcards.epoch} > {log:q} 2>&1"

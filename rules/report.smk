@@ -24,4 +24,4 @@ rule summarize:
         os.path.join(BENCH, "summarize.tsv")
     shell:
         "python -m workflow_scripts.evaluate.summary --metrics {input.metrics:q} "
-        "--validation-report {input.validation:q} --out-dir {params.out_dir:q} > {log} 2>&1"
+        "--validation-report {input.validation:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -20,7 +20,7 @@ rule fetch_weights:
         os.path.join(BENCH, "fetch_weights", "{arch}.tsv")
     shell:
         "python -m workflow_scripts.train.fetch_weights --arch {wildcards.arch:q} "
-        "--out {output:q} > {log} 2>&1"
+        "--out {output:q} > {log:q} 2>&1"
 
 
 # One rule per architecture: its epoch list (an output list) may differ from the others', and
@@ -60,6 +60,8 @@ for _arch in ARCHS:
             tasks_per_gpu=0,
             mem_mb=max(1, _n_gpus) * RESOURCES["mem_mb_per_gpu"] if _n_gpus else 8000,
             runtime=RESOURCES["train_runtime_min"],
+            # a resource, not a param: switching it reruns no training
+            allow_cpu_fallback=int(config.get("allow_cpu_fallback", False)),
         conda:
             "../envs/pytorch-cuda.yaml"
         log:
@@ -71,4 +73,5 @@ for _arch in ARCHS:
             "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
             "--weights {params.weights:q} --model-kwargs {params.model_kwargs:q} "
             "--settings {params.settings:q} --out-dir {params.out_dir:q} "
-            "--resume-dir {params.resume_dir:q} > {log} 2>&1"
+            "--resume-dir {params.resume_dir:q} --gpus {resources.gpu} "
+            "--allow-cpu-fallback {resources.allow_cpu_fallback} > {log:q} 2>&1"

@@ -250,3 +250,47 @@ def test_image_of_another_size_is_named(dataset, tmp_path):
     with pytest.raises(InputError, match=message):
         cache.build_cache(tmp_path / "images.parquet", ["DAPI"], settings(), tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+# ------------------------------------------------------------------ issue #11: full disk
+def test_too_little_free_space_is_one_error_naming_folder_and_bytes(dataset, tmp_path, monkeypatch):
+    from workflow_scripts import disk_space
+
+    table_path, table = dataset
+    needed = len(table) * 24 * 32 * 2 * 2  # two uint16 channels
+    monkeypatch.setattr(disk_space, "free_bytes", lambda directory: needed - 1)
+    out = tmp_path / "cache"
+    with pytest.raises(InputError, match=rf"{tmp_path}: not enough free disk space for the image "
+                                         rf"cache \(2 arrays\): needs {needed} bytes"):
+        cache.build_cache(table_path, ["DAPI", "Actin"], settings(), out, workers=1)
+    assert list(tmp_path.iterdir()) == []  # no cache, no temp folder
+    monkeypatch.setattr(disk_space, "free_bytes", lambda directory: needed)
+    cache.build_cache(table_path, ["DAPI", "Actin"], settings(), out, workers=1)
+    assert (out / "meta.json").is_file()
+
+
+def test_a_disk_filling_up_during_the_build_is_an_error_not_a_sigbus(
+    dataset, tmp_path, monkeypatch
+):
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    table_path, table = dataset
+    with pytest.raises(InputError, match=r"DAPI\.npy: no space left on device: needs \d+ bytes"):
+        cache.build_cache(table_path, ["DAPI"], settings(), tmp_path / "cache", workers=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temp_folder_of_a_killed_build_is_removed(dataset, tmp_path):
+    table_path, _ = dataset
+    stale = tmp_path / ".cache.k1lled00.tmp"  # as mkdtemp names them
+    (stale / "illumination").mkdir(parents=True)
+    (stale / "DAPI.npy").write_bytes(b"\0" * 1000)
+    unrelated = tmp_path / ".cache_other.k1lled00.tmp"
+    unrelated.mkdir()
+    cache.build_cache(table_path, ["DAPI"], settings(), tmp_path / "cache", workers=1)
+    assert not stale.exists() and unrelated.exists()

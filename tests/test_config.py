@@ -54,6 +54,12 @@ def test_unknown_architecture_names_key_and_valid_models(demo_config):
         (lambda c: c["train"]["local_crops"].update(scale=[0.08, 0.04]), "train.local_crops.scale"),
         (lambda c: c["train"]["optimizer"].update(min_lr=1.0), "train.optimizer.min_lr"),
         (lambda c: c["architectures"].append(dict(c["architectures"][0])), "architectures.1.name"),
+        # warm-ups longer than the run (demo: 4 epochs)
+        (lambda c: c["train"]["optimizer"].update(warmup_epochs=5),
+         "train.optimizer.warmup_epochs"),
+        (lambda c: c["train"]["loss"].update(warmup_teacher_temp_epochs=5),
+         "train.loss.warmup_teacher_temp_epochs"),
+        (lambda c: c.update(allow_cpu_fallback="yes"), "allow_cpu_fallback"),
     ],
 )
 def test_invalid_settings_name_the_key(demo_config, mutate, key):
@@ -138,3 +144,45 @@ def test_every_rule_has_log_benchmark_and_conda():
             body = block.split("\nrule ")[0]
             for directive in ("log:", "benchmark:", "conda:"):
                 assert directive in body, f"{smk.name}: a rule lacks {directive}\n{body[:200]}"
+
+
+def test_model_kwargs_typo_is_named_while_planning(demo_config):
+    bad = copy.deepcopy(demo_config)
+    bad["architectures"][0]["model_kwargs"] = {"depht": 2, "embed_dim": 64, "num_heads": 2}
+    with pytest.raises(InputError, match=r"config key 'architectures\.0\.model_kwargs': .*depht"):
+        cfg.check_model_kwargs(bad)
+    cfg.check_model_kwargs(demo_config)  # the demo's own kwargs build
+
+
+def test_dry_run_names_model_kwargs_typo_and_schema_key(tmp_path):
+    typo = tmp_path / "typo.yaml"
+    arch = {"name": "vit_small_patch16_dinov3.lvd1689m", "weights": "none", "gpus": 0,
+            "model_kwargs": {"depht": 2}}
+    typo.write_text(yaml.safe_dump({"architectures": [arch]}))
+    status, output = _snakemake("-n", "--configfile", "config/demo.yaml", str(typo))
+    assert status != 0
+    assert "config key 'architectures.0.model_kwargs'" in output and "depht" in output
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(yaml.safe_dump({"train": {"optimizer": {"lr": -1.0}}}))
+    status, output = _snakemake("-n", "--configfile", "config/demo.yaml", str(schema))
+    assert status != 0
+    assert "config key 'train.optimizer.lr'" in output  # as README promises
+
+
+def test_gpus_without_cuda_stop_the_training_job_unless_cpu_is_allowed(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from workflow_scripts.train import cli as train_cli
+
+    argv = ["--arch", "vit_small_patch16_dinov3.lvd1689m", "--channel", "DAPI",
+            "--cache-dir", str(tmp_path / "no_cache"), "--weights", "none", "--settings", "{}",
+            "--out-dir", str(tmp_path / "out"), "--resume-dir", str(tmp_path / "resume"),
+            "--gpus", "2"]
+    assert train_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'architectures[].gpus' is 2 but this training job sees no CUDA device" in err
+    assert "allow_cpu_fallback" in err
+    # allowed: the job goes on (and stops at the next problem, the empty settings)
+    assert train_cli.main(argv + ["--allow-cpu-fallback", "1"]) == 2
+    assert "no CUDA device" not in capsys.readouterr().err

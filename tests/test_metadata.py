@@ -18,6 +18,12 @@ from workflow_scripts.tables import METADATA_COLUMNS, SORT_KEYS, path_column
 
 SHARED = Path("/work/shared/data/bbbc021")
 REPO = Path(__file__).resolve().parents[1]
+ORIGIN = [metadata.SOURCE_TABLE, metadata.SOURCE_ROW]
+
+
+def without_origin(table: pd.DataFrame) -> pd.DataFrame:
+    """The documented image-table columns (validation drops the origin columns)."""
+    return table.drop(columns=ORIGIN)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +62,7 @@ def test_official_tables_give_the_published_bbbc021_subset():
     assert table["plate"].nunique() == 55
     assert table["batch"].nunique() == 10
     assert table["image_id"].is_unique
-    assert list(table.columns) == METADATA_COLUMNS + [path_column(ch) for ch in CHANNELS]
+    assert list(table.columns) == METADATA_COLUMNS + [path_column(ch) for ch in CHANNELS] + ORIGIN
     assert table.equals(table.sort_values(SORT_KEYS).reset_index(drop=True))
     assert set(table["site"]) == {1, 2, 3, 4}
     # the table's first row (5-fluorouracil at 0.003) has no MoA annotation
@@ -76,13 +82,13 @@ def test_official_tables_round_trip(dataset, tmp_path):
     root, expected = dataset
     image_csv, moa_csv = official(dataset, tmp_path)
     table = metadata.from_official(image_csv, moa_csv, root, CHANNELS)
-    pd.testing.assert_frame_equal(table, expected)
+    pd.testing.assert_frame_equal(without_origin(table), expected)
 
 
 def test_images_are_not_needed_and_paths_join_root(dataset, tmp_path):
     image_csv, moa_csv = official(dataset, tmp_path)
     table = metadata.from_official(image_csv, moa_csv, tmp_path / "elsewhere", ["Actin"])
-    assert list(table.columns) == METADATA_COLUMNS + ["path_Actin"]
+    assert list(table.columns) == METADATA_COLUMNS + ["path_Actin"] + ORIGIN
     assert table["path_Actin"].str.startswith(str(tmp_path / "elsewhere" / "Week")).all()
     assert table["path_Actin"].str.contains(r"_w4[0-9A-F-]+\.tif$").all()
 
@@ -194,7 +200,7 @@ def test_seed_csvs_give_the_same_table(dataset, tmp_path):
     root, expected = dataset
     annotated, dmso = seed_tables(expected, tmp_path)
     table = metadata.from_seed_csv(annotated, dmso, CHANNELS)
-    pd.testing.assert_frame_equal(table, expected)
+    pd.testing.assert_frame_equal(without_origin(table), expected)
 
 
 def test_seed_relative_paths_are_relative_to_the_csv(dataset):
@@ -204,7 +210,7 @@ def test_seed_relative_paths_are_relative_to_the_csv(dataset):
     relative = pd.read_csv(annotated)["Image_FileName_DAPI"]
     assert relative.str.startswith("../Week2/").any() and relative.str.startswith("Week1_").any()
     table = metadata.from_seed_csv(annotated, dmso, CHANNELS)
-    pd.testing.assert_frame_equal(table, expected)
+    pd.testing.assert_frame_equal(without_origin(table), expected)
 
 
 def test_seed_annotated_row_without_moa(dataset, tmp_path):
@@ -231,7 +237,7 @@ def test_cli_writes_table_and_reports_errors(dataset, tmp_path, capsys):
     argv = ["--source", "official", "--image-table", str(image_csv), "--moa-table", str(moa_csv),
             "--image-root", str(dataset[0]), "--channels", *CHANNELS, "--out", str(out)]
     assert metadata.main(argv) == 0
-    pd.testing.assert_frame_equal(pd.read_parquet(out), dataset[1])
+    pd.testing.assert_frame_equal(without_origin(pd.read_parquet(out)), dataset[1])
 
     missing_root = tmp_path / "missing.parquet"
     assert metadata.main(["--source", "official", "--image-table", str(image_csv), "--channels", "DAPI",
@@ -261,3 +267,82 @@ def test_missing_path_value(dataset, tmp_path):
     image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
     with pytest.raises(InputError, match=r"row 4, column 'Image_PathName_Tubulin': missing value"):
         metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+
+
+# ------------------------------------------------------------------ issue #11: silent acceptance
+def test_a_treated_row_with_a_blank_concentration_is_an_error_not_dropped(dataset, tmp_path):
+    def edit(raw):
+        row = raw.index[raw["Image_Metadata_Compound"] != "DMSO"][2]
+        raw.loc[row, "Image_Metadata_Concentration"] = None
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    row = pd.read_csv(image_csv)["Image_Metadata_Concentration"].isna().idxmax()
+    message = rf"row {row}, column 'Image_Metadata_Concentration': missing"
+    with pytest.raises(InputError, match=message):
+        metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+    annotated, dmso = seed_tables(dataset[1], tmp_path)
+    seed = pd.read_csv(annotated, index_col=0).reset_index(drop=True)
+    seed.loc[1, "Image_Metadata_Concentration"] = None
+    seed.to_csv(annotated, index=False)
+    with pytest.raises(InputError, match=r"row 1, column 'Image_Metadata_Concentration': missing"):
+        metadata.from_seed_csv(annotated, dmso, CHANNELS)
+
+
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        ("Image_PathName_Tubulin", "Week1/../../../etc"),
+        ("Image_PathName_Tubulin", ".."),
+        ("Image_FileName_Tubulin", "../../G10_s1_w2.tif"),
+        ("Image_FileName_Tubulin", "sub/G10_s1_w2.tif"),
+    ],
+)
+def test_a_path_that_leaves_the_image_root_is_refused(dataset, tmp_path, column, value):
+    def edit(raw):
+        raw.loc[6, column] = value
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    with pytest.raises(InputError, match=rf"{re.escape(str(image_csv))}: row 6, column '{column}'"
+                                         r": .* leads outside the image root"):
+        metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+
+
+def test_every_row_remembers_its_row_in_the_users_table(dataset, tmp_path):
+    image_csv, moa_csv = official(dataset, tmp_path)
+    raw = pd.read_csv(image_csv)
+    table = metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+    assert set(table[metadata.SOURCE_TABLE]) == {str(image_csv)}
+    for _, row in table.iterrows():  # brute force: the CSV row holds this row's files
+        source = raw.loc[row[metadata.SOURCE_ROW]]
+        for ch in CHANNELS:
+            assert row[path_column(ch)].endswith(
+                os.sep + source[f"Image_PathName_{ch}"] + os.sep + source[f"Image_FileName_{ch}"]
+            )
+
+
+def test_validation_names_the_users_row_and_column_not_the_prepared_tables(dataset, tmp_path):
+    from tiff_factory import SHAPE
+    from workflow_scripts.data import validate
+
+    def edit(raw):
+        raw.iloc[:] = raw.iloc[::-1].to_numpy()  # the user's row order is not the prepared one
+        raw.loc[7, "Image_FileName_Tubulin"] = raw.loc[7, "Image_FileName_Tubulin"][:-6] + "00.tif"
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    prepared = tmp_path / "prepared.parquet"
+    argv = ["--source", "official", "--image-table", str(image_csv), "--moa-table", str(moa_csv),
+            "--image-root", str(dataset[0]), "--channels", *CHANNELS, "--out", str(prepared)]
+    assert metadata.main(argv) == 0
+    assert pd.read_parquet(prepared)[metadata.SOURCE_ROW].tolist() != list(range(len(dataset[1])))
+    with pytest.raises(InputError) as err:
+        validate.validate(prepared, CHANNELS, SHAPE, workers=2)
+    assert str(err.value).startswith(
+        f"{image_csv}: row 7 (image_id "
+    ), str(err.value)
+    assert "column 'Image_PathName_Tubulin, Image_FileName_Tubulin'" in str(err.value)
+    assert "file not found" in str(err.value)
+    # a valid table: the validated table has exactly the documented columns
+    official(dataset, tmp_path)  # rewrite the unedited tables
+    assert metadata.main(argv[:-1] + [str(tmp_path / "good.parquet")]) == 0
+    table, _ = validate.validate(tmp_path / "good.parquet", CHANNELS, SHAPE, workers=2)
+    assert list(table.columns) == METADATA_COLUMNS + [path_column(ch) for ch in CHANNELS]

@@ -70,6 +70,7 @@ def slurm_overlay() -> dict:
             }
         },
         "architectures": [gpu_arch, cpu_arch],
+        "allow_cpu_fallback": True,  # the test cluster's "GPUs" have no CUDA
         "channel_modes": ["rgb"],
         "train": {
             "epochs": 2,

@@ -137,3 +137,33 @@ def test_export_links_every_checkpoint_and_is_repeatable(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "epoch_0002.json", "epoch_0002.safetensors", "epoch_0004.json", "epoch_0004.safetensors"]
     assert os.path.samefile(source / "epoch_0004.safetensors", out / "epoch_0004.safetensors")
+
+
+class _Payload:
+    def __reduce__(self):  # what a crafted .pth would run when unpickled
+        return (print, ("unpickled",))
+
+
+def test_a_pickle_with_code_is_refused_as_such_not_as_a_misfit(tmp_path):
+    crafted = tmp_path / "crafted.pth"
+    torch.save({"cls_token": _Payload()}, crafted)
+    with pytest.raises(InputError, match=r"crafted\.pth refused: it holds pickled Python objects"):
+        build_backbone(ARCH, str(crafted), TINY)
+
+
+def test_same_weights_and_metadata_give_identical_bytes(tmp_path):
+    # safetensors orders __metadata__ by hash map, differently on each call (issue #11: a
+    # resumed run's checkpoint differed from a clean run's); 8 keys: 40,320 possible orders
+    torch.manual_seed(3)
+    model = build_backbone(ARCH, "none", TINY)
+    metadata = {f"key{i}": str(i) for i in range(8)}
+    blobs = set()
+    for i in range(5):
+        save_weights(model, tmp_path / f"w{i}.safetensors", metadata=metadata)
+        blobs.add((tmp_path / f"w{i}.safetensors").read_bytes())
+    assert len(blobs) == 1
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "w0.safetensors", "pt") as fh:
+        assert fh.metadata() == metadata
+    assert_same_weights(model, build_backbone(ARCH, str(tmp_path / "w0.safetensors"), TINY))

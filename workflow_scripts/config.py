@@ -76,18 +76,46 @@ def has_schema_checker() -> bool:
 
 def validate(config: dict) -> dict:
     """Validate against the JSON schema (filling nothing) and check what a schema cannot."""
+    check_schema(config)
+    check_meaning(config)
+    return config
+
+
+def check_schema(config: dict) -> None:
+    """The JSON schema; the first error names its key (`config key 'train.optimizer.lr': ...`).
+    The Snakefile calls this before Snakemake's own validation, whose messages name no key."""
     import jsonschema
 
     with open(SCHEMA_PATH) as fh:
         schema = yaml.safe_load(fh)
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         err = errors[0]
         key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
         raise InputError(f"config key '{key}': {err.message}")
-    check_meaning(config)
-    return config
+
+
+def check_model_kwargs(config: dict) -> None:
+    """Build each architecture with its model_kwargs on the meta device (no memory, no
+    weights), so a typo stops `snakemake -n` instead of the training job hours later."""
+    entries = [(i, e) for i, e in enumerate(config["architectures"]) if e.get("model_kwargs")]
+    if not entries:
+        return  # the usual case: no torch import while planning
+    import timm
+    import torch
+
+    for i, entry in entries:
+        try:
+            with torch.device("meta"):
+                timm.create_model(
+                    entry["name"], pretrained=False, num_classes=0, **entry["model_kwargs"]
+                )
+        except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+            raise InputError(
+                f"config key 'architectures.{i}.model_kwargs': {entry['model_kwargs']} does not "
+                f"build {entry['name']}: {type(err).__name__}: {err}"
+            ) from None
 
 
 def check_meaning(config: dict) -> None:
@@ -116,6 +144,16 @@ def check_meaning(config: dict) -> None:
             raise InputError(
                 f"config key 'train.optimizer.min_lr' (architecture {name}): exceeds lr"
             )
+        for key, value in (
+            ("optimizer.warmup_epochs", settings["optimizer"].get("warmup_epochs")),
+            ("loss.warmup_teacher_temp_epochs",
+             settings.get("loss", {}).get("warmup_teacher_temp_epochs")),
+        ):
+            if value is not None and value > settings["epochs"]:
+                raise InputError(
+                    f"config key 'train.{key}' (architecture {name}): warm-up of {value} epochs "
+                    f"is longer than the run (train.epochs {settings['epochs']})"
+                )
     if PER_CHANNEL_MODE not in config["channel_modes"] and RGB not in config["channel_modes"]:
         raise InputError("config key 'channel_modes': choose per_channel and/or rgb")
     if RGB in config["channel_modes"] and len(config["data"]["channels"]) != 3:

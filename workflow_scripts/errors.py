@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -13,7 +14,8 @@ class InputError(Exception):
 
 
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Wrap a CLI entry point: InputError -> 'error: <message>' on stderr and exit status 2."""
+    """Wrap a CLI entry point: InputError -> 'error: <message>' on stderr and exit status 2;
+    a full disk, however the library reports it, likewise (one line, status 2)."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
@@ -22,8 +24,26 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
         except InputError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except Exception as err:  # safetensors, pyarrow and torch each wrap ENOSPC their way
+            if not disk_full(err):
+                raise
+            where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+            detail = " ".join(str(err).split())[:300]  # torch appends a C++ stack trace
+            print(f"error: {where}no space left on device ({detail})", file=sys.stderr)
+            return 2
 
     return wrapper
+
+
+def disk_full(err: BaseException) -> bool:
+    """A write failed for lack of space (or quota). pyarrow and torch.save do not always set
+    errno: torch reports a short write as "unexpected pos"."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return "No space left on device" in text or "Disk quota exceeded" in text or (
+        isinstance(err, RuntimeError) and "unexpected pos" in text
+    )
 
 
 def json_object_option(text: str, option: str) -> dict:

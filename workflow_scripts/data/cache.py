@@ -34,6 +34,7 @@ from workflow_scripts.data.illumination import (
     illumination_function,
 )
 from workflow_scripts.data.metadata import check_channels
+from workflow_scripts.disk_space import ensure_free, remove_stale_temps, reserve
 from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.tables import path_column, read_json, read_table
 
@@ -157,12 +158,16 @@ def write_cache(
     plates = table.groupby("plate", sort=False).indices
     if illumination is not None:
         (folder / ILLUMINATION_DIR).mkdir()
-    arrays = {
-        ch: open_memmap(
+    array_bytes = len(table) * shape[0] * shape[1] * CACHE_DTYPE.itemsize
+    what = f"the image cache ({len(channels)} arrays)"
+    ensure_free(folder.parent, array_bytes * len(channels), what)
+    arrays = {}
+    for ch in channels:
+        arrays[ch] = open_memmap(
             folder / array_name(ch), mode="w+", dtype=CACHE_DTYPE, shape=(len(table), *shape)
         )
-        for ch in channels
-    }
+        # blocks allocated now: a full disk is an error here, not a SIGBUS mid-write
+        reserve(folder / array_name(ch), arrays[ch].offset + array_bytes)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for k, (plate, rows) in enumerate(plates.items(), start=1):
             start = time.perf_counter()
@@ -234,6 +239,9 @@ def build_cache(
         raise InputError(f"{table_path}: the table has no rows")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # a build killed by SIGKILL / a lost node never ran its cleanup; this job owns the output
+    for stale in remove_stale_temps(out_dir.parent, f".{out_dir.name}."):
+        print(f"removed {stale} (temp folder of an earlier, interrupted build)")
     # beside the cache folder: same file system, so the final moves are renames
     folder = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:

@@ -40,6 +40,11 @@ WELL = "Image_Metadata_Well_DAPI"
 REPLICATE = "Replicate"
 SEED_MOA = "MoA"
 MOA_TABLE_COLUMNS = ["compound", "concentration", "moa"]
+# Where each row came from, so validation names the user's file, row and column, not the
+# prepared table's (validation drops these columns; docs/formats.md).
+SOURCE_TABLE = "source_table"
+SOURCE_ROW = "source_row"
+SOURCE_COLUMNS_ATTR = "source_columns"  # table.attrs: image-table column -> user's column(s)
 # BBBC021 file names end in `<well>_s<site>_w<wavelength><UUID>.tif`, with or without a
 # `Week*_<date>_` prefix (e.g. `Week6_200607_F10_s1_w1....tif`, `G10_s1_w1....tif`).
 WELL_SITE = re.compile(r"(?:^|_)([A-P]\d{2})_s(\d+)_w\d")
@@ -140,6 +145,47 @@ def site_numbers(
     return sites[0]
 
 
+def source_columns(channels: list[str], official: bool) -> dict[str, str]:
+    """The user's column(s) behind each image-table column, for validation messages."""
+    first_file = file_name_column(channels[0])
+    mapping = {
+        "image_id": f"{PLATE}, {WELL}, {first_file}",
+        "plate": PLATE,
+        "well": WELL,
+        "site": first_file,
+        "replicate": REPLICATE,
+        "batch": path_name_column(channels[0]) if official else PLATE,
+        "compound": COMPOUND,
+        "concentration": CONCENTRATION,
+        "treatment": f"{COMPOUND}, {CONCENTRATION}",
+        "moa": "moa of the MoA table" if official else SEED_MOA,
+        "is_control": COMPOUND,
+    }
+    for ch in channels:
+        mapping[path_column(ch)] = (
+            f"{path_name_column(ch)}, {file_name_column(ch)}" if official else file_name_column(ch)
+        )
+    return mapping
+
+
+def check_inside_root(
+    raw: pd.DataFrame, channels: list[str], root: str, table: str | os.PathLike
+) -> None:
+    """Refuse paths that `..` (or a file name with a folder) would lead outside the image root."""
+    for ch in channels:
+        for column in (path_name_column(ch), file_name_column(ch)):
+            parts = raw[column].astype(str).str.replace("\\", "/").str.split("/")
+            escapes = parts.map(lambda p: ".." in p)
+            if column == file_name_column(ch):  # a file name, not a path
+                escapes |= parts.map(len) > 1
+            if escapes.any():
+                row = raw.index[escapes][0]
+                raise InputError(
+                    f"{table}: row {row}, column '{column}': {raw.loc[row, column]!r} leads "
+                    f"outside the image root {root} ('..' or a folder in a file name)"
+                )
+
+
 def require_values(raw: pd.DataFrame, columns: list[str], table: str | os.PathLike) -> None:
     for column in columns:
         missing = raw[column].isna()
@@ -192,6 +238,8 @@ def assemble(
     )
     for ch in channels:
         out[path_column(ch)] = paths[ch].astype(str)
+    out[SOURCE_TABLE] = str(table)
+    out[SOURCE_ROW] = raw.index.astype(int)
     duplicated = out["image_id"].duplicated(keep=False)
     if duplicated.any():
         rows = list(out.index[duplicated][:2])
@@ -221,6 +269,8 @@ def from_official(
         image_table, required=[COMPOUND, CONCENTRATION, PLATE, WELL, REPLICATE, *path_columns]
     )
     moa = read_moa_table(moa_table)
+    # a blank compound or dose would silently drop the row from the join below
+    require_values(raw, [COMPOUND, CONCENTRATION], image_table)
     raw[CONCENTRATION] = numeric_concentration(raw, image_table)
     raw["concentration_key"] = concentration_key(raw[CONCENTRATION])
     joined = raw.reset_index().merge(
@@ -233,6 +283,7 @@ def from_official(
     kept = joined[is_control | joined["moa"].notna()]
     require_values(kept, [path_name_column(ch) for ch in channels], image_table)
     root = os.path.abspath(os.path.expanduser(image_root))
+    check_inside_root(kept, channels, root, image_table)
     paths = {
         ch: root + os.sep + kept[path_name_column(ch)] + os.sep + kept[file_name_column(ch)]
         for ch in channels
@@ -240,9 +291,11 @@ def from_official(
     # the week folder: Image_PathName is `Week4/Week4_27481`
     batch = kept[path_name_column(channels[0])].astype(str).str.split("/").str[0]
     moa_labels = kept["moa"].where(~is_control[kept.index], CONTROL_COMPOUND)
-    return finish(
+    table = finish(
         assemble(kept, moa=moa_labels, batch=batch, paths=paths, channels=channels, table=image_table)
     )
+    table.attrs[SOURCE_COLUMNS_ATTR] = source_columns(channels, official=True)
+    return table
 
 
 def _seed_paths(raw: pd.DataFrame, channels: list[str], table: Path) -> dict[str, pd.Series]:
@@ -264,6 +317,7 @@ def read_seed_table(path: str | os.PathLike, channels: list[str], controls: bool
     if not controls:
         required.append(SEED_MOA)
     raw = read_table(path, required=required)
+    require_values(raw, [COMPOUND, CONCENTRATION], path)
     raw[CONCENTRATION] = numeric_concentration(raw, path)
     is_control = raw[COMPOUND] == CONTROL_COMPOUND
     if controls and not is_control.all():
@@ -296,7 +350,9 @@ def from_seed_csv(
     if duplicated.any():
         image_id = both.loc[duplicated.idxmax(), "image_id"]
         raise InputError(f"{dmso}: image {image_id} is also in {annotated}")
-    return finish(both)
+    table = finish(both)
+    table.attrs[SOURCE_COLUMNS_ATTR] = source_columns(channels, official=False)
+    return table
 
 
 def summary(table: pd.DataFrame) -> str:

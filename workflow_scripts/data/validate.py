@@ -25,7 +25,12 @@ import pandas as pd
 import tifffile
 
 from workflow_scripts.atomic import atomic_path
-from workflow_scripts.data.metadata import check_channels
+from workflow_scripts.data.metadata import (
+    SOURCE_COLUMNS_ATTR,
+    SOURCE_ROW,
+    SOURCE_TABLE,
+    check_channels,
+)
 from workflow_scripts.errors import InputError, cli
 from workflow_scripts.tables import (
     CONTROL_COMPOUND,
@@ -42,9 +47,22 @@ DEFAULT_WORKERS = 16  # header reads wait on storage, not on CPU
 
 
 def where(table: str | os.PathLike, df: pd.DataFrame, row: int, column: str | None = None) -> str:
-    """`file: row N (image_id X), column 'c'` for messages; `row` is a position."""
+    """`file: row N (image_id X), column 'c'` for messages; `row` is a position. A prepared
+    table (data/metadata.py) remembers its origin: then the user's file, row and column."""
+    if SOURCE_ROW in df.columns and SOURCE_TABLE in df.columns:
+        user_columns = df.attrs.get(SOURCE_COLUMNS_ATTR, {})
+        text = f"{df[SOURCE_TABLE].iloc[row]}: row {df[SOURCE_ROW].iloc[row]}"
+        text += f" (image_id {df['image_id'].iloc[row]})"
+        return text + (f", column '{user_columns.get(column, column)}'" if column else "")
     text = f"{table}: row {row} (image_id {df['image_id'].iloc[row]})"
     return text + (f", column '{column}'" if column else "")
+
+
+def row_ref(df: pd.DataFrame, row: int) -> str:
+    """Another row, as `where` names rows (the user's row number when known)."""
+    if SOURCE_ROW in df.columns and SOURCE_TABLE in df.columns:
+        return f"row {df[SOURCE_ROW].iloc[row]} of {df[SOURCE_TABLE].iloc[row]}"
+    return f"row {row}"
 
 
 def first(mask: pd.Series | np.ndarray) -> int:
@@ -136,7 +154,7 @@ def check_treatments(df: pd.DataFrame, concentration: pd.Series, table: str | os
         raise InputError(
             f"{where(table, df, row, 'concentration')}: treatment {df['treatment'].iloc[row]!r} has "
             f"concentration {float(concentration.iloc[row])!r} here but "
-            f"{float(concentration.iloc[other])!r} in row {other}"
+            f"{float(concentration.iloc[other])!r} in {row_ref(df, other)}"
         )
     treated = ~is_dmso
     disagreement = first_disagreement(df.loc[treated, "compound"], df.loc[treated, "moa"])
@@ -144,7 +162,7 @@ def check_treatments(df: pd.DataFrame, concentration: pd.Series, table: str | os
         row, other = (int(np.flatnonzero(treated)[i]) for i in disagreement)
         raise InputError(
             f"{where(table, df, row, 'moa')}: compound {df['compound'].iloc[row]!r} has moa "
-            f"{df['moa'].iloc[row]!r} here but {df['moa'].iloc[other]!r} in row {other} "
+            f"{df['moa'].iloc[row]!r} here but {df['moa'].iloc[other]!r} in {row_ref(df, other)} "
             "(one MoA per compound)"
         )
 
@@ -155,7 +173,7 @@ def check_design(df: pd.DataFrame, table: str | os.PathLike, channels: list[str]
     if duplicated.any():
         row = first(duplicated)
         other = first(df["image_id"] == df["image_id"].iloc[row])
-        raise InputError(f"{where(table, df, row, 'image_id')}: duplicate of row {other}")
+        raise InputError(f"{where(table, df, row, 'image_id')}: duplicate of {row_ref(df, other)}")
     seen: dict[str, tuple[int, str]] = {}
     for ch in channels:
         for row, path in enumerate(df[path_column(ch)]):
@@ -164,7 +182,7 @@ def check_design(df: pd.DataFrame, table: str | os.PathLike, channels: list[str]
                 other_row, other_column = seen[key]
                 raise InputError(
                     f"{where(table, df, row, path_column(ch))}: file {path} is also used by "
-                    f"row {other_row}, column '{other_column}'"
+                    f"{row_ref(df, other_row)}, column '{other_column}'"
                 )
             seen[key] = (row, path_column(ch))
     is_dmso = df["compound"] == CONTROL_COMPOUND
@@ -186,7 +204,8 @@ def check_design(df: pd.DataFrame, table: str | os.PathLike, channels: list[str]
         row, other = disagreement
         raise InputError(
             f"{where(table, df, row, 'batch')}: plate {df['plate'].iloc[row]!r} is in batch "
-            f"{df['batch'].iloc[row]!r} here but in {df['batch'].iloc[other]!r} in row {other}"
+            f"{df['batch'].iloc[row]!r} here but in {df['batch'].iloc[other]!r} "
+            f"in {row_ref(df, other)}"
         )
     if df["batch"].nunique() < 2:
         raise InputError(
@@ -338,11 +357,16 @@ def validate(
     df = read_table(table, required=METADATA_COLUMNS + [path_column(ch) for ch in channels])
     if df.empty:
         raise InputError(f"{table}: the table has no rows")
+    attrs = dict(df.attrs)
     df = df.reset_index(drop=True)
+    df.attrs.update(attrs)
     concentration = check_types(df, table, channels)
     check_design(df, table, channels)
     check_treatments(df, concentration, table)
     check_images(df, table, channels, image_shape, workers)
+    # the origin columns served the messages; later stages see the documented columns only
+    df = df.drop(columns=[c for c in (SOURCE_TABLE, SOURCE_ROW) if c in df.columns])
+    df.attrs.clear()
     return df, build_report(df, table, channels, image_shape)
 
 

@@ -7,6 +7,7 @@ Training and feature extraction both build backbones here, so a model name, its 
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import timm
@@ -54,10 +55,28 @@ def _create_from_file(arch: str, path: Path, model_kwargs: dict, kwargs: dict) -
         )
     except InputError:
         raise
-    except RuntimeError as err:
-        raise weights_mismatch(f"weights file {path}", arch, model_kwargs, err) from err
-    except Exception as err:  # safetensors / pickle raise many types for damaged files
+    except Exception as err:
+        if _refused_pickle(err):
+            raise InputError(
+                f"weights file {path} refused: it holds pickled Python objects other than "
+                "tensors, which are never loaded (torch.load weights_only=True); save the "
+                "state_dict as .safetensors"
+            ) from err
+        if isinstance(err, RuntimeError):
+            raise weights_mismatch(f"weights file {path}", arch, model_kwargs, err) from err
         raise InputError(f"weights file {path} cannot be read: {err}") from err
+
+
+def _refused_pickle(err: BaseException) -> bool:
+    """torch.load(weights_only=True) refused the pickle (torch raises UnpicklingError; timm
+    may re-raise it as another type, so the whole chain is searched)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def weights_mismatch(source: str, arch: str, model_kwargs: dict, err: RuntimeError) -> InputError:

@@ -10,6 +10,7 @@ Two kinds, two places (docs/formats.md):
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -21,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from workflow_scripts.atomic import atomic_path, write_json
-from workflow_scripts.errors import InputError
+from workflow_scripts.disk_space import ensure_free, human
+from workflow_scripts.errors import InputError, disk_full
 from workflow_scripts.tables import read_json
 from workflow_scripts.train.backbone import NO_WEIGHTS, build_backbone, weights_mismatch
 
@@ -55,6 +57,25 @@ def save_weights(
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
+        _sort_header_metadata(tmp)
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """safetensors writes `__metadata__` in hash-map order, which changes from call to call;
+    sorted keys make the same weights and metadata give the same bytes (a resumed run's
+    checkpoint equals a clean run's). Same content, so the header keeps its length."""
+    with open(path, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        raw = fh.read(size)
+        header = json.loads(raw)
+        if "__metadata__" not in header:
+            return
+        ordered = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # cannot happen for a valid header; never corrupt the file
+            raise ValueError(f"{path}: unexpected safetensors header")
+        fh.seek(8)
+        fh.write(text.ljust(size, b" "))
 
 
 def load_backbone_checkpoint(
@@ -87,9 +108,34 @@ def load_backbone_checkpoint(
 
 
 def save_resume_state(path: str | os.PathLike, state: dict) -> None:
-    """torch.save to a temp file + rename: a kill mid-write leaves the previous state intact."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """torch.save to a temp file + rename: a kill mid-write leaves the previous state intact.
+    A full disk is one line naming the file and the bytes needed (torch itself reports a short
+    write as "unexpected pos")."""
+    needed = _tensor_bytes(state)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # the old state stays until the new one is complete: the new one needs room of its own
+    ensure_free(Path(path).parent, needed, f"the resume state {Path(path).name}")
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as err:
+        if not disk_full(err):
+            raise
+        raise InputError(
+            f"{path}: no space left on device writing the resume state: needs about {needed} "
+            f"bytes ({human(needed)}); the previous state is kept"
+        ) from err
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a nested state (what torch.save writes, give or take headers)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_resume_state(path: str | os.PathLike) -> dict | None:

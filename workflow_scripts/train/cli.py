@@ -11,6 +11,7 @@ A killed job rerun with the same arguments continues after its last finished epo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,20 @@ from workflow_scripts import config as config_module
 from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.train.loop import TrainJob, run
 
+
+
+def check_device(gpus: int | None, allow_cpu_fallback: bool) -> None:
+    """GPUs were asked for but none is visible: stop, unless CPU training was allowed. Without
+    this, `gpus: 2` on a machine without CUDA silently trains on 2 CPU processes."""
+    import torch
+
+    if gpus and not torch.cuda.is_available() and not allow_cpu_fallback:
+        raise InputError(
+            f"config key 'architectures[].gpus' is {gpus} but this training job sees no CUDA "
+            f"device (torch {torch.__version__}, CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}); set gpus: 0 to train on "
+            "CPU, or config key 'allow_cpu_fallback: true' to run these processes on CPU"
+        )
 
 
 def validate_settings(settings: dict) -> dict:
@@ -78,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluated-epoch checkpoints and log.jsonl")
     parser.add_argument("--resume-dir", required=True, type=Path,
                         help="resume state and epoch copies; survives Snakemake reruns")
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="GPUs the job was given (architectures[].gpus); > 0 needs CUDA")
+    parser.add_argument("--allow-cpu-fallback", type=int, choices=[0, 1], default=0,
+                        help="1: with --gpus > 0 and no CUDA device, train on CPU anyway")
     args = parser.parse_args(argv)
+    check_device(args.gpus, bool(args.allow_cpu_fallback))
     run(TrainJob(
         arch=args.arch,
         channel=args.channel,

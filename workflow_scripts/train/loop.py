@@ -21,7 +21,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from workflow_scripts import config as config_module
-from workflow_scripts.atomic import write_text
+from workflow_scripts.atomic import append_line, write_text
 from workflow_scripts.errors import InputError
 from workflow_scripts.train import distributed
 from workflow_scripts.train.backbone import build_backbone
@@ -322,9 +322,7 @@ class Trainer:
                     "train_settings": self.job.settings,
                 })
             # log line before state: a kill in between leaves an extra line, pruned on resume
-            log_path = self.resume_dir / LOG_FILE
-            previous = log_path.read_text() if log_path.is_file() else ""
-            write_text(log_path, previous + json.dumps(stats) + "\n")
+            append_line(self.resume_dir / LOG_FILE, json.dumps(stats))
             save_resume_state(self.resume_dir / RESUME_STATE, {
                 "config_digest": self.digest,
                 "epoch": completed,
