@@ -118,6 +118,33 @@ def gpus(arch):
     return int(arch_entry(arch)["gpus"])
 
 
+def train_strategy(arch):
+    """ddp or fsdp (memory_plan.py: `auto` = DDP when its estimate fits resources.gpu_mem_gb)."""
+    entry = arch_entry(arch)
+    if entry.get("strategy", "auto") != "auto" or not gpus(arch):
+        return entry.get("strategy", "auto").replace("auto", "ddp")
+    from workflow_scripts.train import memory_plan  # imports torch: only for GPU jobs
+
+    return memory_plan.training_strategy(config, arch)
+
+
+def train_strategy_args(arch):
+    args = f"--strategy {train_strategy(arch)}"
+    if arch_entry(arch).get("activation_checkpointing", False):
+        args += " --activation-checkpointing"
+    return args
+
+
+# Refuse at planning time (snakemake -n), with the numbers, a GPU training that cannot fit.
+if any(gpus(a) for a in ARCHS):
+    from workflow_scripts.train import memory_plan
+
+    try:
+        memory_plan.check_fits(config)
+    except InputError as err:
+        raise WorkflowError(f"config error: {err}") from None
+
+
 def train_launcher(wildcards):
     """One process per GPU through torchrun; plain python for CPU or a single GPU."""
     n = gpus(wildcards.arch)

@@ -48,6 +48,7 @@ for _arch in ARCHS:
             model_kwargs=as_json(arch_entry(_arch)["model_kwargs"]),
             weights=weights_file(_arch) or "none",
             launcher=train_launcher(type("W", (), {"arch": _arch})),
+            strategy=train_strategy_args(_arch),
             cache_dir=lambda w, input: os.path.dirname(input.meta),
             out_dir=lambda w, output: os.path.dirname(output.log_jsonl[0]),
             resume_dir=lambda w, a=_arch: out("resume", a, w.channel),
@@ -71,4 +72,4 @@ for _arch in ARCHS:
             "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
             "--weights {params.weights:q} --model-kwargs {params.model_kwargs:q} "
             "--settings {params.settings:q} --out-dir {params.out_dir:q} "
-            "--resume-dir {params.resume_dir:q} > {log} 2>&1"
+            "--resume-dir {params.resume_dir:q} {params.strategy} > {log} 2>&1"

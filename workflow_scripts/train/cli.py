@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluated-epoch checkpoints and log.jsonl")
     parser.add_argument("--resume-dir", required=True, type=Path,
                         help="resume state and epoch copies; survives Snakemake reruns")
+    parser.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp",
+                        help="ddp (replicated) or fsdp (FSDP2, sharded per block); see "
+                             "workflow_scripts/train/memory_plan.py")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute each block in backward (saves activation memory)")
     args = parser.parse_args(argv)
     run(TrainJob(
         arch=args.arch,
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         settings=validate_settings(json_object_option(args.settings, "--settings")),
         out_dir=args.out_dir,
         resume_dir=args.resume_dir,
+        strategy=args.strategy,
+        activation_checkpointing=args.activation_checkpointing,
     ))
     return 0
 
