@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 STRATEGIES = ("ddp", "fsdp")
 
@@ -50,3 +50,9 @@ def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The local shard of an FSDP2 (DTensor) parameter; an ordinary tensor as it is."""
     to_local = getattr(tensor, "to_local", None)
     return to_local() if callable(to_local) else tensor
+
+
+def reshard(module: nn.Module) -> None:
+    """Free the gathered parameters of an FSDP2 module (no-op for anything else)."""
+    if isinstance(module, FSDPModule):
+        module.reshard()

@@ -16,7 +16,7 @@ The estimate, per GPU (world size W = gpus x nodes):
   gradient, and the teacher's (in the compute dtype);
 - activations: the bytes of every tensor autograd saves for backward, counted in one
   forward of the DINO student (backbone + head + loss) on the meta device (no memory, no
-  compute) on one image's crops, times `train.batch_size_per_gpu`. Counted in the compute dtype
+  compute) on a batch of `train.batch_size_per_gpu` images' crops. Counted in the compute dtype
   (bf16 when `precision` resolves to bf16 on CUDA); attention is counted as the math kernel
   (with its seq^2 weights), which flash attention does not keep: an over-estimate;
   with activation checkpointing, the saved block inputs plus one block recomputed;
@@ -135,9 +135,10 @@ def saved_tensor_bytes(run) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def activation_bytes_per_image(arch: str, model_kwargs_json: str, settings_json: str,
-                               dtype_name: str, checkpointing: bool) -> int:
-    """Saved-for-backward bytes of one image's crops through student, head and DINO loss."""
+def activation_bytes(arch: str, model_kwargs_json: str, settings_json: str,
+                     dtype_name: str, checkpointing: bool) -> int:
+    """Saved-for-backward bytes of one per-GPU batch of crops through student, head and
+    DINO loss (the batch size is settings' batch_size_per_gpu)."""
     import torch
 
     from workflow_scripts.train.loss import DINOLoss
@@ -147,13 +148,14 @@ def activation_bytes_per_image(arch: str, model_kwargs_json: str, settings_json:
     student = _meta_student(arch, json.loads(model_kwargs_json), settings, dtype).train()
     n_global = settings["global_crops"]["number"]
     n_local = settings["local_crops"]["number"]
+    batch = settings["batch_size_per_gpu"]
     with torch.device("meta"):
-        crops = [torch.zeros(1, 3, settings["global_crops"]["size"],
+        crops = [torch.zeros(batch, 3, settings["global_crops"]["size"],
                              settings["global_crops"]["size"], dtype=dtype)] * n_global
-        crops += [torch.zeros(1, 3, settings["local_crops"]["size"],
+        crops += [torch.zeros(batch, 3, settings["local_crops"]["size"],
                               settings["local_crops"]["size"], dtype=dtype)] * n_local
         loss = DINOLoss(settings["head"]["out_dim"], n_global, n_local)
-        teacher_output = torch.zeros(n_global, settings["head"]["out_dim"], dtype=dtype)
+        teacher_output = torch.zeros(n_global * batch, settings["head"]["out_dim"], dtype=dtype)
 
     def forward() -> None:
         loss(student(crops), teacher_output, 0.04)
@@ -203,11 +205,10 @@ def plan_architecture(config: dict, arch: str) -> Plan:
     dtype = compute_dtype(settings)
     kwargs_json = json.dumps(entry["model_kwargs"], sort_keys=True)
     size = model_size(arch, kwargs_json, json.dumps(settings["head"], sort_keys=True))
-    per_image = activation_bytes_per_image(
+    activations = activation_bytes(
         arch, kwargs_json, json.dumps(settings, sort_keys=True), str(dtype).removeprefix("torch."),
         bool(entry.get("activation_checkpointing", False)),
     )
-    activations = per_image * settings["batch_size_per_gpu"]
     compute_bytes = dtype.itemsize
     raw = estimate_bytes(size, activations, settings, world_size, compute_bytes)
     ddp_gb, fsdp_gb = with_margin(raw["ddp"]), with_margin(raw["fsdp"])
