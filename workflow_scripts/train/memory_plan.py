@@ -10,7 +10,7 @@ configuration whose chosen strategy does not fit, with these numbers.
 
 The estimate, per GPU (world size W = gpus x nodes):
 - model state, 4 bytes per fp32 element: student parameters + gradients + optimizer state
-  (AdamW 2, SGD 1 per parameter) + teacher parameters; DDP adds its gradient buckets (one more
+  (AdamW 2, SGD 1 per parameter, and one temporary in its step) + teacher parameters; DDP adds its gradient buckets (one more
   gradient copy); FSDP divides all of it by W and adds the unsharded working set: the largest
   sharded unit (a block or the DINO head) gathered for student forward, its prefetch, its
   gradient, and the teacher's (in the compute dtype);
@@ -40,6 +40,8 @@ from workflow_scripts.errors import InputError, cli
 GB = 1e9
 FP32_BYTES = 4
 OPTIMIZER_STATES = {"adamw": 2, "sgd": 1}  # fp32 tensors per parameter
+# the multi-tensor (foreach) optimizer step allocates a parameter-sized temporary
+OPTIMIZER_STEP_TEMPORARIES = 1
 MARGIN_FRACTION = 0.10
 FIXED_OVERHEAD_GB = 1.5
 DEFAULT_GPU_MEM_GB = 80.0
@@ -182,8 +184,8 @@ def estimate_bytes(size: ModelSize, activations: int, settings: dict, world_size
                    compute_bytes: int) -> dict[str, float]:
     """Bytes per GPU before the margin: {'ddp': ..., 'fsdp': ...}."""
     optimizer_states = OPTIMIZER_STATES[settings["optimizer"]["name"]]
-    # student param + grad + optimizer states + teacher param
-    state = size.params * FP32_BYTES * (3 + optimizer_states)
+    # student param + grad + optimizer states (+ its step's temporaries) + teacher param
+    state = size.params * FP32_BYTES * (3 + optimizer_states + OPTIMIZER_STEP_TEMPORARIES)
     ddp = state + size.params * FP32_BYTES + activations  # + DDP's gradient buckets
     # gathered unit, its prefetched neighbour and its gradient (student), and the teacher's
     working_set = size.largest_unit_params * (3 * compute_bytes + compute_bytes)
