@@ -180,7 +180,7 @@ class Trainer:
 
         if self.fsdp:
             sharded_state.load(self.resume_dir, state, self.student, self.teacher, self.optimizer)
-            state = state["extra"]
+            state = {**state, **state["extra"]}  # loss centre, scaler, RNG streams
         else:
             self.student.load_state_dict(state["student"])
             self.teacher.load_state_dict(state["teacher"])
@@ -194,7 +194,8 @@ class Trainer:
         if self.context.is_main:
             self._prune_after(completed)
             self._export()
-            log(f"resuming after epoch {completed} from {self.resume_dir / RESUME_STATE}")
+            source = sharded_state.COMMIT_FILE if self.fsdp else RESUME_STATE
+            log(f"resuming after epoch {completed} from {self.resume_dir / source}")
         distributed.barrier()
         return completed
 
