@@ -28,6 +28,14 @@ rule fetch_weights:
 for _arch in ARCHS:
     _slug = re.sub(r"\W", "_", _arch)
     _n_gpus = gpus(_arch)
+    _srun = srun_launch(_arch)
+    _tasks = _n_gpus * nodes(_arch)
+    # several tasks (srun): the executor plugin's multi-task route; GPUs counted per job
+    _multi_task = (
+        dict(mpi="srun", tasks=_tasks, nodes=nodes(_arch), cpus_per_task=RESOURCES["cpus_per_gpu"])
+        if _srun
+        else {}
+    )
 
     rule:
         name:
@@ -57,7 +65,8 @@ for _arch in ARCHS:
         # CPU runs (demo, tests): one thread per job beats oversubscribed cores for small models
         threads: _n_gpus * RESOURCES["cpus_per_gpu"] if _n_gpus else 1
         resources:
-            gpu=_n_gpus,
+            gpu=_tasks if _srun else _n_gpus,
+            **_multi_task,
             tasks_per_gpu=0,
             mem_mb=max(1, _n_gpus) * RESOURCES["mem_mb_per_gpu"] if _n_gpus else 8000,
             runtime=RESOURCES["train_runtime_min"],
