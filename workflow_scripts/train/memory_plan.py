@@ -11,9 +11,9 @@ configuration whose chosen strategy does not fit, with these numbers.
 The estimate, per GPU (world size W = gpus x nodes):
 - model state, 4 bytes per fp32 element: student parameters + gradients + optimizer state
   (AdamW 2, SGD 1 per parameter, one temporary in its step) + teacher parameters; DDP adds
-  its gradient buckets (one more gradient copy); FSDP divides all of it by W and adds the unsharded working set: the largest
-  sharded unit (a block or the DINO head) gathered for student forward, its prefetch, its
-  gradient, and the teacher's (in the compute dtype);
+  its gradient buckets (one more gradient copy); FSDP divides all of it by W and adds the
+  unsharded working set: the largest sharded unit (a block or the DINO head) gathered for
+  student forward, its prefetch, its gradient, and the teacher's (in the compute dtype);
 - activations: the bytes of every tensor autograd saves for backward, counted in one
   forward of the DINO student (backbone + head + loss) on the meta device (no memory, no
   compute) on a batch of `train.batch_size_per_gpu` images' crops. Counted in the compute dtype
