@@ -135,9 +135,10 @@ def test_snakemake_dry_run_refuses_what_cannot_fit_and_plans_the_7b(tmp_path):
                                              r"gpu_mem_gb is 0\.01"):
         snakemake(workdir, "-n", "--configfile", "config/demo.yaml", str(overlay))
 
-    seven_b = {"name": ARCH_7B, "weights": "none", "gpus": 8, "nodes": 1,
+    seven_b = {"name": ARCH_7B, "weights": "none", "gpus": 8, "nodes": 2,
                "activation_checkpointing": True}
     overlay = write_overlay(workdir / "overlay.yaml", {
         "architectures": [seven_b], "channel_modes": ["rgb"]})
     result = snakemake(workdir, "-n", "-p", "--configfile", "config/demo.yaml", str(overlay))
     assert "--strategy fsdp --activation-checkpointing" in result.stdout
+    assert "srun --nodes=2 --ntasks=16 --ntasks-per-node=8" in result.stdout
