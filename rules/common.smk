@@ -149,9 +149,62 @@ def gpus(arch):
     return int(arch_entry(arch)["gpus"])
 
 
+def train_strategy(arch):
+    """ddp or fsdp (memory_plan.py: `auto` = DDP when its estimate fits resources.gpu_mem_gb)."""
+    entry = arch_entry(arch)
+    if entry.get("strategy", "auto") != "auto" or not gpus(arch):
+        return entry.get("strategy", "auto").replace("auto", "ddp")
+    from workflow_scripts.train import memory_plan  # imports torch: only for GPU jobs
+
+    return memory_plan.training_strategy(config, arch)
+
+
+def train_strategy_args(arch):
+    args = f"--strategy {train_strategy(arch)}"
+    if arch_entry(arch).get("activation_checkpointing", False):
+        args += " --activation-checkpointing"
+    return args
+
+
+# Refuse at planning time (snakemake -n), with the numbers, a GPU training that cannot fit.
+if any(gpus(a) for a in ARCHS):
+    from workflow_scripts.train import memory_plan
+
+    try:
+        memory_plan.check_fits(config)
+    except InputError as err:
+        raise WorkflowError(f"config error: {err}") from None
+
+
+def nodes(arch):
+    return int(arch_entry(arch).get("nodes", 1))
+
+
+def srun_launch(arch):
+    """Several nodes (or launcher: srun): one SLURM task per GPU, started by srun inside the
+    job; the executor plugin's multi-task route (resources mpi/tasks/nodes)."""
+    launcher = arch_entry(arch).get("launcher", "auto")
+    return launcher == "srun" or (launcher == "auto" and nodes(arch) > 1)
+
+
+for _arch in ARCHS:
+    if srun_launch(_arch) and not gpus(_arch):
+        raise WorkflowError(
+            f"config error: architecture {_arch}: nodes > 1 / launcher srun needs gpus >= 1 "
+            f"(one task per GPU)"
+        )
+
+
 def train_launcher(wildcards):
-    """One process per GPU through torchrun; plain python for CPU or a single GPU."""
+    """One process per GPU through torchrun; plain python for CPU or a single GPU; several
+    nodes: srun, one task per GPU (rendezvous from SLURM's variables: distributed.py)."""
     n = gpus(wildcards.arch)
+    if srun_launch(wildcards.arch):
+        m = nodes(wildcards.arch)
+        return (
+            f"srun --nodes={m} --ntasks={n * m} --ntasks-per-node={n} "
+            f"--kill-on-bad-exit=1 python"
+        )
     if n > 1:
         return f"torchrun --standalone --nproc-per-node={n}"
     return "python"

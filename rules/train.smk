@@ -28,6 +28,14 @@ rule fetch_weights:
 for _arch in ARCHS:
     _slug = re.sub(r"\W", "_", _arch)
     _n_gpus = gpus(_arch)
+    _srun = srun_launch(_arch)
+    _tasks = _n_gpus * nodes(_arch)
+    # several tasks (srun): the executor plugin's multi-task route; GPUs counted per job
+    _multi_task = (
+        dict(mpi="srun", tasks=_tasks, nodes=nodes(_arch), cpus_per_task=RESOURCES["cpus_per_gpu"])
+        if _srun
+        else {}
+    )
 
     rule:
         name:
@@ -48,6 +56,7 @@ for _arch in ARCHS:
             model_kwargs=as_json(arch_entry(_arch)["model_kwargs"]),
             weights=weights_file(_arch) or "none",
             launcher=train_launcher(type("W", (), {"arch": _arch})),
+            strategy=train_strategy_args(_arch),
             cache_dir=lambda w, input: os.path.dirname(input.meta),
             out_dir=lambda w, output: os.path.dirname(output.log_jsonl[0]),
             resume_dir=lambda w, a=_arch: out("resume", a, w.channel),
@@ -56,7 +65,8 @@ for _arch in ARCHS:
         # CPU runs (demo, tests): one thread per job beats oversubscribed cores for small models
         threads: _n_gpus * RESOURCES["cpus_per_gpu"] if _n_gpus else 1
         resources:
-            gpu=_n_gpus,
+            gpu=_tasks if _srun else _n_gpus,
+            **_multi_task,
             tasks_per_gpu=0,
             mem_mb=max(1, _n_gpus) * RESOURCES["mem_mb_per_gpu"] if _n_gpus else 8000,
             runtime=RESOURCES["train_runtime_min"],
@@ -73,5 +83,5 @@ for _arch in ARCHS:
             "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
             "--weights {params.weights:q} --model-kwargs {params.model_kwargs:q} "
             "--settings {params.settings:q} --out-dir {params.out_dir:q} "
-            "--resume-dir {params.resume_dir:q} --gpus {resources.gpu} "
+            "--resume-dir {params.resume_dir:q} {params.strategy} --gpus {resources.gpu} "
             "--allow-cpu-fallback {resources.allow_cpu_fallback} > {log:q} 2>&1"

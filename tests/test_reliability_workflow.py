@@ -81,6 +81,7 @@ UNQUOTED_OK = {
     "params.shape": "two integers (schema)",
     "params.launcher": "several words built from an integer (common.smk)",
     "params.model": "several arguments, each shlex-quoted (common.smk: pretrained_model_arg)",
+    "params.strategy": "'--strategy ddp|fsdp' [+ '--activation-checkpointing'] (schema enums)",
     "params.epochs": "the trained epoch numbers, integers joined by spaces (evaluate.smk)",
     "params.plates": "'--plates' + BBBC021 plate names checked against the known list",
     "wildcards.channel": "constrained to the configured channel names (schema enum)",

@@ -273,3 +273,67 @@ def test_second_run_plans_nothing(cluster, pipeline_run):
     repo, args = pipeline_run
     result = snakemake(repo, *args, "--dry-run", env=cluster.env)
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- multi-task training (srun)
+SRUN_OUTPUT_DIR = "results/slurm_srun"
+
+
+def srun_overlay() -> dict:
+    """One training job as 2 SLURM tasks (launcher srun: the route nodes > 1 takes), sharded
+    with FSDP; the rest of the demo made small."""
+    overlay = slurm_overlay()
+    arch = {**overlay["architectures"][0], "launcher": "srun", "strategy": "fsdp"}
+    return {**overlay, "output_dir": SRUN_OUTPUT_DIR, "architectures": [arch]}
+
+
+def test_training_runs_as_two_srun_tasks_and_matches_torchrun(cluster, tmp_path):
+    import json
+    import os
+    import sys
+
+    from safetensors.torch import load_file
+
+    from workflow_scripts import config as cfg
+
+    repo = copy_repo(tmp_path / "repo")
+    profile = edited_profile(repo, tmp_path / "profile")
+    overlay_path = write_overlay(tmp_path / "overlay.yaml", srun_overlay())
+    log_target = f"{SRUN_OUTPUT_DIR}/train/{GPU_ARCH}/rgb/log.jsonl"
+    try:
+        snakemake(repo, log_target, "--profile", str(profile), "--configfile", DEMO_CONFIG,
+                  str(overlay_path), timeout_s=PIPELINE_TIMEOUT_S, env=cluster.env)
+    except (AssertionError, subprocess.TimeoutExpired) as err:
+        raise AssertionError(f"{err}\n{slurm_logs(repo)}\n{cluster.logs()}") from None
+
+    train_jobs = [j for j in cluster.jobs()
+                  if j.get("Comment", "").startswith(f"rule_{train_rule(GPU_ARCH)}")
+                  and j.get("WorkDir") == str(repo)]
+    assert train_jobs and train_jobs[-1]["JobState"] == "COMPLETED"
+    assert train_jobs[-1]["NumTasks"] == "2"
+    out = repo / SRUN_OUTPUT_DIR / "train" / GPU_ARCH / "rgb"
+    log = (repo / SRUN_OUTPUT_DIR / "logs" / "train" / GPU_ARCH / "rgb.log").read_text()
+    assert "2 process(es)" in log
+
+    # the same job launched by torchrun on this machine: the same checkpoint
+    config = cfg.load([repo / "config.yaml", repo / DEMO_CONFIG, overlay_path])
+    entry = cfg.architecture(config, GPU_ARCH)
+    reference = tmp_path / "reference"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        "-m", "workflow_scripts.train.cli", "--arch", GPU_ARCH, "--channel", "rgb",
+        "--cache-dir", str(repo / SRUN_OUTPUT_DIR / "cache"), "--weights", "none",
+        "--model-kwargs", json.dumps(entry["model_kwargs"]),
+        "--settings", json.dumps(cfg.train_settings(config, GPU_ARCH)),
+        "--out-dir", str(reference / "train"), "--resume-dir", str(reference / "resume"),
+        "--strategy", "fsdp",
+    ]
+    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = load_file(reference / "train" / "epoch_0002.safetensors")
+    trained = load_file(out / "epoch_0002.safetensors")
+    assert expected.keys() == trained.keys()
+    for key in expected:  # same world size and code: equal up to float reordering
+        difference = (expected[key] - trained[key]).abs().max().item()
+        assert difference <= 1e-5 * expected[key].abs().max().item(), key

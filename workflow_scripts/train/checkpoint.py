@@ -41,7 +41,7 @@ def meta_path(checkpoint: str | os.PathLike) -> Path:
 
 
 def save_backbone_checkpoint(
-    directory: str | os.PathLike, backbone: nn.Module, meta: dict
+    directory: str | os.PathLike, backbone: nn.Module | dict[str, torch.Tensor], meta: dict
 ) -> Path:
     """Write `epoch_{meta['epoch']:04d}.safetensors` and its JSON atomically; return the former."""
     path = checkpoint_path(directory, meta["epoch"])
@@ -51,10 +51,13 @@ def save_backbone_checkpoint(
 
 
 def save_weights(
-    model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None
+    model: nn.Module | dict[str, torch.Tensor], path: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
 ) -> None:
-    """The model's state_dict as safetensors (CPU, contiguous), written atomically."""
-    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    """The model's state_dict (or a state dict, e.g. gathered from FSDP shards) as safetensors
+    (CPU, contiguous), written atomically."""
+    state = model if isinstance(model, dict) else model.state_dict()
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in state.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
         _sort_header_metadata(tmp)

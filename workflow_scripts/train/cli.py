@@ -97,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="GPUs the job was given (architectures[].gpus); > 0 needs CUDA")
     parser.add_argument("--allow-cpu-fallback", type=int, choices=[0, 1], default=0,
                         help="1: with --gpus > 0 and no CUDA device, train on CPU anyway")
+    parser.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp",
+                        help="ddp (replicated) or fsdp (FSDP2, sharded per block); see "
+                             "workflow_scripts/train/memory_plan.py")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="recompute each block in backward (saves activation memory)")
     args = parser.parse_args(argv)
     check_device(args.gpus, bool(args.allow_cpu_fallback))
     run(TrainJob(
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         settings=validate_settings(json_object_option(args.settings, "--settings")),
         out_dir=args.out_dir,
         resume_dir=args.resume_dir,
+        strategy=args.strategy,
+        activation_checkpointing=args.activation_checkpointing,
     ))
     return 0
 

@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from workflow_scripts.train.fsdp import local_tensor, reshard
+
 
 def make_teacher(student: nn.Module) -> nn.Module:
     """An identical copy without gradients, in eval mode for good: no drop-path (DINO's teacher
@@ -21,8 +23,12 @@ def update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> N
     """teacher <- momentum * teacher + (1 - momentum) * student, for every parameter at once
     (one multi-tensor kernel instead of ~200 small ones per step, as DINOv2 does).
     Buffers (BatchNorm statistics of an optional BN head) are copied from the student."""
-    teacher_params = list(teacher.parameters())
-    student_params = [param.detach() for param in student.parameters()]
+    # FSDP2: both are sharded alike, so the update runs on each rank's local shards (a root
+    # module keeps its parameters gathered after a forward without backward: reshard first)
+    reshard(teacher)
+    reshard(student)
+    teacher_params = [local_tensor(param) for param in teacher.parameters()]
+    student_params = [local_tensor(param.detach()) for param in student.parameters()]
     if len(teacher_params) != len(student_params):
         raise ValueError("teacher and student have different parameter lists")
     torch._foreach_lerp_(teacher_params, student_params, 1.0 - momentum)

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from workflow_scripts import config as config_module
 from workflow_scripts.atomic import append_line, write_text
 from workflow_scripts.errors import InputError
-from workflow_scripts.train import distributed
+from workflow_scripts.train import distributed, fsdp, sharded_state
 from workflow_scripts.train.backbone import build_backbone
 from workflow_scripts.train.checkpoint import (
     EPOCHS_DIR,
@@ -66,14 +66,18 @@ class TrainJob:
     settings: dict  # the config `train` section with this architecture's overrides
     out_dir: Path
     resume_dir: Path
+    strategy: str = "ddp"  # ddp | fsdp (fsdp.py; memory_plan.py chooses for `auto`)
+    activation_checkpointing: bool = False
 
     def config_digest(self, world_size: int) -> str:
         """What a resume state must match to be continued (resume_key.py)."""
-        return resume_key(
+        key = resume_key(
             arch=self.arch, channel=self.channel, settings=self.settings,
             model_kwargs=self.model_kwargs, weights=self.weights, cache_dir=self.cache_dir,
             world_size=world_size,
         )
+        # FSDP keeps its state in another format (sharded_state.py)
+        return config_module.digest([key, "fsdp"]) if self.strategy == "fsdp" else key
 
 
 def run(job: TrainJob) -> None:
@@ -119,7 +123,16 @@ class Trainer:
             backbone, settings["head"], settings.get("input_standardization", "none")
         ).to(self.device)
         self.student = synchronize_batch_norm(self.student, context.world_size, self.device.type)
+        if job.activation_checkpointing:
+            self.student.backbone.set_grad_checkpointing(True)  # timm: per block
         self.teacher = make_teacher(self.student)
+        # FSDP over one process has nothing to shard: plain modules, DCP resume state
+        self.fsdp = job.strategy == "fsdp"
+        if self.fsdp and context.is_distributed:
+            mesh = fsdp.device_mesh(self.device, context.world_size)
+            policy = fsdp.mixed_precision(self.precision.autocast_dtype, self.device.type)
+            fsdp.shard(self.student, mesh, policy)
+            fsdp.shard(self.teacher, mesh, policy)
         no_decay = {f"backbone.{name}" for name in _no_weight_decay_names(backbone)}
         self.optimizer = build_optimizer(
             param_groups(self.student, no_decay), settings["optimizer"], self.device.type
@@ -147,12 +160,16 @@ class Trainer:
     def _resume(self) -> int:
         """Load the resume state if it belongs to this configuration; return the first epoch
         to run. Every rank reads the state; only rank 0 moves or prunes files."""
-        state = load_resume_state(self.resume_dir / RESUME_STATE)
+        if self.fsdp:
+            state = sharded_state.read_commit(self.resume_dir)
+        else:
+            state = load_resume_state(self.resume_dir / RESUME_STATE)
         usable = state is not None and state.get("config_digest") == self.digest
         distributed.barrier()  # all ranks have read the state before rank 0 may move it
         if self.context.is_main:
             if state is not None and not usable:
                 moved = set_aside(self.resume_dir, str(state.get("config_digest")))
+                sharded_state.set_aside(self.resume_dir, moved)
                 log(f"resume state in {self.resume_dir} is for another configuration "
                     f"(digest {state.get('config_digest')}, now {self.digest}): moved to "
                     f"{moved}; training from scratch")
@@ -163,9 +180,13 @@ class Trainer:
             distributed.barrier()
             return 0
 
-        self.student.load_state_dict(state["student"])
-        self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp:
+            sharded_state.load(self.resume_dir, state, self.student, self.teacher, self.optimizer)
+            state = {**state, **state["extra"]}  # loss centre, scaler, RNG streams
+        else:
+            self.student.load_state_dict(state["student"])
+            self.teacher.load_state_dict(state["teacher"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.loss.load_state_dict(state["loss"])
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
@@ -175,7 +196,8 @@ class Trainer:
         if self.context.is_main:
             self._prune_after(completed)
             self._export()
-            log(f"resuming after epoch {completed} from {self.resume_dir / RESUME_STATE}")
+            source = sharded_state.COMMIT_FILE if self.fsdp else RESUME_STATE
+            log(f"resuming after epoch {completed} from {self.resume_dir / source}")
         distributed.barrier()
         return completed
 
@@ -203,7 +225,7 @@ class Trainer:
             log(f"training {self.job.arch} on {self.job.channel}: {n_params / 1e6:.1f} M backbone "
                 f"parameters, {self.context.world_size} process(es) on {self.device.type}, "
                 f"{self.steps_per_epoch} steps/epoch, epochs {self.start_epoch + 1}..{self.epochs}")
-        if self.context.is_distributed:
+        if self.context.is_distributed and not self.fsdp:
             self.student_ddp = DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
@@ -309,10 +331,18 @@ class Trainer:
     def _end_epoch(self, epoch: int, stats: dict) -> None:
         completed = epoch + 1
         rng_states = distributed.gather_objects(capture_rng_state())
+        if self.fsdp:  # collectives: every rank gathers the export and writes its shards
+            backbone = (sharded_state.full_backbone_state(self.teacher)
+                        if completed in self.evaluated_epochs else None)
+            sharded_state.save(self.resume_dir, completed, self.student, self.teacher,
+                               self.optimizer, self._extra_state(rng_states),
+                               self.context.is_main)
+        else:
+            backbone = self.teacher.backbone
         if self.context.is_main:
             epochs_dir = self.resume_dir / EPOCHS_DIR
             if completed in self.evaluated_epochs:
-                save_backbone_checkpoint(epochs_dir, self.teacher.backbone, {
+                save_backbone_checkpoint(epochs_dir, backbone, {
                     "arch": self.job.arch,
                     "channel": self.job.channel,
                     "epoch": completed,
@@ -323,19 +353,28 @@ class Trainer:
                 })
             # log line before state: a kill in between leaves an extra line, pruned on resume
             append_line(self.resume_dir / LOG_FILE, json.dumps(stats))
-            save_resume_state(self.resume_dir / RESUME_STATE, {
-                "config_digest": self.digest,
-                "epoch": completed,
-                "student": self.student.state_dict(),
-                "teacher": self.teacher.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "loss": self.loss.state_dict(),
-                "rng": rng_states,
-            })
+            if self.fsdp:
+                sharded_state.commit(self.resume_dir, completed, self.digest)
+            else:
+                save_resume_state(self.resume_dir / RESUME_STATE, {
+                    "config_digest": self.digest,
+                    "epoch": completed,
+                    "student": self.student.state_dict(),
+                    "teacher": self.teacher.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    **self._extra_state(rng_states),
+                })
             self._export()
             log(json.dumps(stats))
         distributed.barrier()
+
+
+    def _extra_state(self, rng_states: list) -> dict:
+        return {
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "loss": self.loss.state_dict(),
+            "rng": rng_states,
+        }
 
 
 def _no_weight_decay_names(backbone: torch.nn.Module) -> set[str]:

@@ -1,0 +1,145 @@
+"""Memory planner (workflow_scripts/train/memory_plan.py): parameter counts and activation bytes
+against real CPU models, the auto strategy, the refusal at `snakemake -n`, the CLI table."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from workflow_scripts import config as cfg
+from workflow_scripts.errors import InputError
+from workflow_scripts.train import memory_plan
+from workflow_scripts.train.backbone import build_backbone
+from workflow_scripts.train.loss import DINOLoss
+from workflow_scripts.train.model import build_dino_model
+from workflow_copy import copy_repo, demo_config, snakemake, write_overlay
+
+REPO = cfg.REPO_DIR
+ARCH = "vit_small_patch16_dinov3.lvd1689m"
+ARCH_7B = "vit_7b_patch16_dinov3.lvd1689m"
+TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
+WIDE_7B = {"depth": 2}  # the 7B's width (4096) and SwiGLU MLP, two blocks
+
+
+def demo_with(architectures: list[dict], **resources) -> dict:
+    config = cfg.load([REPO / "config.yaml", REPO / "config" / "demo.yaml"])
+    config["architectures"] = architectures
+    config["resources"].update(resources)
+    return cfg.validate(config)
+
+
+def real_saved_bytes(student, crops, loss) -> int:
+    """Oracle: distinct storages autograd saves in a real CPU forward (by data pointer)."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss(student(crops), torch.zeros(2 * len(crops[0]), loss.center.shape[1]), 0.04)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("model_kwargs", [TINY, {"depth": 3, "embed_dim": 96, "num_heads": 3}])
+def test_parameters_and_activations_match_a_real_cpu_model(model_kwargs):
+    config = demo_with([{"name": ARCH, "weights": "none", "gpus": 1,
+                         "model_kwargs": model_kwargs}])
+    settings = cfg.train_settings(config, ARCH)
+    settings["precision"] = "fp32"
+    kwargs_json = json.dumps(model_kwargs, sort_keys=True)
+    size = memory_plan.model_size(ARCH, kwargs_json, json.dumps(settings["head"], sort_keys=True))
+
+    torch.manual_seed(0)
+    backbone = build_backbone(ARCH, "none", model_kwargs, settings["drop_path_rate"])
+    student = build_dino_model(backbone, settings["head"]).train()
+    assert size.backbone_params == sum(p.numel() for p in backbone.parameters())
+    assert size.params == sum(p.numel() for p in student.parameters())
+    assert size.depth == model_kwargs["depth"]
+
+    batch = 3
+    g, loc = settings["global_crops"], settings["local_crops"]
+    crops = ([torch.rand(batch, 3, g["size"], g["size"])] * g["number"]
+             + [torch.rand(batch, 3, loc["size"], loc["size"])] * loc["number"])
+    loss = DINOLoss(settings["head"]["out_dim"], g["number"], loc["number"])
+    measured = real_saved_bytes(student, crops, loss)
+    settings["batch_size_per_gpu"] = batch
+    estimated = memory_plan.activation_bytes(
+        ARCH, kwargs_json, json.dumps(settings, sort_keys=True), "float32", False)
+    # meta counts attention as the math kernel (seq^2 weights) and misses storage slack
+    # (the oracle counts whole storages): within -10% .. +50% of the real CPU graph
+    assert 0.9 * measured <= estimated <= 1.5 * measured, (measured, estimated)
+
+
+def test_activation_checkpointing_lowers_the_estimate():
+    settings = cfg.train_settings(demo_with([{"name": ARCH, "model_kwargs": TINY}]), ARCH)
+    args = (ARCH, json.dumps({"depth": 6, "embed_dim": 64, "num_heads": 2}),
+            json.dumps(settings, sort_keys=True), "float32")
+    full = memory_plan.activation_bytes(*args, False)
+    checkpointed = memory_plan.activation_bytes(*args, True)
+    assert 0 < checkpointed < 0.6 * full
+
+
+def test_auto_picks_fsdp_when_ddp_exceeds_gpu_memory():
+    entry = {"name": ARCH_7B, "weights": "none", "gpus": 8, "nodes": 2,
+             "model_kwargs": WIDE_7B, "activation_checkpointing": True}
+    plan = memory_plan.plan_architecture(demo_with([entry]), ARCH_7B)
+    assert plan.world_size == 16 and plan.fsdp_gb < plan.ddp_gb
+    between = (plan.fsdp_gb + plan.ddp_gb) / 2
+    tight = demo_with([entry], gpu_mem_gb=between)
+    chosen = memory_plan.plan_architecture(tight, ARCH_7B)
+    assert (chosen.strategy, chosen.fits) == ("fsdp", True)
+    assert memory_plan.training_strategy(tight, ARCH_7B) == "fsdp"
+    roomy = demo_with([entry], gpu_mem_gb=plan.ddp_gb + 1)
+    assert memory_plan.training_strategy(roomy, ARCH_7B) == "ddp"
+    forced = demo_with([{**entry, "strategy": "ddp"}], gpu_mem_gb=between)
+    with pytest.raises(InputError, match=r"architectures\.0.*with ddp over 16 GPU"):
+        memory_plan.check_fits(forced)
+
+
+def test_sharding_divides_model_state_by_world_size():
+    entry = {"name": ARCH_7B, "weights": "none", "gpus": 1, "model_kwargs": WIDE_7B}
+    one = memory_plan.plan_architecture(demo_with([entry]), ARCH_7B)
+    eight = memory_plan.plan_architecture(demo_with([{**entry, "gpus": 8}]), ARCH_7B)
+    assert one.ddp_gb == eight.ddp_gb  # DDP replicates
+    assert eight.fsdp_gb < one.fsdp_gb
+    assert one.activations_gb == eight.activations_gb  # per-GPU batch: unchanged
+
+
+def test_cpu_jobs_are_not_refused():
+    config = demo_with([{"name": ARCH_7B, "weights": "none", "gpus": 0}], gpu_mem_gb=1)
+    memory_plan.check_fits(config)
+    assert memory_plan.training_strategy(config, ARCH_7B) == "ddp"
+
+
+def test_cli_prints_every_configured_architecture(capsys):
+    assert memory_plan.main(["--configfile", str(REPO / "config.yaml")]) == 0
+    table = capsys.readouterr().out
+    for name in cfg.architecture_names(cfg.load([REPO / "config.yaml"])):
+        assert name in table
+    assert "DDP GB" in table and "FSDP GB" in table
+
+
+@pytest.mark.slow
+def test_snakemake_dry_run_refuses_what_cannot_fit_and_plans_the_7b(tmp_path):
+    workdir = copy_repo(tmp_path / "repo")
+    arch = copy.deepcopy(demo_config()["architectures"][0])
+    overlay = write_overlay(workdir / "overlay.yaml", {
+        "architectures": [{**arch, "gpus": 1}], "resources": {"gpu_mem_gb": 0.01},
+        "channel_modes": ["rgb"]})
+    with pytest.raises(AssertionError, match=r"needs about [\d.]+ GB per GPU with ddp.*"
+                                             r"gpu_mem_gb is 0\.01"):
+        snakemake(workdir, "-n", "--configfile", "config/demo.yaml", str(overlay))
+
+    # the shipped overlay's 7B entry, with random init (no hub weights here) and one channel
+    (seven_b,) = [a for a in cfg.load([REPO / "config.yaml", REPO / "config/vit7b.yaml"])["architectures"]
+                  if a["name"] == ARCH_7B]
+    overlay = write_overlay(workdir / "overlay.yaml", {
+        "architectures": [{**seven_b, "weights": "none"}], "channel_modes": ["rgb"]})
+    result = snakemake(workdir, "-n", "-p", "--configfile", "config/demo.yaml", str(overlay))
+    assert "--strategy fsdp --activation-checkpointing" in result.stdout
+    assert "srun --nodes=2 --ntasks=16 --ntasks-per-node=8" in result.stdout
