@@ -28,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow_scripts.timed import read_timing  # noqa: E402
+from workflow_scripts.timed import read_timing
 
 NOT_COPIED = shutil.ignore_patterns(
     ".git", ".snakemake", "results", "weights", "build", "__pycache__", ".pytest_cache",
@@ -53,7 +53,7 @@ def run_experiment(workdir: Path, name: str, overlay: dict, cache: Path | None,
     cmd += ["--", *[t.format(out=f"results/{name}") for t in targets]]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -107,13 +107,12 @@ def main() -> int:
         timings = {
             name: data_stage_timing(workdir / "results" / name) for name in ("a", "b", "b_nocache")
         }
+        stage = ("demo_data", "data", "cache")
         disk = {
             "data stage per experiment without cache (MB)": sum(
-                disk_bytes(workdir / "results/b_nocache" / d) for d in ("demo_data", "data", "cache")
-            ) / 1e6,
+                disk_bytes(workdir / "results/b_nocache" / d) for d in stage) / 1e6,
             "data stage per experiment with cache (MB)": sum(
-                disk_bytes(workdir / "results/b" / d) for d in ("demo_data", "data", "cache")
-            ) / 1e6,
+                disk_bytes(workdir / "results/b" / d) for d in stage) / 1e6,
             "cache folder, shared (MB)": disk_bytes(cache) / 1e6,
         }
     finally:
@@ -134,8 +133,9 @@ def main() -> int:
     for name, value in disk.items():
         print(f"  {name:45s} {value:8.1f}")
     if args.json:
-        args.json.write_text(json.dumps(
-            {"wall_cpu_s": walls, "saved_wall_cpu_s": saved, "data_stage": timings, "disk_mb": disk}, indent=2))
+        numbers = {"wall_cpu_s": walls, "saved_wall_cpu_s": saved, "data_stage": timings,
+                   "disk_mb": disk}
+        args.json.write_text(json.dumps(numbers, indent=2))
     return 0
 
 

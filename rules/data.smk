@@ -59,7 +59,8 @@ rule prepare_metadata:
     log:
         os.path.join(LOGS, "prepare_metadata.log"),
     shell:
-        f"python -m workflow_scripts.timed python -m workflow_scripts.data.metadata {source_args()} "
+        "python -m workflow_scripts.timed "
+        f"python -m workflow_scripts.data.metadata {source_args()} "
         "--channels {params.channels} --out {output:q} > {log} 2>&1"
 
 

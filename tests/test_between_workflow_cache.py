@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import filecmp
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +153,7 @@ def test_a_preprocessing_change_misses_the_cache_for_the_image_cache_only(experi
 
 
 # A stand-in for the hub download (tests have no network): writes the architecture's name.
-FETCH_STAND_IN = '''"""Test stand-in for the hub download: the file holds the architecture's name."""
+FETCH_STAND_IN = '''"""Test stand-in for the hub download: the file holds the arch's name."""
 import argparse
 import pathlib
 
@@ -176,7 +178,8 @@ def test_hub_weights_are_fetched_once_per_architecture_across_weights_dirs(tmp_p
         logs[name] = run(workdir, overlay, name, *[f"{name}/{a}.safetensors" for a in HUB_ARCHS],
                          cache=cache)
     for arch in HUB_ARCHS:
-        first, second = workdir / "w1" / f"{arch}.safetensors", workdir / "w2" / f"{arch}.safetensors"
+        first = workdir / "w1" / f"{arch}.safetensors"
+        second = workdir / "w2" / f"{arch}.safetensors"
         # each architecture its own entry (the key holds params, not wildcards)
         assert first.read_text() == second.read_text() == arch
         assert f"Moving output file w1/{arch}.safetensors to cache." in logs["w1"]
@@ -207,12 +210,9 @@ def test_cache_location_accepts_a_writable_absolute_folder(tmp_path):
 def test_cache_on_without_a_location_stops_before_any_job(tmp_path):
     workdir = copy_repo(tmp_path / "repo")
     env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_OUTPUT_CACHE"}
-    import subprocess
-    import sys
-
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "1", "--cache", "--configfile", DEMO_CONFIG],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=120,
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert result.returncode != 0
     assert "$SNAKEMAKE_OUTPUT_CACHE is not set" in result.stdout + result.stderr

@@ -30,7 +30,7 @@ sys.exit(int(sys.argv[1]))
 def run_wrapper(*command: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "workflow_scripts.timed", *command],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, check=False,
     )
 
 
@@ -57,7 +57,8 @@ def test_exit_status_and_output_pass_through():
 
 
 def test_a_killed_child_reports_the_shell_status():
-    result = run_wrapper(sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    kill_self = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    result = run_wrapper(sys.executable, "-c", kill_self)
     assert result.returncode == 128 + 9
     assert timed.read_timing(result.stderr)["exit"] == 137
 
@@ -65,7 +66,9 @@ def test_a_killed_child_reports_the_shell_status():
 def test_a_missing_program_is_one_error_line():
     result = run_wrapper("no-such-program-17")
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: cannot run 'no-such-program-17': No such file or directory"
+    assert result.stderr.strip() == (
+        "error: cannot run 'no-such-program-17': No such file or directory"
+    )
 
 
 def test_no_command_is_an_error():

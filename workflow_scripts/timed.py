@@ -38,7 +38,7 @@ def run_timed(command: list[str]) -> tuple[int, dict]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     try:
-        status = subprocess.run(command).returncode
+        status = subprocess.run(command, check=False).returncode
     except OSError as err:
         raise InputError(f"cannot run {command[0]!r}: {err.strerror}") from err
     wall = time.perf_counter() - start
