@@ -10,6 +10,7 @@ sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without in
 
 from workflow_scripts import config as cfg
 from workflow_scripts import output_lock
+from workflow_scripts import output_cache
 from workflow_scripts.code_deps import relative_module_files
 from workflow_scripts.data import manifest as raw_manifest
 from workflow_scripts.errors import InputError
@@ -20,6 +21,14 @@ try:
         cfg.check_model_kwargs(config)
 except InputError as err:
     raise WorkflowError(f"config error: {err}") from None
+
+# Between-workflow cache (--cache, rules/data.smk): fail now, naming the variable, rather than
+# at the first cached job (Snakemake only warns when the location is unset).
+if workflow.workflow_settings.cache is not None:
+    try:
+        output_cache.check_location(os.environ)
+    except InputError as err:
+        raise WorkflowError(f"between-workflow cache: {err}") from None
 
 OUT = config["output_dir"]
 RESOURCES = config["resources"]  # schema: required, defaults in config.yaml
@@ -213,6 +222,7 @@ def train_launcher(wildcards):
 # ------------------------------------------------------------------ data sources
 SOURCE = config["data"]["source"]
 DEMO_DIR = out("demo_data")
+DEMO_IMAGES = os.path.join(DEMO_DIR, "images")
 
 
 def source_tables():
@@ -242,15 +252,29 @@ def source_tables():
 def source_args():
     if SOURCE == "seed_csv":
         return "--source seed_csv --annotated {input.annotated:q} --dmso {input.dmso:q}"
+    # the demo's image folder is an input (see source_images), a real image root a param
+    root = "input" if SOURCE == "demo" else "params"
     return (
         "--source official --image-table {input.image_table:q} --moa-table {input.moa_table:q} "
-        "--image-root {params.image_root:q}"
+        f"--image-root {{{root}.image_root:q}}"
     )
+
+
+def source_images():
+    """The demo's image folder is an output of generate_demo_data, so it is an input of
+    prepare_metadata; its path (under output_dir) then stays out of the between-workflow cache
+    key, which holds the generating job's key instead."""
+    return {"image_root": DEMO_IMAGES} if SOURCE == "demo" else {}
+
+
+def source_image_params():
+    """A real image root is a param: part of the cache key (the table records its paths)."""
+    return {} if SOURCE == "demo" else {"image_root": image_root()}
 
 
 def image_root():
     if SOURCE == "demo":
-        return os.path.join(DEMO_DIR, "images")
+        return DEMO_IMAGES
     return config["data"].get("official", {}).get("image_root", "")
 
 

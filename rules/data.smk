@@ -1,4 +1,14 @@
 # Data stage: (demo | download) -> prepare metadata -> validate -> illumination-corrected image cache.
+#
+# Between-workflow cache (README "Sharing the data stage between experiments"): every rule here
+# depends only on inputs and data/preprocess settings, never on the experiment, so each has
+# `cache: "omit-software"`; with `--cache` and $SNAKEMAKE_OUTPUT_CACHE a second output_dir takes
+# the outputs from the cache. Snakemake keys an entry by the rule's shell command as written, its
+# params, the checksums of its source inputs (the code files) and the keys of upstream jobs, not
+# by output paths: so no param here may hold an output path (it contains output_dir; folders are
+# derived in the shell instead), and every output is named (a multi-output rule must name all).
+# Snakemake rejects `benchmark:` in a cached rule: `workflow_scripts.timed` writes the timing as
+# the last line of the log instead.
 
 if SOURCE == "demo":
 
@@ -10,23 +20,22 @@ if SOURCE == "demo":
         output:
             image_table=os.path.join(DEMO_DIR, "BBBC021_v1_image.csv"),
             moa_table=os.path.join(DEMO_DIR, "BBBC021_v1_moa.csv"),
+            images=directory(DEMO_IMAGES),
         input:
             code=code("data.demo"),
         params:
             settings=as_json(config["data"].get("demo", {})),
             shape=config["data"]["image_shape"],
-            out_dir=lambda w, output: os.path.dirname(output.image_table),
         threads: 2
+        cache: "omit-software"
         conda:
             "../envs/workflow.yaml"
         log:
             os.path.join(LOGS, "generate_demo_data.log"),
-        benchmark:
-            os.path.join(BENCH, "generate_demo_data.tsv")
         shell:
-            "python -m workflow_scripts.data.demo --settings {params.settings:q} "
-            "--image-shape {params.shape} --workers {threads} --out-dir {params.out_dir:q} "
-            "> {log:q} 2>&1"
+            "python -m workflow_scripts.timed python -m workflow_scripts.data.demo "
+            "--settings {params.settings:q} --image-shape {params.shape} --workers {threads} "
+            '--out-dir "$(dirname {output.image_table:q})" > {log:q} 2>&1'
 
 
 # Seconds of CPU work each: not worth a SLURM job (SLURM profile).
@@ -40,17 +49,18 @@ rule prepare_metadata:
         manifest=RAW_MANIFEST,
     input:
         **source_tables(),
+        **source_images(),
         code=sorted(set(code("data.metadata") + code("data.manifest"))),
     params:
         channels=DATA_CHANNELS,
-        image_root=image_root(),
+        **source_image_params(),
+    cache: "omit-software"
     conda:
         "../envs/workflow.yaml"
     log:
         os.path.join(LOGS, "prepare_metadata.log"),
-    benchmark:
-        os.path.join(BENCH, "prepare_metadata.tsv")
     shell:
+        "python -m workflow_scripts.timed "
         f"python -m workflow_scripts.data.metadata {source_args()} "
         "--channels {params.channels:q} --out {output.table:q} > {log:q} 2>&1 && "
         "python -m workflow_scripts.data.manifest --table {output.table:q} "
@@ -69,14 +79,14 @@ rule validate_images:
     params:
         channels=DATA_CHANNELS,
         shape=config["data"]["image_shape"],
+    cache: "omit-software"
     conda:
         "../envs/workflow.yaml"
     log:
         os.path.join(LOGS, "validate_images.log"),
-    benchmark:
-        os.path.join(BENCH, "validate_images.tsv")
     shell:
-        "python -m workflow_scripts.data.validate --table {input.table:q} "
+        "python -m workflow_scripts.timed python -m workflow_scripts.data.validate "
+        "--table {input.table:q} "
         "--channels {params.channels:q} --image-shape {params.shape} "
         "--out {output.table:q} --report {output.report:q} --report-md {output.report_md:q} "
         "> {log:q} 2>&1"
@@ -86,7 +96,8 @@ rule build_image_cache:
     output:
         table=CACHE_TABLE,
         meta=CACHE_META,
-        arrays=CACHE_ARRAYS,
+        # one name per array: the between-workflow cache needs every output named
+        **{f"array_{ch}": path for ch, path in zip(DATA_CHANNELS, CACHE_ARRAYS)},
     input:
         table=VALIDATED_TABLE,
         manifest=RAW_MANIFEST,
@@ -94,15 +105,13 @@ rule build_image_cache:
     params:
         settings=as_json(config["preprocess"]),
         channels=DATA_CHANNELS,
-        out_dir=lambda w, output: os.path.dirname(output.meta),
     threads: 4
+    cache: "omit-software"
     conda:
         "../envs/workflow.yaml"
     log:
         os.path.join(LOGS, "build_image_cache.log"),
-    benchmark:
-        os.path.join(BENCH, "build_image_cache.tsv")
     shell:
-        "python -m workflow_scripts.data.cache --table {input.table:q} "
-        "--channels {params.channels:q} --settings {params.settings:q} "
-        "--workers {threads} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "python -m workflow_scripts.timed python -m workflow_scripts.data.cache "
+        "--table {input.table:q} --channels {params.channels:q} --settings {params.settings:q} "
+        '--workers {threads} --out-dir "$(dirname {output.meta:q})" > {log:q} 2>&1'

@@ -8,19 +8,23 @@ localrules:
 
 rule fetch_weights:
     # Login node (internet) only: GPU jobs then read the local file, offline.
+    # Between-workflow cache (rules/data.smk): the key holds the command as written and the
+    # params, not wildcards or paths, so the architecture must be a param (else all would share
+    # one entry) and weights_dir stays out of it. No benchmark: timing in the log (timed).
     output:
         os.path.join(config["weights_dir"], "{arch}.safetensors"),
     input:
         code=code("train.fetch_weights"),
+    params:
+        arch="{arch}",
+    cache: "omit-software"
     conda:
         "../envs/pytorch-cuda.yaml"
     log:
         os.path.join(LOGS, "fetch_weights", "{arch}.log"),
-    benchmark:
-        os.path.join(BENCH, "fetch_weights", "{arch}.tsv")
     shell:
-        "python -m workflow_scripts.train.fetch_weights --arch {wildcards.arch:q} "
-        "--out {output:q} > {log:q} 2>&1"
+        "python -m workflow_scripts.timed python -m workflow_scripts.train.fetch_weights "
+        "--arch {params.arch:q} --out {output:q} > {log:q} 2>&1"
 
 
 # One rule per architecture: its epoch list (an output list) may differ from the others', and
