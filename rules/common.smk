@@ -9,6 +9,7 @@ sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without in
 
 from workflow_scripts import config as cfg
 from workflow_scripts.code_deps import relative_module_files
+from workflow_scripts.evaluate import crops as cfg_crops
 from workflow_scripts.errors import InputError
 
 try:
@@ -185,6 +186,8 @@ if SOURCE != "demo" and not DOWNLOADING:
 
 # ------------------------------------------------------------------ evaluation inputs
 EVAL_SETTINGS = config["evaluate"]
+# what an extraction depends on: the crop mode's own keys, embedding, crop_median
+EXTRACT_SETTINGS = cfg_crops.extraction_settings(EVAL_SETTINGS)
 
 
 def extract_inputs(wildcards):

@@ -9,7 +9,7 @@ rule extract_features:
         model=extract_inputs,
         code=code("evaluate.extract"),
     params:
-        settings=as_json({k: EVAL_SETTINGS[k] for k in ("crop_grid", "input_size", "embedding")}),
+        settings=as_json(EXTRACT_SETTINGS),
         model_kwargs=lambda w: as_json(arch_entry(w.arch)["model_kwargs"]),
         model=extract_model_arg,
         cache_dir=lambda w, input: os.path.dirname(input.meta),

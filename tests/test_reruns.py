@@ -111,10 +111,17 @@ def test_evaluation_setting_reruns_evaluation_only(finished, profile):
 
 
 def test_extraction_setting_reruns_extraction_and_evaluation_not_training(finished):
-    overlay = {**base_overlay(), "evaluate": {"input_size": 32}}
-    rows = plan(finished, overlay, "input_size")
+    overlay = {**base_overlay(), "evaluate": {"crops": "grid"}}
+    rows = plan(finished, overlay, "crops")
     assert pending(rows) == paths(rows, lambda r: r.rule in EVALUATION_RULES | {"extract_features"})
     assert {r.status for r in rows if r.rule == "extract_features"} == {"params changed"}
+
+
+def test_grid_settings_rerun_nothing_while_the_seed_windows_are_used(finished):
+    # the default crops are the seed's windows: the grid's tiles and resize size cannot change them
+    overlay = {**base_overlay(), "evaluate": {"input_size": 32, "crop_grid": [1, 1]}}
+    rows = plan(finished, overlay, "grid_keys")
+    assert rows and pending(rows) == set()
 
 
 def test_extraction_speed_settings_rerun_nothing(finished):
