@@ -6,16 +6,34 @@ localrules:
     summarize,
 
 
+def pixel_scale_statements():
+    """Per architecture: raw-field pixels per model pixel of training and evaluation crops."""
+    image_shape = config["data"]["image_shape"]
+    resize_factor = config["preprocess"]["resize_factor"]
+    return {
+        a: cfg_crops.describe_scales(
+            cfg_crops.pixel_scales(image_shape, resize_factor, arch_train(a), EVAL_SETTINGS)
+        )
+        for a in ARCHS
+    }
+
+
 rule summarize:
     output:
         table=SUMMARY_TABLE,
         report=SUMMARY_REPORT,
     input:
         metrics=all_metrics(),
+        baselines=all_baseline_metrics(),
         validation=VALIDATION_REPORT,
         code=code("evaluate.summary"),
     params:
         out_dir=lambda w, output: os.path.dirname(output.table),
+        # epoch 0's name in the report: random init where weights: none
+        weights=",".join(
+            f"{a}={'none' if arch_entry(a)['weights'] == 'none' else 'pretrained'}" for a in ARCHS
+        ),
+        pixel_scales=as_json(pixel_scale_statements()),
     conda:
         "../envs/workflow.yaml"
     log:
@@ -24,4 +42,6 @@ rule summarize:
         os.path.join(BENCH, "summarize.tsv")
     shell:
         "python -m workflow_scripts.evaluate.summary --metrics {input.metrics:q} "
-        "--validation-report {input.validation:q} --out-dir {params.out_dir:q} > {log} 2>&1"
+        "--validation-report {input.validation:q} --out-dir {params.out_dir:q} "
+        "--baseline-metrics {input.baselines:q} --weights {params.weights:q} "
+        "--pixel-scales {params.pixel_scales:q} > {log} 2>&1"

@@ -103,6 +103,7 @@ def check_meaning(config: dict) -> None:
                 f"config key 'train.optimizer.min_lr' (architecture {name}): exceeds lr"
             )
     check_evaluation_crops(config)
+    check_baselines(config)
     if PER_CHANNEL_MODE not in config["channel_modes"] and RGB not in config["channel_modes"]:
         raise InputError("config key 'channel_modes': choose per_channel and/or rgb")
     if RGB in config["channel_modes"] and len(config["data"]["channels"]) != 3:
@@ -120,6 +121,31 @@ def check_evaluation_crops(config: dict) -> None:
         raise InputError(
             f"config key 'evaluate' (cached field {field[1]} x {field[0]}, w x h): {err}"
         ) from None
+
+
+def baselines(config: dict) -> list[dict]:
+    """`baselines` entries with their defaults; `{output_dir}` in a table path is output_dir
+    (a table a rule of this workflow writes, as the demo's hand-crafted profiles)."""
+    return [
+        {
+            "feature_columns": "^feat_",
+            "metadata_map": {},
+            **entry,
+            "table": entry["table"].replace("{output_dir}", config["output_dir"]),
+        }
+        for entry in config.get("baselines") or []
+    ]
+
+
+def check_baselines(config: dict) -> None:
+    seen = set(architecture_names(config))
+    for i, entry in enumerate(config.get("baselines") or []):
+        if entry["name"] in seen:
+            raise InputError(
+                f"config key 'baselines.{i}.name': '{entry['name']}' is already the name of an "
+                "architecture or an earlier baseline"
+            )
+        seen.add(entry["name"])
 
 
 def architecture(config: dict, name: str) -> dict:
