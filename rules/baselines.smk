@@ -1,30 +1,6 @@
 # External baselines: profile tables (CellProfiler wells, another model's embeddings) scored by
 # the same evaluation CLI and settings as the DINOv3 runs, and shown beside them in the summary.
-BASELINES = {entry["name"]: entry for entry in cfg.baselines(config)}
-BASELINE_DIR = out("eval", "baselines", "{baseline}")
-BASELINE_METRICS = os.path.join(BASELINE_DIR, "metrics.json")
-HANDCRAFTED_PROFILES = out("baselines", "handcrafted_profiles.csv")
-
-# A table no rule writes must exist: say which config key points where, before any job runs.
-_missing = {
-    i: entry["table"]
-    for i, entry in enumerate(BASELINES.values())
-    if entry["table"] != HANDCRAFTED_PROFILES and not os.path.exists(entry["table"])
-}
-if _missing:
-    raise WorkflowError(
-        "baseline table not found: "
-        + "; ".join(f"config key 'baselines.{i}.table' -> {path}" for i, path in _missing.items())
-    )
-
-
-def all_baseline_metrics():
-    return expand(BASELINE_METRICS, baseline=list(BASELINES))
-
-
-def metadata_map_arg(wildcards):
-    mapping = BASELINES[wildcards.baseline]["metadata_map"]
-    return ",".join(f"{ours}={theirs}" for ours, theirs in mapping.items())
+# (BASELINES and the paths: rules/common.smk)
 
 
 # Seconds of CPU work: not worth a SLURM job (SLURM profile).

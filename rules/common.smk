@@ -215,3 +215,43 @@ def all_metrics():
         for arch in ARCHS
         for path in expand(METRICS, arch=arch, channel=EVAL_CHANNELS, epoch=eval_epochs(arch))
     ]
+
+
+# ------------------------------------------------------------------ baselines, report
+BASELINES = {entry["name"]: entry for entry in cfg.baselines(config)}
+BASELINE_DIR = out("eval", "baselines", "{baseline}")
+BASELINE_METRICS = os.path.join(BASELINE_DIR, "metrics.json")
+HANDCRAFTED_PROFILES = out("baselines", "handcrafted_profiles.csv")
+
+# Tables the workflow does not write must exist: name the config key before any job runs.
+_missing = {
+    i: entry["table"]
+    for i, entry in enumerate(BASELINES.values())
+    if entry["table"] != HANDCRAFTED_PROFILES and not os.path.exists(entry["table"])
+}
+if _missing:
+    raise WorkflowError(
+        "baseline table not found: "
+        + "; ".join(f"config key 'baselines.{i}.table' -> {path}" for i, path in _missing.items())
+    )
+
+
+def all_baseline_metrics():
+    return expand(BASELINE_METRICS, baseline=list(BASELINES))
+
+
+def metadata_map_arg(wildcards):
+    mapping = BASELINES[wildcards.baseline]["metadata_map"]
+    return ",".join(f"{ours}={theirs}" for ours, theirs in mapping.items())
+
+
+def pixel_scale_statements():
+    """Per architecture: raw-field pixels per model pixel of training and evaluation crops."""
+    image_shape = config["data"]["image_shape"]
+    resize_factor = config["preprocess"]["resize_factor"]
+    return {
+        a: cfg_crops.describe_scales(
+            cfg_crops.pixel_scales(image_shape, resize_factor, arch_train(a), EVAL_SETTINGS)
+        )
+        for a in ARCHS
+    }

@@ -6,18 +6,6 @@ localrules:
     summarize,
 
 
-def pixel_scale_statements():
-    """Per architecture: raw-field pixels per model pixel of training and evaluation crops."""
-    image_shape = config["data"]["image_shape"]
-    resize_factor = config["preprocess"]["resize_factor"]
-    return {
-        a: cfg_crops.describe_scales(
-            cfg_crops.pixel_scales(image_shape, resize_factor, arch_train(a), EVAL_SETTINGS)
-        )
-        for a in ARCHS
-    }
-
-
 rule summarize:
     output:
         table=SUMMARY_TABLE,

@@ -54,6 +54,10 @@ def test_unknown_architecture_names_key_and_valid_models(demo_config):
         (lambda c: c["train"]["local_crops"].update(scale=[0.08, 0.04]), "train.local_crops.scale"),
         (lambda c: c["train"]["optimizer"].update(min_lr=1.0), "train.optimizer.min_lr"),
         (lambda c: c["architectures"].append(dict(c["architectures"][0])), "architectures.1.name"),
+        (lambda c: c["evaluate"].update(crops="tiles"), "evaluate.crops"),
+        (lambda c: c["evaluate"]["seed_windows"].update(boxes=[[0, 0, 300]]), "evaluate.seed_windows.boxes.0"),
+        (lambda c: c["baselines"][0].update(name="vit_small_patch16_dinov3.lvd1689m"), "baselines.0.name"),
+        (lambda c: c["baselines"][0]["metadata_map"].update(MoA="moa"), "baselines.0.metadata_map"),
     ],
 )
 def test_invalid_settings_name_the_key(demo_config, mutate, key):
@@ -138,3 +142,12 @@ def test_every_rule_has_log_benchmark_and_conda():
             body = block.split("\nrule ")[0]
             for directive in ("log:", "benchmark:", "conda:"):
                 assert directive in body, f"{smk.name}: a rule lacks {directive}\n{body[:200]}"
+
+
+def test_baseline_table_paths_expand_output_dir(demo_config):
+    (entry,) = cfg.baselines(demo_config)
+    assert entry["table"] == f"{demo_config['output_dir']}/baselines/handcrafted_profiles.csv"
+    assert entry["feature_columns"] == "^Image_"
+    assert cfg.baselines({"output_dir": "x", "baselines": [{"name": "cp", "table": "t.csv"}]}) == [
+        {"name": "cp", "table": "t.csv", "feature_columns": "^feat_", "metadata_map": {}}
+    ]
