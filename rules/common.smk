@@ -9,11 +9,12 @@ sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without in
 
 from workflow_scripts import config as cfg
 from workflow_scripts.code_deps import relative_module_files
-from workflow_scripts.evaluate import crops as cfg_crops
 from workflow_scripts.errors import InputError
+from workflow_scripts.evaluate import crops as cfg_crops
 
 try:
     cfg.check_meaning(config)
+    cfg_crops.check_config(config)
 except InputError as err:
     raise WorkflowError(f"config error: {err}") from None
 

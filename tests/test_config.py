@@ -56,6 +56,7 @@ def test_unknown_architecture_names_key_and_valid_models(demo_config):
         (lambda c: c["architectures"].append(dict(c["architectures"][0])), "architectures.1.name"),
         (lambda c: c["evaluate"].update(crops="tiles"), "evaluate.crops"),
         (lambda c: c["evaluate"]["seed_windows"].update(boxes=[[0, 0, 300]]), "evaluate.seed_windows.boxes.0"),
+        (lambda c: c["evaluate"].update(crop_median="mean"), "evaluate.crop_median"),
         (lambda c: c["baselines"][0].update(name="vit_small_patch16_dinov3.lvd1689m"), "baselines.0.name"),
         (lambda c: c["baselines"][0]["metadata_map"].update(MoA="moa"), "baselines.0.metadata_map"),
     ],

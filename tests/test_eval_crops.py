@@ -141,9 +141,10 @@ def test_bad_crop_settings_name_the_key():
 def test_config_rejects_windows_that_do_not_fit_the_cached_field():
     bad = json.loads(json.dumps(CONFIG))
     bad["evaluate"]["seed_windows"]["boxes"][1] = [320, 32, 544, 600]
+    cfg.validate(bad)  # the schema's and config.py's checks pass; the field check is crops'
     with pytest.raises(InputError, match=r"config key 'evaluate' \(cached field 640 x 512.*boxes.1"):
-        cfg.validate(bad)
-    cfg.validate(DEMO)  # the demo's 256 x 204 field takes the scaled windows
+        crops.check_config(bad)
+    crops.check_config(DEMO)  # the demo's 256 x 204 field takes the scaled windows
 
 
 def test_rule_settings_carry_only_the_keys_of_the_crop_mode():

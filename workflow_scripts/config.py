@@ -102,25 +102,11 @@ def check_meaning(config: dict) -> None:
             raise InputError(
                 f"config key 'train.optimizer.min_lr' (architecture {name}): exceeds lr"
             )
-    check_evaluation_crops(config)
     check_baselines(config)
     if PER_CHANNEL_MODE not in config["channel_modes"] and RGB not in config["channel_modes"]:
         raise InputError("config key 'channel_modes': choose per_channel and/or rgb")
     if RGB in config["channel_modes"] and len(config["data"]["channels"]) != 3:
         raise InputError("config key 'channel_modes': rgb needs exactly 3 entries in data.channels")
-
-
-def check_evaluation_crops(config: dict) -> None:
-    """The evaluation crops fit the cached field (data.image_shape x preprocess.resize_factor)."""
-    from workflow_scripts.evaluate import crops  # imports the cache module, which imports this
-
-    field = crops.cached_field(config["data"]["image_shape"], config["preprocess"]["resize_factor"])
-    try:
-        crops.evaluation_crops(*field, config["evaluate"])
-    except InputError as err:
-        raise InputError(
-            f"config key 'evaluate' (cached field {field[1]} x {field[0]}, w x h): {err}"
-        ) from None
 
 
 def baselines(config: dict) -> list[dict]:

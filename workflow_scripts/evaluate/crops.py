@@ -132,6 +132,19 @@ def evaluation_crops(height: int, width: int, settings: dict) -> list[Crop]:
     return grid_crops(height, width, tuple(settings["crop_grid"]), int(settings["input_size"]))
 
 
+def check_config(config: dict) -> None:
+    """The evaluation crops fit the cached field (data.image_shape x preprocess.resize_factor).
+    Called by the Snakefile beside config.check_meaning; not from config.py, whose importers
+    (the cache, training) would then list this module as their code."""
+    field = cached_field(config["data"]["image_shape"], config["preprocess"]["resize_factor"])
+    try:
+        evaluation_crops(*field, config["evaluate"])
+    except InputError as err:
+        raise InputError(
+            f"config key 'evaluate' (cached field {field[1]} x {field[0]}, w x h): {err}"
+        ) from None
+
+
 def extraction_settings(evaluate: dict) -> dict:
     """The keys of config.yaml's `evaluate` section an extraction's output depends on: the
     crop mode's own keys, embedding and crop_median (a grid setting cannot change seed
