@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from test_eval_extract import cache_dir, design_table  # noqa: F401  (fixture)
 
 from workflow_scripts.evaluate import evaluate, handcrafted
-
-from test_eval_extract import cache_dir, design_table  # noqa: F401  (fixture)
 
 
 def test_statistics_agree_with_numpy_and_scipy():

@@ -58,9 +58,13 @@ from workflow_scripts.evaluate.crops import (  # noqa: F401  (crop_boxes: import
 from workflow_scripts.tables import feature_names, write_table
 from workflow_scripts.train.backbone import build_backbone, input_standardization
 from workflow_scripts.train.checkpoint import load_backbone_checkpoint
-from workflow_scripts.train.multicrop import INTERPOLATIONS, limit_opencv_threads, resized_crop
-from workflow_scripts.train.rng import seed_everything
+from workflow_scripts.train.multicrop import (
+    INTERPOLATIONS,
+    limit_opencv_threads,
+    resized_crop,
+)
 from workflow_scripts.train.precision import Precision
+from workflow_scripts.train.rng import seed_everything
 
 EMBEDDINGS = ("cls", "mean_patch", "cls+mean_patch")
 # How images are prepared, as training prepared them (train.<key>), with the config defaults
@@ -171,7 +175,9 @@ def extract_features(
     features = []
     with torch.inference_mode():
         for batch in loader:
-            per_crop = embed_crops(model, normalize, batch, settings["embedding"], precision, device)
+            per_crop = embed_crops(
+                model, normalize, batch, settings["embedding"], precision, device
+            )
             median = median_over_crops(per_crop.numpy(), settings["crop_median"])
             features.append(median.astype(np.float32))
     return np.concatenate(features)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from itertools import pairwise
 
 import cv2
 import numpy as np
@@ -40,7 +41,7 @@ STATISTICS = (
     "Intensity_Mean",
     "Intensity_Std",
     *(f"Intensity_Quantile{q:02d}" for q in QUANTILES),
-    *(f"Texture_BlurDifference{a}to{b}" for a, b in zip((0, *BLUR_SIGMAS), BLUR_SIGMAS)),
+    *(f"Texture_BlurDifference{a}to{b}" for a, b in pairwise((0, *BLUR_SIGMAS))),
     "Texture_GradientMean",
 )
 
@@ -56,7 +57,7 @@ def image_statistics(image: np.ndarray) -> np.ndarray:
             values.mean(),
             values.std(),
             *np.percentile(values, QUANTILES),
-            *(np.abs(fine - coarse).mean() for fine, coarse in zip(blurred, blurred[1:])),
+            *(np.abs(fine - coarse).mean() for fine, coarse in pairwise(blurred)),
             np.hypot(dx, dy).mean(),
         ],
         dtype=np.float64,
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     table, arrays, _ = load_cache(args.cache_dir, channels)
     profiles = profile_table(table, arrays)
     write_table(profiles, args.out)
-    print(f"{len(profiles)} images x {len(profiles.columns) - len(METADATA)} features", file=sys.stderr)
+    n_features = len(profiles.columns) - len(METADATA)
+    print(f"{len(profiles)} images x {n_features} features", file=sys.stderr)
     return 0
 
 

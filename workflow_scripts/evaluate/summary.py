@@ -287,7 +287,8 @@ stands under <i>last</i>.</p>{headline_table}{scales}
 is scored on; it overstates what that epoch would score on new compounds.</p>{oracle_table}
 <h2>Metrics vs epoch</h2>{plots}
 {confusion}
-<h2>All runs</h2><details><summary>{len(every_run)} runs (also in summary.csv)</summary>{table}</details>
+<h2>All runs</h2>
+<details><summary>{len(every_run)} runs (also in summary.csv)</summary>{table}</details>
 </body></html>
 """
 
