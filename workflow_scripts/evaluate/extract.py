@@ -58,13 +58,9 @@ from workflow_scripts.evaluate.crops import (  # noqa: F401  (crop_boxes: import
 from workflow_scripts.tables import feature_names, write_table
 from workflow_scripts.train.backbone import build_backbone, input_standardization
 from workflow_scripts.train.checkpoint import load_backbone_checkpoint
-from workflow_scripts.train.multicrop import (
-    INTERPOLATIONS,
-    limit_opencv_threads,
-    resized_crop,
-)
-from workflow_scripts.train.precision import Precision
+from workflow_scripts.train.multicrop import INTERPOLATIONS, limit_opencv_threads, resized_crop
 from workflow_scripts.train.rng import seed_everything
+from workflow_scripts.train.precision import Precision
 
 EMBEDDINGS = ("cls", "mean_patch", "cls+mean_patch")
 # How images are prepared, as training prepared them (train.<key>), with the config defaults
