@@ -27,6 +27,7 @@ include: "rules/data.smk"
 include: "rules/download.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/baselines.smk"
 include: "rules/report.smk"
 
 

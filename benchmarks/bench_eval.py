@@ -238,7 +238,8 @@ def bench_extraction(name: str, model_kwargs: dict, shape: tuple[int, int], inpu
         path = Path(folder) / "DAPI.npy"
         np.save(path, rng.integers(0, CLIP_MAX, size=(n_images, *shape), dtype=np.uint16))
         array = np.load(path, mmap_mode="r")
-        settings = {"crop_grid": [2, 2], "input_size": input_size, "embedding": "cls"}
+        settings = {"crops": "grid", "crop_grid": [2, 2], "input_size": input_size, "embedding": "cls",
+                    "crop_median": "lower"}
         loader = {"interpolation": "bicubic", "batch_size": batch_size, "num_workers": num_workers}
         # warm-up (CUDA context, kernels); worker start-up stays in the timed run, as in a job
         extract_features(model, [array[:batch_size]], CLIP_MAX, settings, device, "none", **loader)

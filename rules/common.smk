@@ -14,11 +14,13 @@ from workflow_scripts import output_cache
 from workflow_scripts.code_deps import relative_module_files
 from workflow_scripts.data import manifest as raw_manifest
 from workflow_scripts.errors import InputError
+from workflow_scripts.evaluate import crops as cfg_crops
 
 try:
     cfg.check_meaning(config)
     if workflow.is_main_process:  # jobs re-parse this file: checked once, by the main process
         cfg.check_model_kwargs(config)
+    cfg_crops.check_config(config)
 except InputError as err:
     raise WorkflowError(f"config error: {err}") from None
 
@@ -293,6 +295,8 @@ if SOURCE != "demo" and not DOWNLOADING:
 
 # ------------------------------------------------------------------ evaluation inputs
 EVAL_SETTINGS = config["evaluate"]
+# what an extraction depends on: the crop mode's own keys, embedding, crop_median
+EXTRACT_SETTINGS = cfg_crops.extraction_settings(EVAL_SETTINGS)
 
 
 def pretrained_model_arg(wildcards):
@@ -333,3 +337,43 @@ def all_metrics():
         for arch in ARCHS
         for path in expand(METRICS, arch=arch, channel=EVAL_CHANNELS, epoch=eval_epochs(arch))
     ]
+
+
+# ------------------------------------------------------------------ baselines, report
+BASELINES = {entry["name"]: entry for entry in cfg.baselines(config)}
+BASELINE_DIR = out("eval", "baselines", "{baseline}")
+BASELINE_METRICS = os.path.join(BASELINE_DIR, "metrics.json")
+HANDCRAFTED_PROFILES = out("baselines", "handcrafted_profiles.csv")
+
+# Tables the workflow does not write must exist: name the config key before any job runs.
+_missing = {
+    i: entry["table"]
+    for i, entry in enumerate(BASELINES.values())
+    if entry["table"] != HANDCRAFTED_PROFILES and not os.path.exists(entry["table"])
+}
+if _missing:
+    raise WorkflowError(
+        "baseline table not found: "
+        + "; ".join(f"config key 'baselines.{i}.table' -> {path}" for i, path in _missing.items())
+    )
+
+
+def all_baseline_metrics():
+    return expand(BASELINE_METRICS, baseline=list(BASELINES))
+
+
+def metadata_map_arg(wildcards):
+    mapping = BASELINES[wildcards.baseline]["metadata_map"]
+    return ",".join(f"{ours}={theirs}" for ours, theirs in mapping.items())
+
+
+def pixel_scale_statements():
+    """Per architecture: raw-field pixels per model pixel of training and evaluation crops."""
+    image_shape = config["data"]["image_shape"]
+    resize_factor = config["preprocess"]["resize_factor"]
+    return {
+        a: cfg_crops.describe_scales(
+            cfg_crops.pixel_scales(image_shape, resize_factor, arch_train(a), EVAL_SETTINGS)
+        )
+        for a in ARCHS
+    }

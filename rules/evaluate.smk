@@ -9,7 +9,6 @@
 # runtimes. Groups matter only on a cluster (local runs ignore them).
 EXTRACT_GROUP = "extract_{arch}_{channel}"
 EVALUATE_GROUP = "evaluate_{arch}_{channel}"
-EXTRACT_SETTINGS = as_json({k: EVAL_SETTINGS[k] for k in ("crop_grid", "input_size", "embedding")})
 
 
 rule extract_pretrained:
@@ -23,7 +22,7 @@ rule extract_pretrained:
         model=weights_input,
         code=code("evaluate.extract"),
     params:
-        settings=EXTRACT_SETTINGS,
+        settings=as_json(EXTRACT_SETTINGS),
         model_kwargs=lambda w: as_json(arch_entry(w.arch)["model_kwargs"]),
         model=pretrained_model_arg,
         epochs=0,
@@ -67,7 +66,7 @@ for _arch in ARCHS:
             metas=expand(CHECKPOINT_META, epoch=_epochs, allow_missing=True),
             code=code("evaluate.extract"),
         params:
-            settings=EXTRACT_SETTINGS,
+            settings=as_json(EXTRACT_SETTINGS),
             model_kwargs=as_json(arch_entry(_arch)["model_kwargs"]),
             epochs=" ".join(str(int(e)) for e in _epochs),
             cache_dir=lambda w, input: os.path.dirname(input.meta),

@@ -12,10 +12,16 @@ rule summarize:
         report=SUMMARY_REPORT,
     input:
         metrics=all_metrics(),
+        baselines=all_baseline_metrics(),
         validation=VALIDATION_REPORT,
         code=code("evaluate.summary"),
     params:
         out_dir=lambda w, output: os.path.dirname(output.table),
+        # epoch 0's name in the report: random init where weights: none
+        weights=",".join(
+            f"{a}={'none' if arch_entry(a)['weights'] == 'none' else 'pretrained'}" for a in ARCHS
+        ),
+        pixel_scales=as_json(pixel_scale_statements()),
     conda:
         "../envs/workflow.yaml"
     log:
@@ -24,4 +30,6 @@ rule summarize:
         os.path.join(BENCH, "summarize.tsv")
     shell:
         "python -m workflow_scripts.evaluate.summary --metrics {input.metrics:q} "
-        "--validation-report {input.validation:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "--validation-report {input.validation:q} --out-dir {params.out_dir:q} "
+        "--baseline-metrics {input.baselines:q} --weights {params.weights:q} "
+        "--pixel-scales {params.pixel_scales:q} > {log:q} 2>&1"

@@ -60,6 +60,11 @@ def test_unknown_architecture_names_key_and_valid_models(demo_config):
         (lambda c: c["train"]["loss"].update(warmup_teacher_temp_epochs=5),
          "train.loss.warmup_teacher_temp_epochs"),
         (lambda c: c.update(allow_cpu_fallback="yes"), "allow_cpu_fallback"),
+        (lambda c: c["evaluate"].update(crops="tiles"), "evaluate.crops"),
+        (lambda c: c["evaluate"]["seed_windows"].update(boxes=[[0, 0, 300]]), "evaluate.seed_windows.boxes.0"),
+        (lambda c: c["evaluate"].update(crop_median="mean"), "evaluate.crop_median"),
+        (lambda c: c["baselines"][0].update(name="vit_small_patch16_dinov3.lvd1689m"), "baselines.0.name"),
+        (lambda c: c["baselines"][0]["metadata_map"].update(MoA="moa"), "baselines.0.metadata_map"),
     ],
 )
 def test_invalid_settings_name_the_key(demo_config, mutate, key):
@@ -189,3 +194,12 @@ def test_gpus_without_cuda_stop_the_training_job_unless_cpu_is_allowed(tmp_path,
     # allowed: the job goes on (and stops at the next problem, the empty settings)
     assert train_cli.main(argv + ["--allow-cpu-fallback", "1"]) == 2
     assert "no CUDA device" not in capsys.readouterr().err
+
+
+def test_baseline_table_paths_expand_output_dir(demo_config):
+    (entry,) = cfg.baselines(demo_config)
+    assert entry["table"] == f"{demo_config['output_dir']}/baselines/handcrafted_profiles.csv"
+    assert entry["feature_columns"] == "^Image_"
+    assert cfg.baselines({"output_dir": "x", "baselines": [{"name": "cp", "table": "t.csv"}]}) == [
+        {"name": "cp", "table": "t.csv", "feature_columns": "^feat_", "metadata_map": {}}
+    ]

@@ -30,6 +30,7 @@ def test_summary_has_every_arch_channel_and_epoch(demo_run):
     _, out = demo_run
     config = cfg.load([cfg.REPO_DIR / "config.yaml", cfg.REPO_DIR / DEMO_CONFIG])
     summary = pd.read_csv(out / "summary" / "summary.csv")
+    summary = summary[summary["kind"] == "model"]  # the baseline: its own test below
     expected = {
         (arch, channel, epoch)
         for arch in cfg.architecture_names(config)
@@ -43,6 +44,20 @@ def test_summary_has_every_arch_channel_and_epoch(demo_run):
     assert (summary["n_treatments_nscb"] < summary["n_treatments_nsc"]).all()
     report = (out / "summary" / "report.html").read_text()
     assert "<img" in report and "vit_small_patch16_dinov3.lvd1689m" in report
+
+
+def test_configured_baseline_is_a_row_of_the_summary_and_the_report(demo_run):
+    _, out = demo_run
+    summary = pd.read_csv(out / "summary" / "summary.csv")
+    (baseline,) = cfg.baselines(cfg.load([cfg.REPO_DIR / "config.yaml", cfg.REPO_DIR / DEMO_CONFIG]))
+    row = summary[summary["kind"] == "baseline"]
+    assert list(zip(row["arch"], row["channel"])) == [(baseline["name"], "baseline")]
+    scored = json.loads((out / "eval" / "baselines" / baseline["name"] / "metrics.json").read_text())
+    assert row["nsc"].iloc[0] == pytest.approx(scored["nsc"])
+    assert scored["n_images"] == summary["n_images"].iloc[0]  # every cache image has a profile
+    report = (out / "summary" / "report.html").read_text()
+    assert f"{baseline['name']}</th>" in report and "random init" in report
+    assert "Raw-field pixels per model pixel" in report
 
 
 def test_combined_features_are_the_channels_side_by_side(demo_run):

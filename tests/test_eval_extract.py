@@ -14,6 +14,7 @@ from torch import nn
 
 from workflow_scripts.data.cache import load_cache
 from workflow_scripts.evaluate import combine, evaluate, extract
+from workflow_scripts.evaluate.crops import Crop, grid_crops
 from workflow_scripts.evaluate.extract import CropDataset, crop_boxes, embed, extract_features
 from workflow_scripts.tables import feature_columns
 from workflow_scripts.train.checkpoint import save_backbone_checkpoint
@@ -22,7 +23,8 @@ from workflow_scripts.train.multicrop import INTERPOLATIONS
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 CHANNELS = ["DAPI", "Tubulin", "Actin"]
-SETTINGS = {"crop_grid": [2, 2], "input_size": 32, "embedding": "cls"}
+# grid crops with numpy's median: the seed's windows and lower median are tested in test_eval_crops.py
+SETTINGS = {"crops": "grid", "crop_grid": [2, 2], "input_size": 32, "embedding": "cls", "crop_median": "midpoint"}
 LOADER = {"interpolation": "bicubic", "batch_size": 8, "num_workers": 0}  # extract_features kwargs
 CLIP_MAX = 4000
 
@@ -102,11 +104,11 @@ def test_crop_boxes_tile_the_image_and_scale_with_its_size():
 
 def test_crop_dataset_reaches_spawned_workers_as_file_names(cache_dir):
     arrays = load_cache(cache_dir, ["DAPI"])[1]
-    dataset = CropDataset([arrays["DAPI"]], crop_boxes(64, 64, (2, 2)), 32, CLIP_MAX, "bicubic")
+    dataset = CropDataset([arrays["DAPI"]], grid_crops(64, 64, (2, 2), 32), CLIP_MAX, "bicubic")
     blob = pickle.dumps(dataset)
     assert len(blob) < 4096  # the 44 x 64 x 64 array is not copied
     torch.testing.assert_close(pickle.loads(blob)[3], dataset[3])
-    assert dataset[3].shape == (4, 3, 32, 32)
+    assert [crop.shape for crop in dataset[3]] == [(3, 32, 32)] * 4
 
 
 class ChannelMeanProbe(nn.Module):
@@ -202,8 +204,8 @@ def test_crops_are_resized_with_the_requested_interpolation(cache_dir):
     image = load_cache(cache_dir, ["DAPI"])[1]["DAPI"][5]
     crops = {}
     for name in ("nearest", "bicubic"):
-        dataset = CropDataset([image[None]], [(0, 0, 32, 32)], 48, CLIP_MAX, name)
-        crops[name] = dataset[0][0, 0]  # first crop, first of the 3 repeated grey channels
+        dataset = CropDataset([image[None]], [Crop(0, 0, 32, 32, 48, 48)], CLIP_MAX, name)
+        crops[name] = dataset[0][0][0]  # first crop, first of the 3 repeated grey channels
         expected = cv2.resize(image[:32, :32], (48, 48), interpolation=INTERPOLATIONS[name]) / CLIP_MAX
         torch.testing.assert_close(crops[name], torch.from_numpy(expected).float())
     assert not torch.allclose(crops["nearest"], crops["bicubic"], atol=1e-3)

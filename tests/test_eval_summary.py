@@ -2,10 +2,11 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts.evaluate import summary
+from workflow_scripts.evaluate import evaluate, summary
 
 MOAS = ["Actin disruptors", "DNA damage"]
 
@@ -75,7 +76,7 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
     assert report.count("data:image/png;base64,") == 5
     assert "http://" not in report and "https://" not in report  # nothing fetched when opened
     # the headline table comes before the oracle one, which says how it was selected
-    headline = report.index("Last epoch (pre-declared) vs epoch 0 (pretrained)")
+    headline = report.index("Last epoch (pre-declared) vs epoch 0 (before fine-tuning)")
     oracle = report.index("oracle: selected on the evaluation metric itself (optimistic)")
     assert headline < oracle
     # confusion: the last epoch of the highest last-epoch NSCB, not the overall maximum (vit_s/DAPI/0005)
@@ -118,3 +119,85 @@ def test_confusion_run_falls_back_to_nsc_at_the_last_epoch():
     })
     row, metric = summary.confusion_run(runs)
     assert metric == "nsc" and (row["arch"], row["epoch"]) == ("b", 4)  # a/0000 scores higher
+
+
+def cellprofiler_like_table(path):
+    """A per-well profile table in CellProfiler's column style: 2 weeks x 2 plates, 4 MoAs x 2
+    compounds (one per week), 2 DMSO wells per plate; features = a MoA direction + noise."""
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(4, 6))
+    rows = []
+    for week in ("Week1", "Week2"):
+        for plate in (f"{week}_a", f"{week}_b"):
+            for moa in range(4):
+                compound = f"cpd{moa}{week[-1]}"
+                signal = directions[moa] + rng.normal(scale=1.0, size=6)
+                rows.append((compound, 1.0, f"moa{moa}", plate, week, signal))
+            rows += [("DMSO", 0.0, "DMSO", plate, week, rng.normal(scale=0.3, size=6)) for _ in range(2)]
+    table = pd.DataFrame(
+        [{"Metadata_Compound": c, "Metadata_Concentration": conc, "Metadata_MoA": m, "Metadata_Plate": p,
+          "Metadata_Batch": b, "Metadata_MoA_code": i % 4,
+          **{f"Cells_Intensity_Feature{k}": v for k, v in enumerate(values)}}
+         for i, (c, conc, m, p, b, values) in enumerate(rows)])
+    table.to_csv(path, index=False)
+    return path
+
+
+def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report(runs, tmp_path):
+    paths, validation = runs
+    table = cellprofiler_like_table(tmp_path / "cp_wells.csv")
+    baseline_dir = tmp_path / "eval" / "baselines" / "cellprofiler"
+    assert evaluate.main([
+        "--features", str(table), "--feature-columns", "^Cells_",
+        "--metadata-map", "compound=Metadata_Compound,concentration=Metadata_Concentration,"
+        "moa=Metadata_MoA,plate=Metadata_Plate,batch=Metadata_Batch",
+        "--settings", json.dumps({"tvn": {"enabled": True}, "map": {"permutations": 20}}),
+        "--out-dir", str(baseline_dir), "--label", "cellprofiler/baseline/0000",
+    ]) == 0
+    scored = json.loads((baseline_dir / "metrics.json").read_text())
+    out_dir = tmp_path / "summary"
+    assert summary.main([
+        "--metrics", *map(str, paths), "--validation-report", str(validation), "--out-dir", str(out_dir),
+        "--baseline-metrics", str(baseline_dir / "metrics.json"), "--weights", "vit_s=none,vit_b=hub",
+        "--pixel-scales", json.dumps({"vit_s": "training global crops 1.62-2.29"}),
+    ]) == 0
+
+    table = pd.read_csv(out_dir / "summary.csv")
+    assert len(table) == 10
+    row = table[table["kind"] == "baseline"].iloc[0]
+    assert (row["arch"], row["channel"]) == ("cellprofiler", "baseline")
+    assert row["nsc"] == pytest.approx(scored["nsc"]) and row["map_nscb"] == pytest.approx(scored["map_nscb"])
+    assert set(table.loc[table["arch"] == "vit_s", "epoch0"]) == {"random init"}
+    assert set(table.loc[table["arch"] == "vit_b", "epoch0"]) == {"pretrained"}
+    best = pd.read_csv(out_dir / "best_epochs.csv")
+    assert "cellprofiler" not in set(best["arch"])  # no epochs to pick from
+
+    # pivot: one row per arch x channel (+ the baseline), metric x {epoch 0, last} columns
+    pivot = summary.headline_pivot(best, summary.read_baselines([baseline_dir / "metrics.json"]))
+    assert list(pivot.index) == [("vit_b", "DAPI", "pretrained", 10), ("vit_s", "DAPI", "random init", 10),
+                                 ("vit_s", "rgb", "random init", 10), ("cellprofiler", "baseline", "–", "–")]
+    assert list(pivot.columns) == [(m, c) for m in ("NSC", "NSCB", "mAP (NSC)", "mAP (NSCB)")
+                                   for c in ("epoch 0", "last")]
+    assert pivot.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "epoch 0")] == 0.5
+    assert pivot.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "last")] == 0.7
+    assert pivot.loc[("vit_b", "DAPI", "pretrained", 10), ("mAP (NSCB)", "last")] == pytest.approx(0.375)
+    baseline_row = pivot.loc[("cellprofiler", "baseline", "–", "–")]
+    assert baseline_row[("NSC", "last")] == pytest.approx(scored["nsc"]) and np.isnan(baseline_row[("NSC", "epoch 0")])
+    assert baseline_row[("mAP (NSCB)", "last")] == pytest.approx(scored["map_nscb"])
+    oracle = summary.oracle_pivot(best)
+    assert oracle.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "best epoch")] == 5
+    assert oracle.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "value")] == 0.8
+
+    report = (out_dir / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 5
+    assert "random init" in report and "cellprofiler" in report
+    assert "training global crops 1.62-2.29" in report
+    # the pivoted headline has one row per arch x channel, not one per metric
+    headline = report[report.index("Last epoch (pre-declared)"):report.index("Best epoch per")]
+    assert headline.count("<tr>") == 3 + 4  # header rows: metric, column, row names; 3 runs + 1 baseline
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**scored, "label": "cellprofiler/all/0000"}))
+    assert summary.main(["--metrics", *map(str, paths), "--validation-report", str(validation),
+                         "--out-dir", str(tmp_path / "bad"), "--baseline-metrics", str(bad)]) == 2
+    assert not (tmp_path / "bad").exists()

@@ -118,16 +118,25 @@ def test_adding_an_architecture_plans_only_its_jobs_and_the_summary(finished):
 def test_evaluation_setting_reruns_evaluation_only(finished, profile):
     overlay = {**base_overlay(), "evaluate": {"tvn": {"scope": "per_batch"}}}
     rows = plan(finished, overlay, "tvn_scope", *profile)
-    assert pending(rows) == paths(rows, lambda r: r.rule in ("evaluate_features", "summarize"))
+    # the demo's baseline is scored with the same settings
+    rerun = ("evaluate_features", "evaluate_baseline", "summarize")
+    assert pending(rows) == paths(rows, lambda r: r.rule in rerun)
     assert {r.status for r in rows if r.rule == "evaluate_features"} == {"params changed"}
 
 
 def test_extraction_setting_reruns_extraction_and_evaluation_not_training(finished):
-    overlay = {**base_overlay(), "evaluate": {"input_size": 32}}
-    rows = plan(finished, overlay, "input_size")
+    overlay = {**base_overlay(), "evaluate": {"crops": "grid"}}
+    rows = plan(finished, overlay, "crops")
     rerun = paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
     assert pending(rows) == rerun
     assert {r.status for r in rows if is_extraction(r.rule)} == {"params changed"}
+
+
+def test_grid_settings_rerun_nothing_while_the_seed_windows_are_used(finished):
+    # the default crops are the seed's windows: the grid's tiles and resize size cannot change them
+    overlay = {**base_overlay(), "evaluate": {"input_size": 32, "crop_grid": [1, 1]}}
+    rows = plan(finished, overlay, "grid_keys")
+    assert rows and pending(rows) == set()
 
 
 def test_extraction_speed_settings_rerun_nothing(finished):
@@ -177,8 +186,9 @@ def edited_plan(workdir: Path, relative_module: str) -> list[PlannedOutput]:
 
 def test_editing_the_metrics_module_reruns_evaluation_not_extraction(finished):
     rows = edited_plan(finished, "workflow_scripts/evaluate/metrics.py")
-    # only evaluate.evaluate imports metrics; the summary follows from its new outputs
-    assert pending(rows) == paths(rows, lambda r: r.rule in {"evaluate_features", "summarize"})
+    # only evaluate.evaluate imports metrics (it scores runs and baselines); the summary follows
+    rerun = {"evaluate_features", "evaluate_baseline", "summarize"}
+    assert pending(rows) == paths(rows, lambda r: r.rule in rerun)
     assert {r.status for r in rows if r.rule == "evaluate_features"} == {"updated input files"}
 
 

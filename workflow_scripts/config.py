@@ -154,10 +154,36 @@ def check_meaning(config: dict) -> None:
                     f"config key 'train.{key}' (architecture {name}): warm-up of {value} epochs "
                     f"is longer than the run (train.epochs {settings['epochs']})"
                 )
+    check_baselines(config)
     if PER_CHANNEL_MODE not in config["channel_modes"] and RGB not in config["channel_modes"]:
         raise InputError("config key 'channel_modes': choose per_channel and/or rgb")
     if RGB in config["channel_modes"] and len(config["data"]["channels"]) != 3:
         raise InputError("config key 'channel_modes': rgb needs exactly 3 entries in data.channels")
+
+
+def baselines(config: dict) -> list[dict]:
+    """`baselines` entries with their defaults; `{output_dir}` in a table path is output_dir
+    (a table a rule of this workflow writes, as the demo's hand-crafted profiles)."""
+    return [
+        {
+            "feature_columns": "^feat_",
+            "metadata_map": {},
+            **entry,
+            "table": entry["table"].replace("{output_dir}", config["output_dir"]),
+        }
+        for entry in config.get("baselines") or []
+    ]
+
+
+def check_baselines(config: dict) -> None:
+    seen = set(architecture_names(config))
+    for i, entry in enumerate(config.get("baselines") or []):
+        if entry["name"] in seen:
+            raise InputError(
+                f"config key 'baselines.{i}.name': '{entry['name']}' is already the name of an "
+                "architecture or an earlier baseline"
+            )
+        seen.add(entry["name"])
 
 
 def architecture(config: dict, name: str) -> dict:

@@ -1,11 +1,13 @@
 r"""Feature extraction: one embedding per cache image from one backbone (arch, channel, epoch).
 
-Per image, `crop_grid` = [rows, cols] fixed crops tile the field (each crop is the field's
-height / rows x width / cols, so the grid scales with the image size); each is resized to
-`input_size` with the `resized_crop` training uses (cv2 on the uint16 values with
-`train.interpolation`, then value / clip_max, grey repeated to 3 channels), standardised as in
+Per image, fixed crops (`workflow_scripts.evaluate.crops`; --settings `crops`): `seed` = the
+seed's four windows at native resolution, no resize (WS-DINO Eval_BBBC021.py; on a field of
+another size than 640 x 512 they scale with it); `grid` = `crop_grid` = [rows, cols] tiles, each
+resized to `input_size` with the `resized_crop` training uses (cv2 on the uint16 values with
+`train.interpolation`). Then value / clip_max, grey repeated to 3 channels, standardised as in
 training (`train.input_standardization`: none, or the backbone's pretrained mean/std), and
-embedded; the image's feature is the median over its crops. DMSO images included.
+embedded; the image's feature is the median over its crops (`crop_median`: `lower` = the lower
+middle value, as the seed's torch.median; `midpoint` = numpy's median). DMSO images included.
 
 `embedding` (what a ViT's `forward_features` returns for DINOv3 in timm: the final-norm tokens
 [CLS, 4 register tokens, patch tokens], `model.num_prefix_tokens` = 5):
@@ -31,7 +33,8 @@ On an error no output of the call is left behind.
 
     python -m workflow_scripts.evaluate.extract --arch vit_small_patch16_dinov3.lvd1689m \
         --channel DAPI --cache-dir results/cache --weights none --model-kwargs '{}' \
-        --settings '{"crop_grid": [2, 2], "input_size": 224, "embedding": "cls"}' \
+        --settings '{"crops": "grid", "crop_grid": [2, 2], "input_size": 224, "embedding": "cls",
+                     "crop_median": "lower"}' \
         --batch-size 64 --num-workers 4 --epoch 0 --out features.parquet
     python -m workflow_scripts.evaluate.extract ... --checkpoint train/epoch_0005.safetensors \
         train/epoch_0010.safetensors --epoch 5 10 --out epoch_0005.parquet epoch_0010.parquet
@@ -52,7 +55,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from workflow_scripts.config import RGB
 from workflow_scripts.data.cache import load_cache
+from workflow_scripts.data.intensity import scale_intensity, to_three_channels
 from workflow_scripts.errors import InputError, cli, json_object_option
+from workflow_scripts.evaluate.crops import (  # noqa: F401  (crop_boxes: imported from here)
+    Crop,
+    crop_boxes,
+    evaluation_crops,
+    median_over_crops,
+)
 from workflow_scripts.tables import feature_names, write_table
 from workflow_scripts.train.backbone import build_backbone, input_standardization
 from workflow_scripts.train.checkpoint import load_backbone_checkpoint, meta_path
@@ -65,45 +75,41 @@ EMBEDDINGS = ("cls", "mean_patch", "cls+mean_patch")
 # (input_standardization none: value / clip_max as is) for epoch 0 without an option and for
 # checkpoints that do not record the key.
 PREPROCESSING_DEFAULTS = {"input_standardization": "none", "interpolation": "bicubic"}
-SETTINGS_KEYS = ("crop_grid", "input_size", "embedding")
-
-
-def crop_boxes(height: int, width: int, grid: tuple[int, int]) -> list[tuple[int, int, int, int]]:
-    """(top, left, height, width) of the rows x cols tiles of an image, row by row; the few
-    pixels left when the side is not divisible are dropped at the bottom/right."""
-    rows, cols = grid
-    tile_h, tile_w = height // rows, width // cols
-    if tile_h < 1 or tile_w < 1:
-        raise InputError(
-            f"settings key 'crop_grid': {rows}x{cols} tiles do not fit a {height}x{width} image"
-        )
-    return [(r * tile_h, c * tile_w, tile_h, tile_w) for r in range(rows) for c in range(cols)]
+SETTINGS_KEYS = ("crops", "embedding", "crop_median")  # + the crop mode's keys (crops.py)
 
 
 class CropDataset(Dataset):
-    """Item i -> (n_crops, 3, S, S) float32 crops of cache image i (channels stacked in order)."""
+    """Item i -> the crops of cache image i, one float32 (3, out_height, out_width) tensor per
+    `Crop` (channels stacked in order); the DataLoader batches each crop position apart, so crops
+    of different sizes (the seed's windows) need no resize."""
 
     def __init__(
-        self, arrays: list[np.ndarray], boxes: list, size: int, clip_max: float, interpolation: str
+        self, arrays: list[np.ndarray], crops: list[Crop], clip_max: float, interpolation: str
     ) -> None:
         self.arrays = arrays
-        self.boxes = boxes
-        self.size = size
+        self.crops = crops
         self.clip_max = clip_max
         self.interpolation = INTERPOLATIONS[interpolation]
 
     def __len__(self) -> int:
         return len(self.arrays[0])
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         channels = [array[index] for array in self.arrays]
-        crops = [
-            resized_crop(
-                channels, box, self.size, clip_max=self.clip_max, interpolation=self.interpolation
+        return tuple(self.cut(channels, crop) for crop in self.crops)
+
+    def cut(self, channels: list[np.ndarray], crop: Crop) -> torch.Tensor:
+        if crop.resized:
+            if crop.out_height != crop.out_width:
+                raise ValueError(f"resized crops are square, not {crop}")
+            return resized_crop(
+                channels, crop.box, crop.out_height, clip_max=self.clip_max,
+                interpolation=self.interpolation,
             )
-            for box in self.boxes
-        ]
-        return torch.stack(crops)
+        rows = slice(crop.top, crop.top + crop.height)
+        cols = slice(crop.left, crop.left + crop.width)
+        window = np.stack([channel[rows, cols] for channel in channels])
+        return to_three_channels(scale_intensity(torch.from_numpy(window), self.clip_max))
 
     # A spawned worker gets the memmaps' file names and reopens them: pickling a memmap copies it.
     def __getstate__(self) -> dict:
@@ -156,8 +162,9 @@ def extract_features(
     train.input_standardization and train.interpolation."""
     check_embedding(model, settings["embedding"])
     height, width = arrays[0].shape[1:]
-    boxes = crop_boxes(height, width, tuple(settings["crop_grid"]))
-    dataset = CropDataset(arrays, boxes, settings["input_size"], clip_max, interpolation)
+    crops = evaluation_crops(height, width, settings)
+    check_crop_sizes(model, crops)
+    dataset = CropDataset(arrays, crops, clip_max, interpolation)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -171,14 +178,52 @@ def extract_features(
     precision = Precision.resolve("auto", device.type)
     features = []
     with torch.inference_mode():
-        for crops in loader:
-            n_images, n_crops = crops.shape[:2]
-            images = normalize(crops.flatten(0, 1).to(device, non_blocking=True))
-            with precision.autocast():
-                embeddings = embed(model, images, settings["embedding"])
-            per_crop = embeddings.float().cpu().numpy().reshape(n_images, n_crops, -1)
-            features.append(np.median(per_crop, axis=1).astype(np.float32))
+        for batch in loader:
+            per_crop = embed_crops(
+                model, normalize, batch, settings["embedding"], precision, device
+            )
+            median = median_over_crops(per_crop.numpy(), settings["crop_median"])
+            features.append(median.astype(np.float32))
     return np.concatenate(features)
+
+
+def embed_crops(
+    model: nn.Module,
+    normalize: nn.Module,
+    crops: list[torch.Tensor],
+    embedding: str,
+    precision: Precision,
+    device: torch.device,
+) -> torch.Tensor:
+    """One (B, 3, h, w) batch per crop position -> (B, n_crops, D) float32 embeddings on the
+    CPU; positions of equal size share one forward pass."""
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for position, images in enumerate(crops):
+        by_size.setdefault(tuple(images.shape[-2:]), []).append(position)
+    embedded: list[torch.Tensor | None] = [None] * len(crops)
+    for positions in by_size.values():
+        images = torch.cat([crops[p] for p in positions]).to(device, non_blocking=True)
+        with precision.autocast():
+            embeddings = embed(model, normalize(images), embedding)
+        chunks = embeddings.float().cpu().split(len(crops[positions[0]]))
+        for position, chunk in zip(positions, chunks):
+            embedded[position] = chunk
+    return torch.stack(embedded, dim=1)
+
+
+def check_crop_sizes(model: nn.Module, crops: list[Crop]) -> None:
+    """A ViT takes any input whose sides are multiples of its patch (timm's DINOv3 ViTs have a
+    dynamic image size); say which setting to change before the first forward pass fails."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        return
+    for crop in crops:
+        if crop.out_height % patch[0] or crop.out_width % patch[1]:
+            raise InputError(
+                f"settings: an evaluation crop of {crop.out_width} x {crop.out_height} (w x h) "
+                f"is not a multiple of the backbone's {patch[1]} x {patch[0]} patch; set "
+                "evaluate.seed_windows.multiple (or evaluate.input_size) to a multiple of it"
+            )
 
 
 def load_model(args: argparse.Namespace, model_kwargs: dict) -> tuple[nn.Module, dict[str, str]]:
@@ -273,7 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         "--init-seed", type=int, default=0,
         help="epoch 0 with --weights none: train.seed, so the random init equals training's start",
     )
-    parser.add_argument("--settings", required=True, help="JSON: " + ", ".join(SETTINGS_KEYS))
+    parser.add_argument(
+        "--settings", required=True,
+        help="JSON: " + ", ".join(SETTINGS_KEYS) + " and seed_windows (crops seed) or "
+        "crop_grid, input_size (crops grid)",
+    )
     # speed only, not results: kept out of --settings so that changing them reruns nothing
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")

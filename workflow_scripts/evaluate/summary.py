@@ -7,6 +7,13 @@ last-epoch values, their difference, and the oracle best epoch and its value),
 `{metric}_vs_epoch.png`, confusion_last_epoch.png and report.html (figures inlined; open it in any
 browser).
 
+External baselines (`--baseline-metrics`: metrics.json of other profile tables, e.g.
+CellProfiler wells, scored by the same evaluation CLI and settings, label `name/baseline/0000`)
+are rows of kind `baseline` in summary.csv, a dashed line in every plot and a row of the report's
+tables. `--weights arch=none,...` (config `architectures[].weights`) names epoch 0 "random init"
+where the weights are none, "pretrained" otherwise. `--pixel-scales` (JSON {arch: sentence})
+states, per architecture, at what scale training and evaluation crops see cells.
+
 BBBC021 has no held-out treatments to choose an epoch on: any epoch picked by its NSC/NSCB is
 picked on the very treatments it is scored on, so its value is optimistic. The headline is
 therefore the last epoch (fixed in advance by train.epochs) against epoch 0 (the backbone before
@@ -36,7 +43,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from workflow_scripts.atomic import atomic_path, write_text  # noqa: E402
-from workflow_scripts.errors import InputError, cli  # noqa: E402
+from workflow_scripts.errors import InputError, cli, json_object_option  # noqa: E402
 from workflow_scripts.tables import read_json, read_table, write_table  # noqa: E402
 
 METRICS = {"nsc": "NSC", "nscb": "NSCB", "map_nsc": "mAP (NSC)", "map_nscb": "mAP (NSCB)"}
@@ -61,7 +68,9 @@ query, and drops MoAs found in a single batch. The stricter number: batch effect
 <li><b>mAP</b>: mean average precision of ranking all candidates (same exclusions) by similarity,
 positives = same MoA; uses the whole ranking, not only the nearest neighbour.</li>
 </ul>
-<p>Epoch 0 is the pretrained backbone before fine-tuning (marked &#9733; in the plots).</p>
+<p>Epoch 0 is the backbone before fine-tuning (marked &#9733; in the plots): pretrained weights,
+or a <b>random init</b> where the architecture's <code>weights</code> is <code>none</code>.
+Baselines (external profile tables scored the same way) are dashed lines and rows of their own.</p>
 <p>BBBC021 has no held-out treatments on which to choose an epoch, so the headline compares the
 <b>last epoch</b>, fixed in advance by <code>train.epochs</code>, with epoch 0. A &ldquo;best
 epoch&rdquo; chosen by NSC or NSCB is chosen on the very treatments it is scored on: its value is
@@ -179,8 +188,11 @@ def png_bytes(fig: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
-def plot_metric_vs_epoch(runs: pd.DataFrame, metric: str) -> bytes:
-    """One panel per architecture, one line per channel; epoch 0 (pretrained) drawn as a star."""
+def plot_metric_vs_epoch(
+    runs: pd.DataFrame, metric: str, baselines: pd.DataFrame | None = None
+) -> bytes:
+    """One panel per architecture, one line per channel; epoch 0 (pretrained or random init)
+    drawn as a star; each baseline a dashed horizontal line in every panel."""
     archs = sorted(runs["arch"].unique())
     fig, axes = plt.subplots(
         1, len(archs), figsize=(5 * len(archs), 3.8), sharey=True, squeeze=False
@@ -194,8 +206,9 @@ def plot_metric_vs_epoch(runs: pd.DataFrame, metric: str) -> bytes:
                 pretrained["epoch"], pretrained[metric],
                 marker="*", markersize=13, color=line.get_color(), linestyle="none",
             )
+        draw_baselines(ax, baselines, metric)
         ax.set_title(arch, fontsize=9)
-        ax.set_xlabel("epoch (0 = pretrained)")
+        ax.set_xlabel(f"epoch (0 = {epoch0_name(runs, arch)})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(METRICS[metric])
@@ -263,6 +276,8 @@ def report_html(
     figures: dict[str, bytes],
     confusion_caption: str | None,
     validation: dict,
+    baselines: pd.DataFrame | None = None,
+    pixel_scales: dict[str, str] | None = None,
 ) -> str:
     def image(name: str) -> str:
         data = base64.b64encode(figures[name]).decode("ascii")
@@ -271,14 +286,11 @@ def report_html(
     def html_table(df: pd.DataFrame) -> str:
         return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0)
 
-    table = html_table(runs.drop(columns=["run_dir"]))
-    headline_table = html_table(
-        best[["arch", "channel", "metric", "pretrained_value", "last_epoch", "last_value",
-              "last_minus_pretrained"]]
-    )
-    oracle_table = html_table(
-        best[["arch", "channel", "metric", "oracle_best_epoch", "oracle_best_value"]]
-    )
+    every_run = runs if baselines is None or baselines.empty else pd.concat([runs, baselines])
+    table = html_table(every_run.drop(columns=["run_dir"]))
+    headline_table = pivot_html(headline_pivot(best, baselines))
+    oracle_table = pivot_html(oracle_pivot(best))
+    scales = pixel_scales_html(pixel_scales or {})
     plots = "\n".join(image(name) for name in figures if name.endswith("_vs_epoch.png"))
     confusion = (
         f"<h2>MoA confusion at the last epoch</h2><p>{html.escape(confusion_caption)}</p>"
@@ -299,15 +311,137 @@ img {{ max-width: 100%; margin: 0.5em 0; }}
 <h2>Metrics</h2>{METRICS_EXPLAINED}
 <h2>Dataset</h2>{validation_html(validation)}
 {evaluation_html(runs)}
-<h2>Last epoch (pre-declared) vs epoch 0 (pretrained)</h2>{headline_table}
+<h2>Last epoch (pre-declared) vs epoch 0 (before fine-tuning)</h2>
+<p>Rows: architecture &times; channel (and each baseline); a baseline has no epochs, its value
+stands under <i>last</i>.</p>{headline_table}{scales}
 <h2>Best epoch per architecture, channel and metric ({ORACLE})</h2>
 <p>Each value below is the maximum over all evaluated epochs, chosen on the same treatments it
 is scored on; it overstates what that epoch would score on new compounds.</p>{oracle_table}
 <h2>Metrics vs epoch</h2>{plots}
 {confusion}
-<h2>All runs</h2><details><summary>{len(runs)} runs (also in summary.csv)</summary>{table}</details>
+<h2>All runs</h2>
+<details><summary>{len(every_run)} runs (also in summary.csv)</summary>{table}</details>
 </body></html>
 """
+
+# ------------------------------------------------------------------ epoch 0 names, baselines
+BASELINE_CHANNEL = "baseline"  # the channel part of a baseline's label: name/baseline/0000
+EPOCH0_UNKNOWN = "before fine-tuning"
+
+
+def epoch0_name(runs: pd.DataFrame, arch: str) -> str:
+    """What epoch 0 of `arch` is: "pretrained", "random init" (weights none), or unknown."""
+    names = runs.loc[runs["arch"] == arch, "epoch0"] if "epoch0" in runs else pd.Series()
+    return str(names.iloc[0]) if len(names) else EPOCH0_UNKNOWN
+
+
+def parse_weights(text: str) -> dict[str, str]:
+    """--weights 'arch=none,arch2=hub' -> {arch: "random init" | "pretrained"}."""
+    names = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        arch, sep, weights = item.partition("=")
+        if not sep or not arch or not weights:
+            raise InputError(f"--weights: '{item}' is not arch=weights")
+        names[arch] = "random init" if weights == "none" else "pretrained"
+    return names
+
+
+def mark_runs(runs: pd.DataFrame, epoch0: dict[str, str]) -> pd.DataFrame:
+    """The workflow's own runs: kind `model`, and what their epoch 0 is."""
+    return runs.assign(
+        kind="model", epoch0=runs["arch"].map(lambda arch: epoch0.get(arch, EPOCH0_UNKNOWN))
+    )
+
+
+def read_baselines(paths: list[Path]) -> pd.DataFrame:
+    """Baseline runs (label name/baseline/NNNN): kind `baseline`, no epoch 0."""
+    if not paths:
+        return pd.DataFrame(columns=[*RUN_KEYS, *METRICS, "run_dir", "kind", "epoch0"])
+    baselines = read_runs(paths)
+    wrong = baselines[baselines["channel"] != BASELINE_CHANNEL]
+    if len(wrong):
+        row = wrong.iloc[0]
+        raise InputError(
+            f"{row['run_dir']}: a baseline's label must be name/{BASELINE_CHANNEL}/NNNN, "
+            f"not {row['arch']}/{row['channel']}/{row['epoch']:04d}"
+        )
+    return baselines.assign(kind="baseline", epoch0="")
+
+
+def draw_baselines(ax: plt.Axes, baselines: pd.DataFrame | None, metric: str) -> None:
+    if baselines is None:
+        return
+    for i, (_, row) in enumerate(baselines.dropna(subset=[metric]).iterrows()):
+        ax.axhline(row[metric], color=f"C{7 + i % 3}", linestyle="--", linewidth=1.2,
+                   label=f"{row['arch']} (baseline)")
+
+
+def headline_pivot(best: pd.DataFrame, baselines: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Rows arch x channel (then the baselines), columns metric x {epoch 0, last}."""
+    rows = {}
+    for _, row in best.iterrows():
+        values = rows.setdefault(row_key(row, int(row["last_epoch"])), {})
+        values[(METRICS[row["metric"]], "epoch 0")] = row["pretrained_value"]
+        values[(METRICS[row["metric"]], "last")] = row["last_value"]
+    for _, row in (baselines if baselines is not None else pd.DataFrame()).iterrows():
+        values = rows.setdefault((row["arch"], BASELINE_CHANNEL, "–", "–"), {})
+        for metric, name in METRICS.items():
+            values[(name, "epoch 0")] = np.nan
+            values[(name, "last")] = row[metric]
+    return pivot_frame(rows)
+
+
+def oracle_pivot(best: pd.DataFrame) -> pd.DataFrame:
+    """Rows arch x channel, columns metric x {oracle best epoch, its value}."""
+    rows = {}
+    for _, row in best.iterrows():
+        values = rows.setdefault(row_key(row, int(row["last_epoch"])), {})
+        values[(METRICS[row["metric"]], "best epoch")] = row["oracle_best_epoch"]
+        values[(METRICS[row["metric"]], "value")] = row["oracle_best_value"]
+    return pivot_frame(rows)
+
+
+def row_key(row: pd.Series, last_epoch: int | str) -> tuple:
+    return row["arch"], row["channel"], row.get("epoch0", EPOCH0_UNKNOWN), last_epoch
+
+
+def pivot_frame(rows: dict[tuple, dict]) -> pd.DataFrame:
+    """{(arch, channel, epoch 0 =, last epoch): {(metric, column): value}} -> a frame with
+    those row and two-level column labels, metrics in METRICS order."""
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    if frame.empty:
+        return frame
+    frame.index = pd.MultiIndex.from_tuples(
+        frame.index, names=["model", "channel", "epoch 0 =", "last epoch"]
+    )
+    order = list(METRICS.values())
+    frame = frame[sorted(frame.columns, key=lambda c: order.index(c[0]))]  # stable: epoch 0 first
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    return frame
+
+
+def pivot_html(frame: pd.DataFrame) -> str:
+    def number(value: object) -> str:
+        return "–" if pd.isna(value) else f"{value:.3f}"
+
+    def epoch(value: object) -> str:
+        return "–" if pd.isna(value) else f"{int(value)}"
+
+    formatters = {c: epoch if c[1] == "best epoch" else number for c in frame.columns}
+    return frame.to_html(formatters=formatters, border=0, na_rep="–")
+
+
+def pixel_scales_html(scales: dict[str, str]) -> str:
+    if not scales:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(arch)}</b>: {html.escape(text)}</li>" for arch, text in scales.items()
+    )
+    return (
+        "<p>At what scale the model sees cells (raw-field pixels per model pixel; training and "
+        "evaluation crops far apart means evaluated cells look larger or smaller than trained "
+        f"ones):</p><ul>{items}</ul>"
+    )
 
 
 @cli
@@ -316,13 +450,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json files")
     parser.add_argument("--validation-report", required=True, help="data validation report (JSON)")
     parser.add_argument("--out-dir", required=True)
+    parser.add_argument(
+        "--baseline-metrics", nargs="*", default=[],
+        help="metrics.json of external baselines (label name/baseline/NNNN)",
+    )
+    parser.add_argument(
+        "--weights", default="", help="arch=weights,...: 'none' names epoch 0 random init"
+    )
+    parser.add_argument("--pixel-scales", default="{}", help="JSON {arch: sentence}")
     args = parser.parse_args(argv)
 
-    runs = read_runs([Path(p) for p in args.metrics])
+    runs = mark_runs(read_runs([Path(p) for p in args.metrics]), parse_weights(args.weights))
+    baselines = read_baselines([Path(p) for p in args.baseline_metrics])
+    pixel_scales = json_object_option(args.pixel_scales, "--pixel-scales")
     validation = read_validation(Path(args.validation_report))
     best = best_epochs(runs)
+    best["epoch0"] = best["arch"].map(lambda arch: epoch0_name(runs, arch)) if len(best) else []
     figures = {
-        f"{metric}_vs_epoch.png": plot_metric_vs_epoch(runs, metric)
+        f"{metric}_vs_epoch.png": plot_metric_vs_epoch(runs, metric, baselines)
         for metric in METRICS
         if runs[metric].notna().any()
     }
@@ -339,10 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         title = f"NSC nearest-neighbour MoA, last epoch: {label}"
         figures[CONFUSION_FIGURE] = plot_confusion(read_confusion(shown["run_dir"]), title)
-    report = report_html(runs, best, figures, caption, validation)
+    report = report_html(runs, best, figures, caption, validation, baselines, pixel_scales)
 
     out_dir = Path(args.out_dir)
-    write_table(runs.drop(columns=["run_dir"]), out_dir / "summary.csv")
+    table = runs if baselines.empty else pd.concat([runs, baselines], ignore_index=True)
+    write_table(table.drop(columns=["run_dir"]), out_dir / "summary.csv")
     write_table(best, out_dir / "best_epochs.csv")
     for name, data in figures.items():
         with atomic_path(out_dir / name) as tmp:

@@ -1,0 +1,60 @@
+# External baselines: profile tables (CellProfiler wells, another model's embeddings) scored by
+# the same evaluation CLI and settings as the DINOv3 runs, and shown beside them in the summary.
+# (BASELINES and the paths: rules/common.smk)
+
+
+# Seconds of CPU work: not worth a SLURM job (SLURM profile).
+localrules:
+    evaluate_baseline,
+    handcrafted_profiles,
+
+
+rule evaluate_baseline:
+    output:
+        metrics=BASELINE_METRICS,
+        predictions=os.path.join(BASELINE_DIR, "predictions.csv"),
+        confusion=os.path.join(BASELINE_DIR, "confusion.csv"),
+    input:
+        table=lambda w: BASELINES[w.baseline]["table"],
+        code=code("evaluate.evaluate"),
+    params:
+        settings=as_json({k: EVAL_SETTINGS[k] for k in ("tvn", "aggregation", "map")}),
+        feature_columns=lambda w: BASELINES[w.baseline]["feature_columns"],
+        metadata_map=metadata_map_arg,
+        out_dir=lambda w, output: os.path.dirname(output.metrics),
+    wildcard_constraints:
+        baseline="|".join(re.escape(name) for name in BASELINES) or "(?!)",
+    threads: 2
+    conda:
+        "../envs/workflow.yaml"
+    log:
+        out("logs", "evaluate_baseline", "{baseline}.log"),
+    benchmark:
+        out("benchmarks", "evaluate_baseline", "{baseline}.tsv")
+    shell:
+        "python -m workflow_scripts.evaluate.evaluate --features {input.table:q} "
+        "--feature-columns {params.feature_columns:q} --metadata-map {params.metadata_map:q} "
+        "--settings {params.settings:q} --out-dir {params.out_dir:q} "
+        "--label {wildcards.baseline}/baseline/0000 > {log} 2>&1"
+
+
+rule handcrafted_profiles:
+    # the demo's baseline: intensity and texture statistics of the cached images
+    output:
+        HANDCRAFTED_PROFILES,
+    input:
+        cache=CACHE_TABLE,
+        meta=CACHE_META,
+        arrays=CACHE_ARRAYS,
+        code=code("evaluate.handcrafted"),
+    params:
+        cache_dir=lambda w, input: os.path.dirname(input.meta),
+    conda:
+        "../envs/workflow.yaml"
+    log:
+        out("logs", "handcrafted_profiles.log"),
+    benchmark:
+        out("benchmarks", "handcrafted_profiles.tsv")
+    shell:
+        "python -m workflow_scripts.evaluate.handcrafted --cache-dir {params.cache_dir:q} "
+        "--out {output:q} > {log} 2>&1"
