@@ -104,8 +104,9 @@ def weights_file(arch):
     return weights
 
 
-def weights_input(wildcards):
-    path = weights_file(wildcards.arch)
+def weights_inputs(arch):
+    """The weights file as an input list: empty for random init."""
+    path = weights_file(arch)
     return [path] if path else []
 
 
@@ -118,9 +119,9 @@ def gpus(arch):
     return int(arch_entry(arch)["gpus"])
 
 
-def train_launcher(wildcards):
+def train_launcher(arch):
     """One process per GPU through torchrun; plain python for CPU or a single GPU."""
-    n = gpus(wildcards.arch)
+    n = gpus(arch)
     if n > 1:
         return f"torchrun --standalone --nproc-per-node={n}"
     return "python"
@@ -190,7 +191,7 @@ EVAL_SETTINGS = config["evaluate"]
 def extract_inputs(wildcards):
     """Epoch 0 is the pretrained backbone; other epochs read the training checkpoint."""
     if int(wildcards.epoch) == 0:
-        return weights_input(wildcards)
+        return weights_inputs(wildcards.arch)
     return [CHECKPOINT.format(**wildcards), CHECKPOINT_META.format(**wildcards)]
 
 
