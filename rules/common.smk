@@ -146,8 +146,9 @@ def weights_file(arch):
     return weights
 
 
-def weights_input(wildcards):
-    path = weights_file(wildcards.arch)
+def weights_inputs(arch):
+    """The weights file as an input list: empty for random init."""
+    path = weights_file(arch)
     return [path] if path else []
 
 
@@ -206,12 +207,12 @@ for _arch in ARCHS:
         )
 
 
-def train_launcher(wildcards):
+def train_launcher(arch):
     """One process per GPU through torchrun; plain python for CPU or a single GPU; several
     nodes: srun, one task per GPU (rendezvous from SLURM's variables: distributed.py)."""
-    n = gpus(wildcards.arch)
-    if srun_launch(wildcards.arch):
-        m = nodes(wildcards.arch)
+    n = gpus(arch)
+    if srun_launch(arch):
+        m = nodes(arch)
         return (
             f"srun --nodes={m} --ntasks={n * m} --ntasks-per-node={n} "
             f"--kill-on-bad-exit=1 python"

@@ -19,7 +19,7 @@ rule extract_pretrained:
         cache=CACHE_TABLE,
         meta=CACHE_META,
         arrays=CACHE_ARRAYS,
-        model=weights_input,
+        model=lambda w: weights_inputs(w.arch),
         code=code("evaluate.extract"),
     params:
         settings=as_json(EXTRACT_SETTINGS),

@@ -8,8 +8,19 @@ localrules:
 
 rule summarize:
     output:
-        table=SUMMARY_TABLE,
-        report=SUMMARY_REPORT,
+        table=report(SUMMARY_TABLE, caption="../report/summary_table.rst", category="Summary"),
+        best=report(
+            out("summary", "best_epochs.csv"),
+            caption="../report/best_epochs.rst",
+            category="Summary",
+        ),
+        figures=report(
+            directory(out("summary", "figures")),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+        report=report(SUMMARY_REPORT, caption="../report/report_html.rst", category="Summary"),
     input:
         metrics=all_metrics(),
         baselines=all_baseline_metrics(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 
 import pandas as pd
 import pytest
@@ -87,3 +88,17 @@ def test_second_run_does_nothing(demo_run):
     result = snakemake(workdir, "-n", "--configfile", DEMO_CONFIG,
                        "--config", f"output_dir={OUTPUT_DIR}")
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_snakemake_report_bundles_the_summary_with_captions(demo_run):
+    workdir, _ = demo_run
+    bundle = workdir / "report.zip"
+    snakemake(workdir, "--configfile", DEMO_CONFIG, "--config", f"output_dir={OUTPUT_DIR}",
+              "--report", str(bundle), timeout_s=600)
+    with zipfile.ZipFile(bundle) as archive:
+        names = archive.namelist()
+    # tagged outputs land under report/data/raw/; report/report.html is Snakemake's own index
+    bundled = {name.rsplit("/", 1)[-1] for name in names if "/data/raw/" in name}
+    assert {"summary.csv", "best_epochs.csv", "report.html"} <= bundled
+    figures = {name for name in bundled if name.endswith(".png")}
+    assert {"nsc_vs_epoch.png", "nscb_vs_epoch.png", "confusion_last_epoch.png"} <= figures

@@ -68,9 +68,11 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
     assert best.loc[("vit_b", "DAPI", "nsc"), "oracle_best_epoch"] == 10
 
     for metric in ("nsc", "nscb", "map_nsc", "map_nscb"):
-        assert (out_dir / f"{metric}_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out_dir / "confusion_last_epoch.png").read_bytes()[:4] == b"\x89PNG"
-    assert not (out_dir / "confusion_best.png").exists()
+        assert (out_dir / "figures" / f"{metric}_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out_dir / "figures" / "confusion_last_epoch.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out_dir.glob("**/*.png")) == sorted(
+        ["confusion_last_epoch.png", "map_nsc_vs_epoch.png", "map_nscb_vs_epoch.png",
+         "nsc_vs_epoch.png", "nscb_vs_epoch.png"])
 
     report = (out_dir / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 5
@@ -96,7 +98,8 @@ def test_summary_without_map_skips_its_plots(tmp_path):
     validation.write_text("{}")
     out_dir = tmp_path / "summary"
     assert summary.main(["--metrics", *map(str, paths), "--validation-report", str(validation), "--out-dir", str(out_dir)]) == 0
-    assert (out_dir / "nscb_vs_epoch.png").exists() and not (out_dir / "map_nsc_vs_epoch.png").exists()
+    figures = out_dir / "figures"
+    assert (figures / "nscb_vs_epoch.png").exists() and not (figures / "map_nsc_vs_epoch.png").exists()
     assert pd.read_csv(out_dir / "summary.csv")["map_nsc"].isna().all()
 
 

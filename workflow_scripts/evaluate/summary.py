@@ -4,8 +4,8 @@ Reads the `metrics.json` of every (arch, channel, epoch) run (label `arch/channe
 `confusion.csv` of one run (below), and the data validation report. Writes into `--out-dir`:
 summary.csv (one row per run), best_epochs.csv (per arch, channel and metric: the epoch 0 and
 last-epoch values, their difference, and the oracle best epoch and its value),
-`{metric}_vs_epoch.png`, confusion_last_epoch.png and report.html (figures inlined; open it in any
-browser).
+figures/ (`{metric}_vs_epoch.png`, confusion_last_epoch.png) and report.html (figures inlined;
+open it in any browser).
 
 External baselines (`--baseline-metrics`: metrics.json of other profile tables, e.g.
 CellProfiler wells, scored by the same evaluation CLI and settings, label `name/baseline/0000`)
@@ -49,6 +49,7 @@ from workflow_scripts.tables import read_json, read_table, write_table  # noqa: 
 METRICS = {"nsc": "NSC", "nscb": "NSCB", "map_nsc": "mAP (NSC)", "map_nscb": "mAP (NSCB)"}
 CONFUSION_METRIC = "nscb"  # picks the (arch, channel) whose last epoch's confusion is drawn
 CONFUSION_FIGURE = "confusion_last_epoch.png"
+FIGURES_DIR = "figures"  # one folder, so that `snakemake --report` can collect whatever is drawn
 ORACLE = "oracle: selected on the evaluation metric itself (optimistic)"
 RUN_KEYS = ("arch", "channel", "epoch")
 COUNT_KEYS = ("n_treatments_nsc", "n_treatments_nscb", "n_images", "feature_dim", "tvn_components")
@@ -491,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     write_table(table.drop(columns=["run_dir"]), out_dir / "summary.csv")
     write_table(best, out_dir / "best_epochs.csv")
     for name, data in figures.items():
-        with atomic_path(out_dir / name) as tmp:
+        with atomic_path(out_dir / FIGURES_DIR / name) as tmp:
             tmp.write_bytes(data)
     write_text(out_dir / "report.html", report)
     print(f"summarised {len(runs)} runs; confusion matrix of {label}", file=sys.stderr)
