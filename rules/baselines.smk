@@ -18,7 +18,7 @@ rule evaluate_baseline:
         table=lambda w: BASELINES[w.baseline]["table"],
         code=code("evaluate.evaluate"),
     params:
-        settings=as_json({k: EVAL_SETTINGS[k] for k in ("tvn", "aggregation", "map")}),
+        settings=as_json(SCORING_SETTINGS),
         feature_columns=lambda w: BASELINES[w.baseline]["feature_columns"],
         metadata_map=metadata_map_arg,
         out_dir=lambda w, output: os.path.dirname(output.metrics),
@@ -35,7 +35,7 @@ rule evaluate_baseline:
         "python -m workflow_scripts.evaluate.evaluate --features {input.table:q} "
         "--feature-columns {params.feature_columns:q} --metadata-map {params.metadata_map:q} "
         "--settings {params.settings:q} --out-dir {params.out_dir:q} "
-        "--label {wildcards.baseline}/baseline/0000 > {log} 2>&1"
+        "--label {wildcards.baseline:q}/baseline/0000 > {log:q} 2>&1"
 
 
 rule handcrafted_profiles:
@@ -57,4 +57,4 @@ rule handcrafted_profiles:
         out("benchmarks", "handcrafted_profiles.tsv")
     shell:
         "python -m workflow_scripts.evaluate.handcrafted --cache-dir {params.cache_dir:q} "
-        "--out {output:q} > {log} 2>&1"
+        "--out {output:q} > {log:q} 2>&1"

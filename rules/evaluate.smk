@@ -127,9 +127,7 @@ rule evaluate_features:
         features=FEATURES,
         code=code("evaluate.evaluate"),
     params:
-        settings=as_json(
-            {k: EVAL_SETTINGS.get(k, {}) for k in ("normalization", "tvn", "aggregation", "map")}
-        ),
+        settings=as_json(SCORING_SETTINGS),
         out_dir=lambda w, output: os.path.dirname(output.metrics),
     group:
         EVALUATE_GROUP
