@@ -14,12 +14,13 @@ from workflow_scripts import output_cache
 from workflow_scripts.code_deps import relative_module_files
 from workflow_scripts.data import manifest as raw_manifest
 from workflow_scripts.errors import InputError
+from workflow_scripts.train.model_kwargs import check_model_kwargs
 from workflow_scripts.evaluate import crops as cfg_crops
 
 try:
     cfg.check_meaning(config)
     if workflow.is_main_process:  # jobs re-parse this file: checked once, by the main process
-        cfg.check_model_kwargs(config)
+        check_model_kwargs(config)
     cfg_crops.check_config(config)
 except InputError as err:
     raise WorkflowError(f"config error: {err}") from None

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from workflow_scripts import config as cfg
+from workflow_scripts.train.model_kwargs import check_model_kwargs
 from workflow_scripts.errors import InputError
 
 REPO = cfg.REPO_DIR
@@ -158,8 +159,8 @@ def test_model_kwargs_typo_is_named_while_planning(demo_config):
     bad = copy.deepcopy(demo_config)
     bad["architectures"][0]["model_kwargs"] = {"depht": 2, "embed_dim": 64, "num_heads": 2}
     with pytest.raises(InputError, match=r"config key 'architectures\.0\.model_kwargs': .*depht"):
-        cfg.check_model_kwargs(bad)
-    cfg.check_model_kwargs(demo_config)  # the demo's own kwargs build
+        check_model_kwargs(bad)
+    check_model_kwargs(demo_config)  # the demo's own kwargs build
 
 
 def test_dry_run_names_model_kwargs_typo_and_schema_key(tmp_path):

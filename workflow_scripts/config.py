@@ -96,28 +96,6 @@ def check_schema(config: dict) -> None:
         raise InputError(f"config key '{key}': {err.message}")
 
 
-def check_model_kwargs(config: dict) -> None:
-    """Build each architecture with its model_kwargs on the meta device (no memory, no
-    weights), so a typo stops `snakemake -n` instead of the training job hours later."""
-    entries = [(i, e) for i, e in enumerate(config["architectures"]) if e.get("model_kwargs")]
-    if not entries:
-        return  # the usual case: no torch import while planning
-    import timm
-    import torch
-
-    for i, entry in entries:
-        try:
-            with torch.device("meta"):
-                timm.create_model(
-                    entry["name"], pretrained=False, num_classes=0, **entry["model_kwargs"]
-                )
-        except (TypeError, ValueError, AssertionError, RuntimeError) as err:
-            raise InputError(
-                f"config key 'architectures.{i}.model_kwargs': {entry['model_kwargs']} does not "
-                f"build {entry['name']}: {type(err).__name__}: {err}"
-            ) from None
-
-
 def check_meaning(config: dict) -> None:
     """Checks beyond the schema: model names, duplicate architectures, epoch settings."""
     valid = known_models()
