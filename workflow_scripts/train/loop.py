@@ -36,6 +36,7 @@ from workflow_scripts.train.checkpoint import (
 )
 from workflow_scripts.train.dataset import build_train_loader
 from workflow_scripts.train.ema import make_teacher, update_teacher
+from workflow_scripts.train.health import HealthMeter
 from workflow_scripts.train.loss import DINOLoss
 from workflow_scripts.train.model import build_dino_model
 from workflow_scripts.train.resume_key import resume_key
@@ -127,6 +128,7 @@ class Trainer:
             settings["head"]["out_dim"], self.n_global_crops, settings["local_crops"]["number"],
             settings["loss"]["student_temp"], settings["loss"]["center_momentum"],
         ).to(self.device)
+        self.health = HealthMeter(self.teacher.backbone, settings["head"]["out_dim"])
         if settings["compile"]:
             # Module.compile() compiles in place: state_dict names stay timm's
             self.student.backbone.compile()
@@ -245,6 +247,7 @@ class Trainer:
             "peak_memory_mb": self._peak_memory_mb(),
             "wall_time_s": elapsed,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **self.health.epoch_stats(self.loss.center),  # health.py: collapse diagnostics
         }
 
     def train_step(self, crops: list[torch.Tensor], epoch: int, step: int) -> float:
@@ -259,7 +262,10 @@ class Trainer:
             with torch.no_grad():
                 teacher_output = self.teacher(crops[: self.n_global_crops])
             student_output = self.student_ddp(crops)
-            loss = self.loss(student_output, teacher_output, self.schedules.teacher_temp[epoch])
+            teacher_temp = self.schedules.teacher_temp[epoch]
+            self.health.observe_teacher(teacher_output, self.loss.center, teacher_temp)
+            loss = self.loss(student_output, teacher_output, teacher_temp)
+        self.health.observe_loss(float(loss.detach()))
         loss_value = distributed.all_reduce_mean(loss).item()  # every rank stops together
         if not math.isfinite(loss_value):
             raise InputError(
@@ -335,6 +341,12 @@ class Trainer:
             })
             self._export()
             log(json.dumps(stats))
+            if stats.get("collapse"):
+                log(f"WARNING: epoch {completed} looks collapsed ({stats['collapse']} teacher: "
+                    f"entropy {stats['teacher_entropy']:.3f} of ln K = "
+                    f"{math.log(self.job.settings['head']['out_dim']):.3f} nats, mutual "
+                    f"information {stats['teacher_mutual_info']:.4f} nats, CLS relative std "
+                    f"{stats.get('cls_relative_std', float('nan')):.2e}); see health.py")
         distributed.barrier()
 
 
