@@ -13,6 +13,7 @@ rule summarize:
     input:
         metrics=all_metrics(),
         validation=VALIDATION_REPORT,
+        train_logs=expand(TRAIN_LOG, arch=ARCHS, channel=TRAIN_CHANNELS),
         code=code("evaluate.summary"),
     params:
         out_dir=lambda w, output: os.path.dirname(output.table),
@@ -24,4 +25,5 @@ rule summarize:
         os.path.join(BENCH, "summarize.tsv")
     shell:
         "python -m workflow_scripts.evaluate.summary --metrics {input.metrics:q} "
-        "--validation-report {input.validation:q} --out-dir {params.out_dir:q} > {log} 2>&1"
+        "--validation-report {input.validation:q} --out-dir {params.out_dir:q} "
+        "--train-logs {input.train_logs:q} > {log} 2>&1"

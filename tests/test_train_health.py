@@ -97,7 +97,10 @@ def test_collapse_verdicts():
     torch.manual_seed(0)
     healthy = meter_stats(torch.randn(32, k) * 0.2)  # distinct, moderately peaked rows
     assert healthy["collapse"] is None and healthy["teacher_mutual_info"] > 0.5
-    uniform = meter_stats(torch.randn(32, k) * 1e-4)
+    # near-uniform but crop-dependent (the demo's first epochs): not a collapse
+    flat = meter_stats(torch.randn(32, k) * 0.02)
+    assert flat["teacher_entropy"] > 0.95 * math.log(k) and flat["collapse"] is None
+    uniform = meter_stats(torch.randn(32, k) * 1e-5)
     assert uniform["collapse"] == "uniform"
     assert uniform["teacher_entropy"] == pytest.approx(math.log(k), rel=1e-4)
     peak = torch.zeros(32, k)
