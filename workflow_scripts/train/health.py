@@ -125,6 +125,10 @@ class HealthMeter:
             self._add("cls_effective_rank", effective_rank(self._embeddings.float()))
             self._embeddings = None
 
+    def add(self, key: str, value: float) -> None:
+        """Another per-step quantity to average over the epoch (e.g. the KoLeo term)."""
+        self._add(key, value)
+
     def observe_loss(self, loss: float) -> None:
         """Call with this process's DINO loss of the step observed by `observe_teacher`."""
         if self._pending_entropy is None:
