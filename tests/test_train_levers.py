@@ -160,9 +160,10 @@ def test_recipes_compose_with_the_config_and_the_demo(recipe):
 
 
 def test_seed_recipe_restates_the_defaults():
-    """config.yaml's train section is the seed's: the seed overlay changes nothing."""
+    """config.yaml's train section is the seed's: the seed overlay changes only the precision."""
     plain = cfg.load([cfg.REPO_DIR / "config.yaml"])
     seeded = cfg.load([cfg.REPO_DIR / "config.yaml", cfg.REPO_DIR / "config" / "recipes" / "seed.yaml"])
+    assert seeded["train"].pop("precision") == "fp32" and plain["train"].pop("precision") == "auto"
     assert seeded == plain
     train = plain["train"]
     assert train["optimizer"]["clip_grad"] == 0 and train["images"] == "treated"
