@@ -72,3 +72,28 @@ def test_second_run_does_nothing(demo_run):
     result = snakemake(workdir, "-n", "--configfile", DEMO_CONFIG,
                        "--config", f"output_dir={OUTPUT_DIR}")
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_demo_training_learns_and_is_not_collapsed(demo_run):
+    """The demo's tiny random-init ViT (layer-scale init 1.0) must not collapse. With timm's
+    DINOv3 init (1e-5) its CLS output hardly depended on the image: every channel's loss was the
+    same to 1e-5, the teacher's entropy went to ln K and its mutual information to 0."""
+    _, out = demo_run
+    config = cfg.load([cfg.REPO_DIR / "config.yaml", cfg.REPO_DIR / DEMO_CONFIG])
+    arch = cfg.architecture_names(config)[0]
+    ln_k = math.log(cfg.train_settings(config, arch)["head"]["out_dim"])
+    last = {}
+    for channel in cfg.training_channels(config):
+        lines = [json.loads(x) for x in
+                 (out / "train" / arch / channel / "log.jsonl").read_text().splitlines()]
+        last[channel] = lines[-1]
+        assert all(line["collapse"] is None for line in lines), channel
+        assert last[channel]["teacher_entropy"] < 0.95 * ln_k, channel
+        assert last[channel]["teacher_mutual_info"] > 0.1, channel  # collapsed: 0.0000
+        assert last[channel]["cls_relative_std"] > 1e-3, channel  # collapsed: ~1e-6
+    losses = [line["loss"] for line in last.values()]
+    assert max(losses) - min(losses) > 0.01  # collapsed: equal to 1e-5
+    summary = pd.read_csv(out / "summary" / "summary.csv", keep_default_na=False)
+    assert (summary["training_collapse"] == "").all()
+    assert (out / "summary" / "training_health.png").is_file()
+    assert "Training health" in (out / "summary" / "report.html").read_text()
