@@ -131,12 +131,13 @@ def resized_crop(
     interpolation: int = cv2.INTER_CUBIC,
     hflip: bool = False,
     vflip: bool = False,
-    clamp: bool = False,
+    clamp: bool = True,
 ) -> torch.Tensor:
     """Cut `box` out of each (H, W) uint16 channel, scale to value / clip_max, resize to
     (size, size), flip; grey is repeated to 3 channels. Returns float32 (3, size, size).
-    clamp=False: scaled before the resize, as the seed (bicubic overshoot kept); clamp=True:
-    the uint16 box is resized, then scaled (values in [0, 1])."""
+    clamp=False (training's default, `train.clamp_crops`): scaled before the resize, as the
+    seed (bicubic overshoot kept); clamp=True (feature extraction): the uint16 box is resized,
+    then scaled (values in [0, 1])."""
     top, left, height, width = (int(v) for v in box)
     rows = slice(None, None, -1 if vflip else 1)
     cols = slice(None, None, -1 if hflip else 1)
