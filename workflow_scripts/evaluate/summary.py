@@ -213,7 +213,7 @@ def add_collapse_flags(runs: pd.DataFrame, health: pd.DataFrame) -> pd.DataFrame
 
 def plot_training_health(health: pd.DataFrame) -> bytes:
     """One panel per statistic; one line per (arch, channel); collapsed epochs marked x."""
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7.5), squeeze=False)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False, layout="constrained")
     for ax, (key, title) in zip(axes.flat, HEALTH_PANELS.items()):
         for (arch, channel), group in health.groupby(["arch", "channel"], sort=True):
             group = group.dropna(subset=[key])
