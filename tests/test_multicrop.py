@@ -143,8 +143,9 @@ def seed_crop(image: np.ndarray, box, size: int) -> np.ndarray:
     """The seed's order: Normalize the whole field (float32), then crop and bicubic-resize."""
     top, left, h, w = box
     seed_float = A.Normalize(mean=0, std=1, max_pixel_value=CLIP_MAX)(image=image)["image"]
-    return A.Compose([A.Crop(left, top, left + w, top + h),
-                      A.Resize(size, size, interpolation=cv2.INTER_CUBIC)])(image=seed_float)["image"]
+    crop_and_resize = A.Compose([A.Crop(left, top, left + w, top + h),
+                                 A.Resize(size, size, interpolation=cv2.INTER_CUBIC)])
+    return crop_and_resize(image=seed_float)["image"]
 
 
 def test_resized_crop_matches_albumentations_on_the_seed_float_image(cache_dir):

@@ -162,7 +162,8 @@ def test_recipes_compose_with_the_config_and_the_demo(recipe):
 def test_seed_recipe_restates_the_defaults():
     """config.yaml's train section is the seed's: the seed overlay changes only the precision."""
     plain = cfg.load([cfg.REPO_DIR / "config.yaml"])
-    seeded = cfg.load([cfg.REPO_DIR / "config.yaml", cfg.REPO_DIR / "config" / "recipes" / "seed.yaml"])
+    seed_recipe = cfg.REPO_DIR / "config" / "recipes" / "seed.yaml"
+    seeded = cfg.load([cfg.REPO_DIR / "config.yaml", seed_recipe])
     assert seeded["train"].pop("precision") == "fp32" and plain["train"].pop("precision") == "auto"
     assert seeded == plain
     train = plain["train"]

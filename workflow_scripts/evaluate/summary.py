@@ -179,7 +179,9 @@ def read_training_logs(paths: list[Path]) -> pd.DataFrame:
                 entry = json.loads(line)
                 epoch = int(entry["epoch"])
             except (ValueError, KeyError, TypeError) as err:
-                raise InputError(f"{path}: line {number} is not a training-log entry ({err})") from err
+                raise InputError(
+                    f"{path}: line {number} is not a training-log entry ({err})"
+                ) from err
             rows.append({"arch": path.parent.parent.name, "channel": path.parent.name,
                          "epoch": epoch, **{key: entry.get(key) for key in HEALTH_COLUMNS}})
     health = pd.DataFrame(rows, columns=["arch", "channel", "epoch", *HEALTH_COLUMNS])

@@ -111,8 +111,9 @@ def build_train_loader(
     device_type: str,
 ) -> tuple[DataLoader, EpochIndexSampler]:
     """Loader over the `train.images` rows of the cache; each batch is
-    [n_global x (B,3,G,G), n_local x (B,3,L,L)] float32 (value / clip_max). Call `sampler.set_epoch(epoch)` before each epoch. `settings` is the
-    config `train` section of the architecture."""
+    [n_global x (B,3,G,G), n_local x (B,3,L,L)] float32 (value / clip_max). Call
+    `sampler.set_epoch(epoch)` before each epoch. `settings` is the config `train` section of
+    the architecture."""
     arrays, meta = open_channel_arrays(cache_dir, channel)
     transform = MultiCrop.from_settings(settings, clip_max=meta["clip_max"])
     rows = training_rows(cache_dir, settings.get("images", TREATED))

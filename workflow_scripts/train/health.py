@@ -1,4 +1,4 @@
-"""Training health: does the teacher's output, and the backbone's CLS embedding, depend on the image?
+"""Training health: do the teacher's output and the backbone's CLS embedding depend on the image?
 
 DINO fails silently by collapse: the teacher's centred, sharpened distribution becomes the same for
 every image, either uniform (entropy -> ln K; the loss then equals ln K and looks stable) or

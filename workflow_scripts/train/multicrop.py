@@ -4,8 +4,8 @@ The recipe is the seed's (WS-DINO ``DINO_BBBC021.py``, albumentations, per crop)
 ``HorizontalFlip(0.5)`` -> ``VerticalFlip(0.5)`` -> ``Normalize(max_pixel_value=clip_max)`` (the
 whole field to float32 in [0, 1]) -> ``RandomResizedCrop(size, scale, ratio=(1, 1), bicubic)``;
 grey is repeated to three channels. The crop aspect-ratio range is the config key
-``train.{global,local}_crops.ratio`` (the seed's square boxes: [1, 1]). Here the same distribution is
-produced from a memory map, touching only the pixels each crop needs:
+``train.{global,local}_crops.ratio`` (the seed's square boxes: [1, 1]). Here the same
+distribution is produced from a memory map, touching only the pixels each crop needs:
 
 1. All boxes of a view are sampled first, on the full image shape, with albumentations'
    documented ``RandomResizedCrop`` formula (target area uniform in ``scale`` x image area, aspect
