@@ -88,11 +88,12 @@ def test_demo_training_learns_and_is_not_collapsed(demo_run):
                  (out / "train" / arch / channel / "log.jsonl").read_text().splitlines()]
         last[channel] = lines[-1]
         assert all(line["collapse"] is None for line in lines), channel
-        assert last[channel]["teacher_entropy"] < 0.95 * ln_k, channel
-        assert last[channel]["teacher_mutual_info"] > 0.1, channel  # collapsed: 0.0000
-        assert last[channel]["cls_relative_std"] > 1e-3, channel  # collapsed: ~1e-6
+        # measured at epoch 4: 0.72-0.77 ln K; collapsed: 0.9995 ln K
+        assert last[channel]["teacher_entropy"] < 0.85 * ln_k, channel
+        assert last[channel]["teacher_mutual_info"] > 0.3, channel  # 0.69-0.74; collapsed 0.0000
+        assert last[channel]["cls_relative_std"] > 1e-2, channel  # 0.37-0.41; collapsed ~1e-6
     losses = [line["loss"] for line in last.values()]
-    assert max(losses) - min(losses) > 0.01  # collapsed: equal to 1e-5
+    assert max(losses) - min(losses) > 0.1  # 5.30-5.93; collapsed: equal to 1e-5
     summary = pd.read_csv(out / "summary" / "summary.csv", keep_default_na=False)
     assert (summary["training_collapse"] == "").all()
     assert (out / "summary" / "training_health.png").is_file()
