@@ -76,8 +76,9 @@ def write_cache(cache_dir: Path, fields: list[dict[str, str]], resize_factor: fl
             array[i] = pixels
         array.flush()
         del array
-    write_table(pd.DataFrame({"image_id": [f"P/W{i:03d}/s1" for i in range(len(fields))]}),
-                cache_dir / "images.parquet")
+    # all treated: train.images (treated by default) uses every row
+    write_table(pd.DataFrame({"image_id": [f"P/W{i:03d}/s1" for i in range(len(fields))],
+                              "is_control": False}), cache_dir / "images.parquet")
     meta = {"n_images": len(fields), "height": height, "width": width, "channels": CHANNELS,
             "clip_max": clip_max, "resize_factor": resize_factor, "illumination_correction": False,
             "settings_digest": "benchmark"}

@@ -117,8 +117,9 @@ def write_cache(cache_dir: Path, fields: list[np.ndarray], n_images: int, channe
             array[i] = rows[i % len(rows)]
         array.flush()
         del array
-    write_table(pd.DataFrame({"image_id": [f"P/W{i:05d}/s1" for i in range(n_images)]}),
-                cache_dir / "images.parquet")
+    # all treated: train.images (treated by default) uses every row
+    write_table(pd.DataFrame({"image_id": [f"P/W{i:05d}/s1" for i in range(n_images)],
+                              "is_control": False}), cache_dir / "images.parquet")
     write_json(cache_dir / "meta.json", {
         "n_images": n_images, "height": height, "width": width, "channels": channels,
         "clip_max": clip_max, "resize_factor": resize_factor, "illumination_correction": False,

@@ -27,6 +27,7 @@ class SeedMultiCropDataset(torch.utils.data.Dataset):
         self.crop_pipelines = [
             A.Compose([
                 A.RandomResizedCrop(size=(crops["size"], crops["size"]), scale=tuple(crops["scale"]),
+                                    ratio=tuple(crops.get("ratio", (1, 1))),  # the seed's (1, 1)
                                     interpolation=cv2.INTER_CUBIC),
                 A.HorizontalFlip(p=settings["hflip_p"]),
                 A.VerticalFlip(p=settings["vflip_p"]),

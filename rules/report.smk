@@ -25,6 +25,7 @@ rule summarize:
         metrics=all_metrics(),
         baselines=all_baseline_metrics(),
         validation=VALIDATION_REPORT,
+        train_logs=expand(TRAIN_LOG, arch=ARCHS, channel=TRAIN_CHANNELS),
         code=code("evaluate.summary"),
     params:
         out_dir=lambda w, output: os.path.dirname(output.table),
@@ -43,4 +44,4 @@ rule summarize:
         "python -m workflow_scripts.evaluate.summary --metrics {input.metrics:q} "
         "--validation-report {input.validation:q} --out-dir {params.out_dir:q} "
         "--baseline-metrics {input.baselines:q} --weights {params.weights:q} "
-        "--pixel-scales {params.pixel_scales:q} > {log:q} 2>&1"
+        "--pixel-scales {params.pixel_scales:q} --train-logs {input.train_logs:q} > {log:q} 2>&1"

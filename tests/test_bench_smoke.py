@@ -33,8 +33,11 @@ def test_train_step_benchmark_quick_measures_both_configurations(tmp_path):
         assert row["flop_counter_per_image"] == results["model_flop_per_image"]
     seed, tuned = results["configs"]["seed"], results["configs"]["tuned"]
     assert (seed["batch_size"], seed["num_workers"], seed["precision"]) == (16, 1, "fp32")
-    # lr scaled linearly from the seed's (batch 16) to the tuned batch of 8
-    assert tuned["batch_size"] == 8 and tuned["peak_lr"] == pytest.approx(seed["peak_lr"] * 8 / 16)
+    # lr scaled linearly from the recipe's (the demo's lr at the demo's batch) to the tuned batch
+    demo = cfg.load([REPO / "config.yaml", REPO / "config" / "demo.yaml"])["train"]
+    recipe_batch = demo["batch_size_per_gpu"]
+    assert tuned["batch_size"] == 8
+    assert tuned["peak_lr"] == pytest.approx(seed["peak_lr"] * 8 / recipe_batch)
     assert results["speedup_images_per_s"] == pytest.approx(tuned["images_per_s"] / seed["images_per_s"])
     assert list(tmp_path.iterdir()) == [out]  # the temporary fields and cache are gone
 

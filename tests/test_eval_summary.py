@@ -204,3 +204,54 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
     assert summary.main(["--metrics", *map(str, paths), "--validation-report", str(validation),
                          "--out-dir", str(tmp_path / "bad"), "--baseline-metrics", str(bad)]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def write_train_log(root, arch, channel, epochs):
+    """train/{arch}/{channel}/log.jsonl with the health keys; `epochs`: {epoch: collapse}."""
+    path = root / arch / channel / "log.jsonl"
+    path.parent.mkdir(parents=True)
+    lines = [json.dumps({"epoch": e, "loss": 7.0 - e / 10, "teacher_entropy": 6.9 if c else 4.0,
+                         "teacher_batch_entropy": 6.9 if c else 5.0,
+                         "teacher_mutual_info": 0.0 if c else 1.0, "teacher_kl": 0.01 if c else 0.5,
+                         "center_norm": 3.0, "cls_std": 1e-6 if c else 0.2,
+                         "cls_relative_std": 1e-6 if c else 0.2, "cls_effective_rank": 5.0,
+                         "collapse": c}) for e, c in epochs.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_training_health_is_tabled_plotted_and_flagged(tmp_path):
+    paths = [write_run(tmp_path / "eval", "vit_s", ch, e, 0.5)
+             for ch in ("DAPI", "Actin", "combined") for e in (0, 5, 10)]
+    validation = tmp_path / "validation_report.json"
+    validation.write_text(json.dumps({"n_images": 10, "n_treatments": 3, "channels": ["DAPI"],
+                                      "per_moa": {}, "images_per_batch": {}}))
+    logs = [write_train_log(tmp_path / "train", "vit_s", "DAPI", {e: None for e in range(1, 11)}),
+            write_train_log(tmp_path / "train", "vit_s", "Actin",
+                            {e: ("uniform" if e >= 5 else None) for e in range(1, 11)})]
+    out_dir = tmp_path / "summary"
+    args = ["--metrics", *map(str, paths), "--validation-report", str(validation),
+            "--out-dir", str(out_dir)]
+    assert summary.main(args + ["--train-logs", *map(str, logs)]) == 0
+
+    health = pd.read_csv(out_dir / "training_health.csv")
+    assert len(health) == 20 and set(health["channel"]) == {"DAPI", "Actin"}
+    assert health.query("channel == 'Actin' and epoch == 7")["teacher_mutual_info"].item() == 0.0
+    table = pd.read_csv(out_dir / "summary.csv", keep_default_na=False).set_index(
+        ["channel", "epoch"])["training_collapse"]
+    assert table[("Actin", 10)] == "uniform" and table[("Actin", 0)] == ""
+    assert table[("DAPI", 10)] == "" and table[("combined", 10)] == "Actin:uniform"
+    assert table[("combined", 0)] == ""
+    assert (out_dir / "training_health.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out_dir / "report.html").read_text()
+    assert "Training health" in report and "some runs look collapsed" in report
+    assert "5 (uniform), 6 (uniform)" in report
+
+    # without --train-logs: no health outputs, summary.csv unchanged in shape
+    plain = tmp_path / "plain"
+    assert summary.main(args[:-1] + [str(plain)]) == 0
+    assert not (plain / "training_health.csv").exists()
+    assert "training_collapse" not in pd.read_csv(plain / "summary.csv").columns
+    # a broken log line names the file and line
+    logs[0].write_text('{"epoch": 1}\nnot json\n')
+    assert summary.main(args + ["--train-logs", str(logs[0])]) == 2

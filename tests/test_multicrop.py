@@ -26,6 +26,7 @@ from workflow_scripts.train.multicrop import CropSpec, MultiCrop, resized_crop, 
 CHANNELS = ["DAPI", "Tubulin", "Actin"]
 HEIGHT, WIDTH = 128, 160
 CLIP_MAX = 10000
+CONTROL_ROWS = (1, 6)  # DMSO rows of the test cache
 SETTINGS = {
     "batch_size_per_gpu": 4,
     "num_workers": 0,
@@ -35,6 +36,7 @@ SETTINGS = {
     "interpolation": "bicubic",
     "hflip_p": 0.5,
     "vflip_p": 0.5,
+    "images": "all",  # the 10 rows; treated-only is tested on its own
 }
 
 
@@ -54,7 +56,8 @@ def cache_dir(tmp_path_factory):
     for c, name in enumerate(CHANNELS):
         stack = np.stack([noisy_field(rng, (c + 1) * 1500) for _ in range(n_images)])
         np.save(root / f"{name}.npy", stack)
-    table = pd.DataFrame({"image_id": [f"P1/A{i:02d}/s1" for i in range(n_images)]})
+    table = pd.DataFrame({"image_id": [f"P1/A{i:02d}/s1" for i in range(n_images)],
+                          "is_control": [i in CONTROL_ROWS for i in range(n_images)]})
     write_table(table, root / "images.parquet")
     meta = {"n_images": n_images, "height": HEIGHT, "width": WIDTH, "channels": CHANNELS,
             "clip_max": CLIP_MAX, "resize_factor": 1.0, "illumination_correction": False,
@@ -70,9 +73,9 @@ def field(cache_dir, channel="DAPI", index=0) -> np.ndarray:
 # ------------------------------------------------------------------ box sampling
 
 
+@pytest.mark.parametrize("ratio", [(1, 1), (3 / 4, 4 / 3)])
 @pytest.mark.parametrize("scale", [(0.1, 0.2), (0.04, 0.08)])
-def test_boxes_lie_inside_the_image_with_area_and_aspect_in_range(scale):
-    ratio = (3 / 4, 4 / 3)
+def test_boxes_lie_inside_the_image_with_area_and_aspect_in_range(scale, ratio):
     boxes = sample_boxes(np.random.default_rng(1), (HEIGHT, WIDTH), scale, ratio, 20000)
     top, left, h, w = boxes.T
     assert (top >= 0).all() and (left >= 0).all()
@@ -92,10 +95,11 @@ def test_boxes_lie_inside_the_image_with_area_and_aspect_in_range(scale):
     assert area.max() > scale[1] - 0.1 * (scale[1] - scale[0])
 
 
-def test_box_distribution_matches_albumentations():
+@pytest.mark.parametrize("ratio", [(1, 1), (3 / 4, 4 / 3)])
+def test_box_distribution_matches_albumentations(ratio):
     n = 4000
-    ours = sample_boxes(np.random.default_rng(2), (HEIGHT, WIDTH), (0.1, 0.2), (3 / 4, 4 / 3), n)
-    reference = A.RandomResizedCrop(size=(32, 32), scale=(0.1, 0.2))
+    ours = sample_boxes(np.random.default_rng(2), (HEIGHT, WIDTH), (0.1, 0.2), ratio, n)
+    reference = A.RandomResizedCrop(size=(32, 32), scale=(0.1, 0.2), ratio=ratio)
     reference.set_random_seed(3)
     coords = np.array(
         [reference.get_params_dependent_on_data({"shape": (HEIGHT, WIDTH)}, {})["crop_coords"]
@@ -106,6 +110,21 @@ def test_box_distribution_matches_albumentations():
     for column in range(4):  # top, left, height, width
         assert stats.ks_2samp(ours[:, column], theirs[:, column]).pvalue > 1e-3
     assert stats.ks_2samp(ours[:, 2] * ours[:, 3], theirs[:, 2] * theirs[:, 3]).pvalue > 1e-3
+    if ratio == (1, 1):  # the seed's square boxes
+        assert (ours[:, 2] == ours[:, 3]).all() and (theirs[:, 2] == theirs[:, 3]).all()
+
+
+def test_default_crops_are_the_seeds_square_boxes():
+    """config.yaml's recipe: ratio [1, 1] for both crop sets, so no box is stretched."""
+    from workflow_scripts import config as config_module
+
+    config = config_module.load([REPO_DIR / "config.yaml"])
+    settings = config_module.train_settings(config, config_module.architecture_names(config)[0])
+    transform = MultiCrop.from_settings(settings, clip_max=CLIP_MAX)
+    assert [spec.ratio for spec in transform.specs] == [(1.0, 1.0), (1.0, 1.0)]
+    assert not transform.clamp
+    params = transform.sample(np.random.default_rng(0), (512, 640))
+    assert (params.boxes[:, 2] == params.boxes[:, 3]).all()
 
 
 def test_box_falls_back_to_albumentations_centre_crop_when_nothing_fits():
@@ -120,17 +139,44 @@ def test_box_falls_back_to_albumentations_centre_crop_when_nothing_fits():
 # ------------------------------------------------------------------ one crop
 
 
+def seed_crop(image: np.ndarray, box, size: int) -> np.ndarray:
+    """The seed's order: Normalize the whole field (float32), then crop and bicubic-resize."""
+    top, left, h, w = box
+    seed_float = A.Normalize(mean=0, std=1, max_pixel_value=CLIP_MAX)(image=image)["image"]
+    crop_and_resize = A.Compose([A.Crop(left, top, left + w, top + h),
+                                 A.Resize(size, size, interpolation=cv2.INTER_CUBIC)])
+    return crop_and_resize(image=seed_float)["image"]
+
+
 def test_resized_crop_matches_albumentations_on_the_seed_float_image(cache_dir):
     image = np.asarray(field(cache_dir))
-    top, left, h, w = 20, 30, 50, 60
-    seed_float = A.Normalize(mean=0, std=1, max_pixel_value=CLIP_MAX)(image=image)["image"]
-    seed_crop = A.Compose([A.Crop(left, top, left + w, top + h),
-                           A.Resize(40, 40, interpolation=cv2.INTER_CUBIC)])(image=seed_float)["image"]
-    assert seed_crop.min() < 0 or seed_crop.max() > 1  # the seed let cubic overshoot through
-    ours = resized_crop([image], (top, left, h, w), 40, clip_max=CLIP_MAX)
+    box = (20, 30, 50, 60)
+    reference = seed_crop(image, box, 40)
+    assert reference.min() < 0 or reference.max() > 1  # the seed let cubic overshoot through
+    ours = resized_crop([image], box, 40, clip_max=CLIP_MAX, clamp=False)
     assert ours.shape == (3, 40, 40) and ours.dtype == torch.float32
-    # equal up to the clamp to [0, 1] and uint16 rounding (0.5 count)
-    assert np.abs(ours[0].numpy() - np.clip(seed_crop, 0, 1)).max() < 1e-4
+    # default: the seed's values, overshoot included, to float32 rounding
+    assert np.abs(ours[0].numpy() - reference).max() < 1e-6
+    clamped = resized_crop([image], box, 40, clip_max=CLIP_MAX, clamp=True)
+    # clamp_crops: equal up to the clamp to [0, 1] and uint16 rounding (0.5 count)
+    assert clamped.min() >= 0 and clamped.max() <= 1
+    assert np.abs(clamped[0].numpy() - np.clip(reference, 0, 1)).max() < 1e-4
+
+
+def test_flipping_the_crop_equals_the_seeds_flip_of_the_field_at_the_mirrored_box(cache_dir):
+    """The seed flips the field, then crops; we crop, then flip. A box and its mirror image are
+    equally likely (uniform start), so both orders give the same distribution of crops."""
+    image = np.asarray(field(cache_dir))
+    top, left, h, w = 17, 41, 48, 48
+    ours = resized_crop([image], (top, left, h, w), 24, clip_max=CLIP_MAX, hflip=True, vflip=True,
+                        clamp=False)
+    mirrored = (HEIGHT - top - h, WIDTH - left - w, h, w)
+    reference = seed_crop(np.ascontiguousarray(image[::-1, ::-1]), mirrored, 24)
+    assert np.abs(ours[0].numpy() - reference).max() < 1e-6
+    # the start distribution is symmetric: P(top) = P(H - h - top)
+    boxes = sample_boxes(np.random.default_rng(5), (HEIGHT, WIDTH), (0.1, 0.2), (1, 1), 40000)
+    starts, mirrored_starts = boxes[:, 0], HEIGHT - boxes[:, 2] - boxes[:, 0]
+    assert stats.ks_2samp(starts, mirrored_starts).pvalue > 1e-3
 
 
 def test_flips_are_the_flipped_unflipped_crop(cache_dir):
@@ -153,13 +199,17 @@ def multicrop(**overrides) -> MultiCrop:
     return MultiCrop.from_settings({**SETTINGS, **overrides}, clip_max=CLIP_MAX)
 
 
-def test_multicrop_counts_shapes_dtype_and_range(cache_dir):
-    crops = multicrop()([field(cache_dir)], np.random.default_rng(0))
+@pytest.mark.parametrize("clamp", [False, True])
+def test_multicrop_counts_shapes_dtype_and_range(cache_dir, clamp):
+    crops = multicrop(clamp_crops=clamp)([field(cache_dir)], np.random.default_rng(0))
     assert [tuple(c.shape) for c in crops] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
     for crop in crops:
         assert crop.dtype == torch.float32
-        assert crop.min() >= 0 and crop.max() <= 1 and crop.max() > 0
+        low, high = (0, 1) if clamp else (-0.25, 1.25)  # bicubic overshoot of the seed's order
+        assert crop.min() >= low and crop.max() <= high and crop.max() > 0
         assert torch.equal(crop[0], crop[1]) and torch.equal(crop[0], crop[2])  # grey -> 3
+    overshoot = [float(c.min()) < 0 or float(c.max()) > 1 for c in crops]
+    assert not any(overshoot) if clamp else any(overshoot)
 
 
 @pytest.mark.parametrize("hflip_p, vflip_p", [(0.5, 0.5), (1.0, 0.0), (0.0, 1.0)])
@@ -183,7 +233,10 @@ def test_views_use_their_own_scale_ranges():
 
 def test_crop_spec_reads_settings():
     spec = CropSpec.from_settings({"number": 8, "size": 96, "scale": [0.04, 0.08]})
-    assert spec == CropSpec(8, 96, (0.04, 0.08), (3 / 4, 4 / 3))
+    assert spec == CropSpec(8, 96, (0.04, 0.08), (1.0, 1.0))  # absent ratio: the seed's
+    spec = CropSpec.from_settings({"number": 8, "size": 96, "scale": [0.04, 0.08],
+                                   "ratio": [0.75, 1.25]})
+    assert spec.ratio == (0.75, 1.25)
 
 
 def test_unknown_interpolation_is_an_input_error():
@@ -247,7 +300,36 @@ def test_loader_batches_follow_the_contract(cache_dir):
     assert len(batches) == len(loader_)
     for batch in batches:
         assert [tuple(t.shape) for t in batch] == [(4, 3, 32, 32)] * 2 + [(4, 3, 16, 16)] * 3
-        assert all(t.dtype == torch.float32 and 0 <= t.min() and t.max() <= 1 for t in batch)
+        assert all(t.dtype == torch.float32 and -0.25 <= t.min() and t.max() <= 1.25 for t in batch)
+
+
+@pytest.mark.parametrize("images, rows", [("treated", [0, 2, 3, 4, 5, 7, 8, 9]),
+                                          ("all", list(range(10)))])
+def test_training_images_treated_by_default_or_all(cache_dir, images, rows):
+    settings = {**SETTINGS, "batch_size_per_gpu": 1}
+    if images == "treated":
+        del settings["images"]  # absent key: the seed's treated images
+    loader_, sampler = build_train_loader(str(cache_dir), "DAPI", settings, rank=0, world_size=1,
+                                          seed=0, device_type="cpu")
+    sampler.set_epoch(0)
+    assert sorted(int(loader_.dataset.rows[i]) for _, i in sampler) == rows
+    # an image's crops are keyed on its cache row, whatever the row set
+    every = loader(cache_dir, settings={"images": "all"})[0].dataset
+    position = rows.index(5)
+    assert all(torch.equal(a, b) for a, b in zip(loader_.dataset[(0, position)], every[(0, 5)]))
+
+
+def test_treated_images_need_the_is_control_column(cache_dir, tmp_path):
+    broken = tmp_path / "cache"
+    broken.mkdir()
+    for path in cache_dir.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    write_table(pd.DataFrame({"image_id": [f"P1/A{i:02d}/s1" for i in range(10)]}),
+                broken / "images.parquet")
+    with pytest.raises(InputError, match="no is_control column"):
+        loader(broken, settings={"images": "treated"})
+    with pytest.raises(InputError, match="train.images"):
+        loader(cache_dir, settings={"images": "dmso"})
 
 
 def test_worker_processes_produce_the_same_batches(cache_dir):

@@ -41,8 +41,9 @@ def make_cache(directory: Path, n_images: int = 12, height: int = 64, width: int
     table = pd.DataFrame({
         "image_id": sites, "plate": "P1", "well": [s.split("/")[1] for s in sites],
         "site": [i % 4 + 1 for i in range(n_images)], "replicate": 1, "batch": "Week1",
-        "compound": "DMSO", "concentration": 0.0, "treatment": "DMSO@0", "moa": "DMSO",
-        "is_control": True,
+        # treated: train.images defaults to the treated images
+        "compound": "taxol", "concentration": 1.0, "treatment": "taxol@1",
+        "moa": "Microtubule stabilizers", "is_control": False,
         **{f"path_{channel}": [f"/images/{s}_{channel}.tif" for s in sites] for channel in CHANNELS},
     })
     write_table(table, directory / "images.parquet")

@@ -118,6 +118,12 @@ def check_meaning(config: dict) -> None:
                     f"config key 'train.{crop_key}.scale' (architecture {name}): "
                     f"lower bound {lo} exceeds upper bound {hi}"
                 )
+            ratio = settings[crop_key].get("ratio", [1, 1])
+            if ratio[0] > ratio[1]:
+                raise InputError(
+                    f"config key 'train.{crop_key}.ratio' (architecture {name}): "
+                    f"lower bound {ratio[0]} exceeds upper bound {ratio[1]}"
+                )
         if settings["optimizer"]["min_lr"] > settings["optimizer"]["lr"]:
             raise InputError(
                 f"config key 'train.optimizer.min_lr' (architecture {name}): exceeds lr"

@@ -22,8 +22,14 @@ named so in column names and in the report. The confusion matrix is that of the 
 (arch, channel) whose last-epoch NSCB is highest (ties: first in summary order; NSC when no run
 has an NSCB).
 
+With `--train-logs` (the `train/{arch}/{channel}/log.jsonl` files) it also writes
+training_health.csv (the per-epoch health statistics of workflow_scripts.train.health),
+training_health.png, a `training_collapse` column in summary.csv (the collapse verdict of that
+epoch; for `combined`, every collapsed channel) and a training-health section in the report.
+
     python -m workflow_scripts.evaluate.summary --metrics results/eval/*/*/*/metrics.json \
-        --validation-report results/data/validation_report.json --out-dir results/summary
+        --validation-report results/data/validation_report.json --out-dir results/summary \
+        --train-logs results/train/*/*/log.jsonl
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import argparse
 import base64
 import html
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -182,6 +189,122 @@ def confusion_run(runs: pd.DataFrame) -> tuple[pd.Series, str] | None:
     return None
 
 
+# ------------------------------------------------------------------ training health (issue 10)
+HEALTH_FIGURE = "training_health.png"
+HEALTH_PANELS = {
+    "loss": "DINO loss (nats)",
+    "teacher_entropy": "teacher entropy (nats; max ln K)",
+    "teacher_kl": "KL(teacher || student) (nats)",
+    "teacher_mutual_info": "teacher mutual information (nats; 0 = collapsed)",
+    "cls_relative_std": "CLS std across crops / RMS (log)",
+    "cls_effective_rank": "CLS effective rank",
+}
+HEALTH_COLUMNS = ("loss", "teacher_entropy", "teacher_batch_entropy", "teacher_mutual_info",
+                  "teacher_kl", "center_norm", "cls_std", "cls_relative_std",
+                  "cls_effective_rank", "collapse")
+
+
+def read_training_logs(paths: list[Path]) -> pd.DataFrame:
+    """One row per epoch line of each `train/{arch}/{channel}/log.jsonl`: arch, channel, epoch
+    and the health columns (NaN / None where a log predates them)."""
+    rows = []
+    for path in paths:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as err:
+            raise InputError(f"{path}: cannot read training log ({err.strerror})") from err
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                epoch = int(entry["epoch"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise InputError(
+                    f"{path}: line {number} is not a training-log entry ({err})"
+                ) from err
+            rows.append({"arch": path.parent.parent.name, "channel": path.parent.name,
+                         "epoch": epoch, **{key: entry.get(key) for key in HEALTH_COLUMNS}})
+    health = pd.DataFrame(rows, columns=["arch", "channel", "epoch", *HEALTH_COLUMNS])
+    for key in HEALTH_COLUMNS:
+        if key != "collapse":
+            health[key] = pd.to_numeric(health[key]).astype(float)
+    return health.sort_values(list(RUN_KEYS), kind="stable").reset_index(drop=True)
+
+
+def add_collapse_flags(runs: pd.DataFrame, health: pd.DataFrame) -> pd.DataFrame:
+    """summary.csv's `training_collapse`: the run's epoch verdict from the training log
+    (epoch 0 and runs without a log: empty); `combined`: `channel:kind` of each collapsed one."""
+    verdicts = {
+        (row.arch, row.channel, row.epoch): row.collapse
+        for row in health.itertuples() if isinstance(row.collapse, str)
+    }
+    channels_of = health.groupby("arch")["channel"].unique().to_dict()
+
+    def flag(run) -> str:
+        if run["channel"] == "combined":
+            parts = [f"{ch}:{verdicts[(run['arch'], ch, run['epoch'])]}"
+                     for ch in channels_of.get(run["arch"], [])
+                     if (run["arch"], ch, run["epoch"]) in verdicts]
+            return " ".join(parts)
+        return verdicts.get((run["arch"], run["channel"], run["epoch"]), "")
+
+    runs = runs.copy()
+    runs["training_collapse"] = [flag(run) for _, run in runs.iterrows()] if len(runs) else []
+    return runs
+
+
+def plot_training_health(health: pd.DataFrame) -> bytes:
+    """One panel per statistic; one line per (arch, channel); collapsed epochs marked x."""
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False, layout="constrained")
+    for ax, (key, title) in zip(axes.flat, HEALTH_PANELS.items()):
+        for (arch, channel), group in health.groupby(["arch", "channel"], sort=True):
+            group = group.dropna(subset=[key])
+            (line,) = ax.plot(group["epoch"], group[key], marker="o", markersize=3,
+                              label=f"{arch.split('.')[0]}/{channel}")
+            collapsed = group[group["collapse"].notna()]
+            ax.plot(collapsed["epoch"], collapsed[key], marker="x", markersize=9,
+                    color=line.get_color(), linestyle="none")
+        if key == "cls_relative_std" and (health[key] > 0).any():
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Training health per epoch (x = collapsed teacher)")
+    return png_bytes(fig)
+
+
+def training_health_html(health: pd.DataFrame, figure: str) -> str:
+    """Report section: per (arch, channel) the last epoch's health and any collapsed epochs."""
+    rows = []
+    for (arch, channel), group in health.groupby(["arch", "channel"], sort=True):
+        last = group.sort_values("epoch").iloc[-1]
+        collapsed = group[group["collapse"].notna()]
+        rows.append({
+            "arch": arch, "channel": channel, "last_epoch": int(last["epoch"]),
+            "teacher_entropy": last["teacher_entropy"], "teacher_kl": last["teacher_kl"],
+            "teacher_mutual_info": last["teacher_mutual_info"],
+            "cls_relative_std": last["cls_relative_std"],
+            "cls_effective_rank": last["cls_effective_rank"],
+            "collapsed_epochs": ", ".join(f"{e} ({k})" for e, k in
+                                          zip(collapsed["epoch"], collapsed["collapse"])) or "none",
+        })
+    table = pd.DataFrame(rows).to_html(index=False, na_rep="–", border=0,
+                                       float_format=lambda v: f"{v:.3g}")
+    warning = ""
+    if health["collapse"].notna().any():
+        warning = ("<p><b>Warning: some runs look collapsed</b> (the teacher's distribution is "
+                   "the same for every crop); their later epochs cannot be expected to beat "
+                   "epoch 0.</p>")
+    return f"""<h2>Training health</h2>
+<p>DINO can collapse silently: the teacher's output stops depending on the image (uniform or
+one-hot), the loss settles at H(teacher) and KL(teacher&#8214;student) goes to 0. The mutual
+information between crop and teacher prototype is 0 for a collapsed teacher; the CLS spread and
+effective rank show whether the backbone's embedding still varies across images.</p>
+{warning}{table}{figure}"""
+
+
 def png_bytes(fig: plt.Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
@@ -279,6 +402,7 @@ def report_html(
     validation: dict,
     baselines: pd.DataFrame | None = None,
     pixel_scales: dict[str, str] | None = None,
+    health_section: str = "",
 ) -> str:
     def image(name: str) -> str:
         data = base64.b64encode(figures[name]).decode("ascii")
@@ -320,6 +444,7 @@ stands under <i>last</i>.</p>{headline_table}{scales}
 is scored on; it overstates what that epoch would score on new compounds.</p>{oracle_table}
 <h2>Metrics vs epoch</h2>{plots}
 {confusion}
+{health_section}
 <h2>All runs</h2>
 <details><summary>{len(every_run)} runs (also in summary.csv)</summary>{table}</details>
 </body></html>
@@ -459,11 +584,16 @@ def main(argv: list[str] | None = None) -> int:
         "--weights", default="", help="arch=weights,...: 'none' names epoch 0 random init"
     )
     parser.add_argument("--pixel-scales", default="{}", help="JSON {arch: sentence}")
+    parser.add_argument("--train-logs", nargs="*", default=[],
+                        help="train/{arch}/{channel}/log.jsonl files (training health)")
     args = parser.parse_args(argv)
 
     runs = mark_runs(read_runs([Path(p) for p in args.metrics]), parse_weights(args.weights))
     baselines = read_baselines([Path(p) for p in args.baseline_metrics])
     pixel_scales = json_object_option(args.pixel_scales, "--pixel-scales")
+    health = read_training_logs([Path(p) for p in args.train_logs])
+    if args.train_logs:
+        runs = add_collapse_flags(runs, health)
     validation = read_validation(Path(args.validation_report))
     best = best_epochs(runs)
     best["epoch0"] = best["arch"].map(lambda arch: epoch0_name(runs, arch)) if len(best) else []
@@ -485,12 +615,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         title = f"NSC nearest-neighbour MoA, last epoch: {label}"
         figures[CONFUSION_FIGURE] = plot_confusion(read_confusion(shown["run_dir"]), title)
-    report = report_html(runs, best, figures, caption, validation, baselines, pixel_scales)
+    health_section = ""
+    if len(health):
+        figures[HEALTH_FIGURE] = plot_training_health(health)
+        data = base64.b64encode(figures[HEALTH_FIGURE]).decode("ascii")
+        health_section = training_health_html(
+            health, f'<img alt="{HEALTH_FIGURE}" src="data:image/png;base64,{data}">'
+        )
+    report = report_html(
+        runs, best, figures, caption, validation, baselines, pixel_scales, health_section
+    )
 
     out_dir = Path(args.out_dir)
     table = runs if baselines.empty else pd.concat([runs, baselines], ignore_index=True)
     write_table(table.drop(columns=["run_dir"]), out_dir / "summary.csv")
     write_table(best, out_dir / "best_epochs.csv")
+    if args.train_logs:
+        write_table(health, out_dir / "training_health.csv")
     for name, data in figures.items():
         with atomic_path(out_dir / FIGURES_DIR / name) as tmp:
             tmp.write_bytes(data)

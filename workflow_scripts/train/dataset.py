@@ -1,4 +1,5 @@
-"""Training data: every image of the cache (treated and DMSO; no labels), multi-cropped.
+"""Training data: the cache's treated images (the seed's BBBC021_annotated.csv, no DMSO; config
+`train.images: all` adds the DMSO controls), multi-cropped; no labels are used.
 
 Randomness is keyed, not streamed: the sampler yields (epoch, index) and each view's crops come
 from a generator seeded with (seed, epoch, index). Augmentations therefore differ across images,
@@ -28,6 +29,7 @@ from workflow_scripts.train.multicrop import MultiCrop, limit_opencv_threads
 
 RGB = config_module.RGB
 PREFETCH_BATCHES_PER_WORKER = 2
+TREATED, ALL_IMAGES = "treated", "all"  # config train.images
 
 
 def open_channel_arrays(cache_dir: str | Path, channel: str) -> tuple[list[np.memmap], dict]:
@@ -39,21 +41,46 @@ def open_channel_arrays(cache_dir: str | Path, channel: str) -> tuple[list[np.me
     return [arrays[name] for name in names], meta
 
 
-class MultiCropDataset(Dataset):
-    """Item (epoch, index) -> list of global then local crops of cache image `index`."""
+def training_rows(cache_dir: str | Path, images: str) -> np.ndarray:
+    """Cache rows to train on (config `train.images`): `treated` = rows whose `is_control` is
+    false (the seed trained on BBBC021_annotated.csv, the treated images); `all` = every row."""
+    table, _, _ = load_cache(cache_dir, [])
+    if images == ALL_IMAGES:
+        return np.arange(len(table))
+    if images != TREATED:
+        raise InputError(f"config key 'train.images': '{images}' is not one of treated, all")
+    if "is_control" not in table.columns:
+        raise InputError(
+            f"{Path(cache_dir) / 'images.parquet'}: no is_control column, needed by "
+            f"train.images: treated (use all, or rebuild the cache)"
+        )
+    rows = np.flatnonzero(~table["is_control"].to_numpy(dtype=bool))
+    if len(rows) == 0:
+        raise InputError(f"{Path(cache_dir) / 'images.parquet'}: no treated images to train on")
+    return rows
 
-    def __init__(self, arrays: list[np.ndarray], transform: MultiCrop, seed: int) -> None:
+
+class MultiCropDataset(Dataset):
+    """Item (epoch, index) -> list of global then local crops of cache row `rows[index]`."""
+
+    def __init__(
+        self, arrays: list[np.ndarray], transform: MultiCrop, seed: int,
+        rows: np.ndarray | None = None,
+    ) -> None:
         self.arrays = arrays  # (N, H, W) uint16 per channel, in model channel order
         self.transform = transform
         self.seed = seed % 2**64  # SeedSequence entropy must be non-negative
+        self.rows = np.arange(len(arrays[0])) if rows is None else np.asarray(rows)
 
     def __len__(self) -> int:
-        return len(self.arrays[0])
+        return len(self.rows)
 
     def __getitem__(self, key: tuple[int, int]) -> list[torch.Tensor]:
         epoch, index = key
-        rng = np.random.default_rng((self.seed, epoch, index))
-        return self.transform([array[index] for array in self.arrays], rng)
+        row = int(self.rows[index])
+        # keyed on the cache row: an image's crops do not depend on which rows are trained on
+        rng = np.random.default_rng((self.seed, epoch, row))
+        return self.transform([array[row] for array in self.arrays], rng)
 
     # A spawned worker gets the memmaps' file names and reopens them: pickling a memmap copies it.
     def __getstate__(self) -> dict:
@@ -83,12 +110,14 @@ def build_train_loader(
     seed: int,
     device_type: str,
 ) -> tuple[DataLoader, EpochIndexSampler]:
-    """Loader over all cache images; each batch is [n_global x (B,3,G,G), n_local x (B,3,L,L)]
-    float32 in [0, 1]. Call `sampler.set_epoch(epoch)` before each epoch. `settings` is the
-    config `train` section of the architecture."""
+    """Loader over the `train.images` rows of the cache; each batch is
+    [n_global x (B,3,G,G), n_local x (B,3,L,L)] float32 (value / clip_max). Call
+    `sampler.set_epoch(epoch)` before each epoch. `settings` is the config `train` section of
+    the architecture."""
     arrays, meta = open_channel_arrays(cache_dir, channel)
     transform = MultiCrop.from_settings(settings, clip_max=meta["clip_max"])
-    dataset = MultiCropDataset(arrays, transform, seed)
+    rows = training_rows(cache_dir, settings.get("images", TREATED))
+    dataset = MultiCropDataset(arrays, transform, seed, rows)
     sampler = EpochIndexSampler(
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
     )
@@ -96,7 +125,7 @@ def build_train_loader(
     if len(sampler) < batch_size:
         raise InputError(
             f"config key 'train.batch_size_per_gpu': {batch_size} exceeds the {len(sampler)} "
-            f"images per process ({len(dataset)} cache images over {world_size} process(es))"
+            f"images per process ({len(dataset)} training images over {world_size} process(es))"
         )
     workers = settings["num_workers"]
     loader = DataLoader(

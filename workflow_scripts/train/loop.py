@@ -37,11 +37,14 @@ from workflow_scripts.train.checkpoint import (
 from workflow_scripts.train.dataset import build_train_loader
 from workflow_scripts.train.ema import make_teacher, update_teacher
 from workflow_scripts.train.head import synchronize_batch_norm
+from workflow_scripts.train.health import HealthMeter
+from workflow_scripts.train.koleo import GlobalCropEmbeddings, koleo_term
 from workflow_scripts.train.loss import DINOLoss
 from workflow_scripts.train.model import build_dino_model
 from workflow_scripts.train.resume_key import resume_key
 from workflow_scripts.train.optim import (
     build_optimizer,
+    cancel_backbone_gradients,
     cancel_last_layer_gradients,
     clip_gradients,
     param_groups,
@@ -134,14 +137,21 @@ class Trainer:
             fsdp.shard(self.student, mesh, policy)
             fsdp.shard(self.teacher, mesh, policy)
         no_decay = {f"backbone.{name}" for name in _no_weight_decay_names(backbone)}
+        layer_decay = settings["optimizer"].get("layer_decay", 1.0)
         self.optimizer = build_optimizer(
-            param_groups(self.student, no_decay), settings["optimizer"], self.device.type
+            param_groups(self.student, no_decay, layer_decay, _vit_depth(backbone, layer_decay)),
+            settings["optimizer"], self.device.type,
         )
         self.scaler = self.precision.grad_scaler()
         self.loss = DINOLoss(
             settings["head"]["out_dim"], self.n_global_crops, settings["local_crops"]["number"],
             settings["loss"]["student_temp"], settings["loss"]["center_momentum"],
         ).to(self.device)
+        self.health = HealthMeter(self.teacher.backbone, settings["head"]["out_dim"])
+        self.koleo_weight = settings["loss"].get("koleo_weight", 0.0)
+        self.student_globals = (
+            GlobalCropEmbeddings(self.student.backbone) if self.koleo_weight > 0 else None
+        )
         if settings["compile"]:
             # Module.compile() compiles in place: state_dict names stay timm's
             self.student.backbone.compile()
@@ -269,6 +279,7 @@ class Trainer:
             "peak_memory_mb": self._peak_memory_mb(),
             "wall_time_s": elapsed,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **self.health.epoch_stats(self.loss.center),  # health.py: collapse diagnostics
         }
 
     def train_step(self, crops: list[torch.Tensor], epoch: int, step: int) -> float:
@@ -283,7 +294,14 @@ class Trainer:
             with torch.no_grad():
                 teacher_output = self.teacher(crops[: self.n_global_crops])
             student_output = self.student_ddp(crops)
-            loss = self.loss(student_output, teacher_output, self.schedules.teacher_temp[epoch])
+            teacher_temp = self.schedules.teacher_temp[epoch]
+            self.health.observe_teacher(teacher_output, self.loss.center, teacher_temp)
+            loss = self.loss(student_output, teacher_output, teacher_temp)
+            self.health.observe_loss(float(loss.detach()))
+            if self.student_globals is not None:  # KoLeo on the student's global-crop CLS
+                koleo = koleo_term(self.student_globals.take(), self.n_global_crops, len(crops[0]))
+                self.health.add("koleo", float(koleo.detach()))
+                loss = loss + self.koleo_weight * koleo
         loss_value = distributed.all_reduce_mean(loss).item()  # every rank stops together
         if not math.isfinite(loss_value):
             raise InputError(
@@ -299,6 +317,8 @@ class Trainer:
             loss.backward()
         if epoch < self.job.settings["optimizer"]["freeze_last_layer_epochs"]:
             cancel_last_layer_gradients(self.student)
+        if epoch < self.job.settings["optimizer"].get("head_warmup_epochs", 0):
+            cancel_backbone_gradients(self.student)  # head warm-up: the backbone stays put
         clip_gradients(self.student, self.job.settings["optimizer"]["clip_grad"])
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -366,6 +386,12 @@ class Trainer:
                 })
             self._export()
             log(json.dumps(stats))
+            if stats.get("collapse"):
+                log(f"WARNING: epoch {completed} looks collapsed ({stats['collapse']} teacher: "
+                    f"entropy {stats['teacher_entropy']:.3f} of ln K = "
+                    f"{math.log(self.job.settings['head']['out_dim']):.3f} nats, mutual "
+                    f"information {stats['teacher_mutual_info']:.4f} nats, CLS relative std "
+                    f"{stats.get('cls_relative_std', float('nan')):.2e}); see health.py")
         distributed.barrier()
 
 
@@ -375,6 +401,17 @@ class Trainer:
             "loss": self.loss.state_dict(),
             "rng": rng_states,
         }
+
+
+def _vit_depth(backbone: torch.nn.Module, layer_decay: float) -> int:
+    """Number of ViT blocks, needed by layer-wise lr decay (which only ViTs support)."""
+    blocks = getattr(backbone, "blocks", None)
+    if blocks is None:
+        if layer_decay != 1.0:
+            raise InputError("config key 'train.optimizer.layer_decay': layer-wise lr decay "
+                             f"needs a ViT (blocks.N); {type(backbone).__name__} has no blocks")
+        return 0
+    return len(blocks)
 
 
 def _no_weight_decay_names(backbone: torch.nn.Module) -> set[str]:

@@ -1,11 +1,11 @@
 """DINO multi-crop augmentation of one field of view read from the uint16 image cache.
 
-The recipe is the seed's (albumentations, per sample): every crop is
-``RandomResizedCrop(size, scale, ratio=(3/4, 4/3), bicubic)`` + ``HorizontalFlip`` +
-``VerticalFlip``; intensities are clipped at ``clip_max`` and divided by it; grey is repeated to
-three channels. The seed decoded the whole 16-bit TIFF, normalised the whole field to float32 and
-then cropped it ten times. Here the same distribution is produced from a memory map, touching only
-the pixels each crop needs:
+The recipe is the seed's (WS-DINO ``DINO_BBBC021.py``, albumentations, per crop):
+``HorizontalFlip(0.5)`` -> ``VerticalFlip(0.5)`` -> ``Normalize(max_pixel_value=clip_max)`` (the
+whole field to float32 in [0, 1]) -> ``RandomResizedCrop(size, scale, ratio=(1, 1), bicubic)``;
+grey is repeated to three channels. The crop aspect-ratio range is the config key
+``train.{global,local}_crops.ratio`` (the seed's square boxes: [1, 1]). Here the same
+distribution is produced from a memory map, touching only the pixels each crop needs:
 
 1. All boxes of a view are sampled first, on the full image shape, with albumentations'
    documented ``RandomResizedCrop`` formula (target area uniform in ``scale`` x image area, aspect
@@ -16,17 +16,19 @@ the pixels each crop needs:
    ``Generator`` is cheaper and lets the dataset key the randomness on (seed, epoch, image). The
    box cannot be left to ``A.RandomResizedCrop`` on a pre-cut region: it must be sampled on the
    full image or the distribution changes.
-2. Only the box is sliced from the uint16 memmap (no decode, no full-field float copy) and
-   resized with ``cv2.resize`` (what albumentations' resize calls) on the uint16 values: faster
-   than float32 for the large boxes of an unresized cache, and exact to 0.5 count (5e-5 after
-   scaling).
-3. Intensities are scaled after the resize, on the small crop. The cache is already clipped at
-   ``clip_max``, so this equals the seed's clip -> scale -> resize except that bicubic overshoot
-   is clamped (below 0 by uint16 saturation, above ``clip_max`` by the clip): the seed let values
-   of about -0.1..1.1 through; here every value is in [0, 1].
-4. Flips are numpy views, folded into the single copy to a contiguous (C, S, S) array that
-   becomes the torch tensor. rgb resizes each channel's view separately: cheaper than stacking
-   the three regions for one 3-channel resize.
+2. Only the box is sliced from the uint16 memmap (no decode, no full-field float copy).
+   Default (``train.clamp_crops: false``, the seed): the box is scaled to float32 (value /
+   clip_max) and then resized with ``cv2.resize`` (what albumentations' resize calls), exactly the
+   seed's values, bicubic overshoot included (about -0.1..1.1 at sharp edges). Opt-in
+   ``clamp_crops: true`` resizes the uint16 values and scales afterwards: faster for the large
+   boxes of an unresized cache, exact to 0.5 count, and every value in [0, 1] (overshoot clamped
+   below 0 by uint16 saturation, above 1 by the cache's clip).
+3. Flip order: the seed flips the whole field before sampling the box; here the box is sampled on
+   the unflipped field and the crop is flipped. The two are the same distribution: the box start
+   is uniform over all integer positions, so its mirror image is equally likely, and cropping a
+   flipped field at a box = flipping the crop at the mirrored box. Flips are numpy views, folded
+   into the single copy to a contiguous (C, S, S) array. rgb resizes each channel's view
+   separately: cheaper than stacking the three regions for one 3-channel resize.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ import torch
 from workflow_scripts.data.intensity import scale_intensity, to_three_channels
 from workflow_scripts.errors import InputError
 
-# albumentations' RandomResizedCrop defaults (the seed did not change them)
-ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+# the seed passes ratio=(1, 1) to every RandomResizedCrop (albumentations' default: 3/4, 4/3)
+SEED_ASPECT_RATIO = (1.0, 1.0)
 BOX_ATTEMPTS = 10
 INTERPOLATIONS = {
     "bicubic": cv2.INTER_CUBIC,
@@ -55,16 +57,18 @@ INTERPOLATIONS = {
 
 @dataclass(frozen=True)
 class CropSpec:
-    """One family of crops (global or local): how many, output side, area fraction range."""
+    """One family of crops (global or local): how many, output side, area fraction range,
+    box aspect-ratio (width / height) range."""
 
     number: int
     size: int
     scale: tuple[float, float]
-    ratio: tuple[float, float] = ASPECT_RATIO_RANGE
+    ratio: tuple[float, float] = SEED_ASPECT_RATIO
 
     @classmethod
     def from_settings(cls, section: dict) -> CropSpec:
-        return cls(int(section["number"]), int(section["size"]), tuple(section["scale"]))
+        ratio = tuple(float(r) for r in section.get("ratio", SEED_ASPECT_RATIO))
+        return cls(int(section["number"]), int(section["size"]), tuple(section["scale"]), ratio)
 
 
 @dataclass(frozen=True)
@@ -127,22 +131,33 @@ def resized_crop(
     interpolation: int = cv2.INTER_CUBIC,
     hflip: bool = False,
     vflip: bool = False,
+    clamp: bool = True,
 ) -> torch.Tensor:
-    """Cut `box` out of each (H, W) uint16 channel, resize to (size, size), flip, scale to
-    [0, 1]; grey is repeated to 3 channels. Returns float32 (3, size, size)."""
+    """Cut `box` out of each (H, W) uint16 channel, scale to value / clip_max, resize to
+    (size, size), flip; grey is repeated to 3 channels. Returns float32 (3, size, size).
+    clamp=False (training's default, `train.clamp_crops`): scaled before the resize, as the
+    seed (bicubic overshoot kept); clamp=True (feature extraction): the uint16 box is resized,
+    then scaled (values in [0, 1])."""
     top, left, height, width = (int(v) for v in box)
     rows = slice(None, None, -1 if vflip else 1)
     cols = slice(None, None, -1 if hflip else 1)
+    scale = np.float32(1.0 / clip_max)
+
+    def region(channel: np.ndarray) -> np.ndarray:
+        cut = channel[top : top + height, left : left + width]
+        return cut if clamp else cut.astype(np.float32) * scale  # the seed's Normalize
+
     # per channel: resizing the memmap views directly beats stacking them for a 3-channel resize
     planes = [
-        cv2.resize(channel[top : top + height, left : left + width], (size, size),
-                   interpolation=interpolation)[rows, cols]
+        cv2.resize(region(channel), (size, size), interpolation=interpolation)[rows, cols]
         for channel in channels
     ]
     # at most one copy: flipped views -> contiguous (C, S, S)
     chw = np.stack(planes) if len(planes) > 1 else np.ascontiguousarray(planes[0][None])
     crop = torch.from_numpy(chw)
-    return to_three_channels(scale_intensity(crop, clip_max))
+    if clamp:
+        crop = scale_intensity(crop, clip_max)
+    return to_three_channels(crop)
 
 
 def limit_opencv_threads(worker_id: int) -> None:
@@ -163,6 +178,7 @@ class MultiCrop:
         interpolation: str = "bicubic",
         hflip_p: float = 0.5,
         vflip_p: float = 0.5,
+        clamp: bool = False,
     ) -> None:
         if interpolation not in INTERPOLATIONS:
             raise InputError(
@@ -174,10 +190,12 @@ class MultiCrop:
         self.interpolation = INTERPOLATIONS[interpolation]
         self.hflip_p = hflip_p
         self.vflip_p = vflip_p
+        self.clamp = clamp
 
     @classmethod
     def from_settings(cls, settings: dict, clip_max: float) -> MultiCrop:
-        """From the config `train` section (global_crops, local_crops, interpolation, flips)."""
+        """From the config `train` section (global_crops, local_crops, interpolation, flips,
+        clamp_crops; absent keys mean the seed's recipe)."""
         return cls(
             CropSpec.from_settings(settings["global_crops"]),
             CropSpec.from_settings(settings["local_crops"]),
@@ -185,6 +203,7 @@ class MultiCrop:
             interpolation=settings["interpolation"],
             hflip_p=settings["hflip_p"],
             vflip_p=settings["vflip_p"],
+            clamp=bool(settings.get("clamp_crops", False)),
         )
 
     def sample(self, rng: np.random.Generator, image_shape: tuple[int, int]) -> CropParams:
@@ -204,6 +223,7 @@ class MultiCrop:
                 interpolation=self.interpolation,
                 hflip=bool(hflip),
                 vflip=bool(vflip),
+                clamp=self.clamp,
             )
             for box, size, hflip, vflip in zip(params.boxes, params.sizes, params.hflips, params.vflips)
         ]

@@ -8,23 +8,58 @@ from torch import nn
 from workflow_scripts.train.head import LAST_LAYER
 
 DECAY_FLAG = "apply_weight_decay"  # param-group key: does the weight-decay schedule apply?
+LR_SCALE = "lr_scale"  # param-group key: multiplier of the scheduled lr (layer-wise decay)
+BACKBONE_PREFIX = "backbone."
+# ViT parameters before the first block: layer 0 of layer-wise lr decay (timm names)
+EMBEDDING_NAMES = ("cls_token", "reg_token", "pos_embed", "patch_embed", "mask_token")
 
 
-def param_groups(model: nn.Module, no_decay_names: set[str]) -> list[dict]:
-    """Two groups: weights (decayed) and biases / norm & layer-scale vectors (ndim <= 1) plus
-    the named tokens in `no_decay_names` (cls / register tokens, position embedding)."""
-    decay, no_decay = [], []
+def vit_layer_id(name: str, num_layers: int) -> int:
+    """DINOv2/v3 layer id of a MultiCropModel parameter: backbone tokens and patch embedding 0,
+    `backbone.blocks.i` i + 1, everything else (final norm, DINO head) num_layers + 1."""
+    if not name.startswith(BACKBONE_PREFIX):
+        return num_layers + 1
+    local = name[len(BACKBONE_PREFIX):]
+    if local.split(".")[0] in EMBEDDING_NAMES:
+        return 0
+    if local.startswith("blocks."):
+        return int(local.split(".")[1]) + 1
+    return num_layers + 1
+
+
+def layer_lr_scale(name: str, layer_decay: float, num_layers: int) -> float:
+    """Layer-wise lr decay (DINOv3 `layerwise_decay`): decay ** (num_layers + 1 - layer id), so
+    the head and final norm get the full lr and each earlier block `layer_decay` times less."""
+    return layer_decay ** (num_layers + 1 - vit_layer_id(name, num_layers))
+
+
+def param_groups(
+    model: nn.Module, no_decay_names: set[str], layer_decay: float = 1.0, num_layers: int = 0
+) -> list[dict]:
+    """Weights (decayed) and biases / norm & layer-scale vectors (ndim <= 1) plus the named
+    tokens in `no_decay_names` (cls / register tokens, position embedding), not decayed. With
+    `layer_decay` < 1 (ViTs of `num_layers` blocks) each group is split by lr scale."""
+    groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if param.ndim <= 1 or name in no_decay_names:
-            no_decay.append(param)
-        else:
-            decay.append(param)
+        decayed = not (param.ndim <= 1 or name in no_decay_names)
+        scale = layer_lr_scale(name, layer_decay, num_layers) if layer_decay != 1.0 else 1.0
+        groups.setdefault((decayed, scale), []).append(param)
     return [
-        {"params": decay, DECAY_FLAG: True},
-        {"params": no_decay, DECAY_FLAG: False, "weight_decay": 0.0},
+        {"params": params, DECAY_FLAG: decayed, LR_SCALE: scale,
+         **({} if decayed else {"weight_decay": 0.0})}
+        for (decayed, scale), params in groups.items()
+        if params or scale == 1.0
     ]
+
+
+def cancel_backbone_gradients(model: nn.Module) -> None:
+    """Drop the backbone's gradients (head warm-up: only the randomly initialised DINO head
+    learns while the pretrained backbone stays as it is; the optimizer skips None gradients)."""
+    for name, param in model.named_parameters():
+        if name.startswith(BACKBONE_PREFIX):
+            param.grad = None
 
 
 def build_optimizer(
@@ -45,7 +80,8 @@ def set_lr_and_weight_decay(
     optimizer: torch.optim.Optimizer, lr: float, weight_decay: float
 ) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = float(lr)  # numpy scalars would not load with weights_only
+        # numpy scalars would not load with weights_only
+        group["lr"] = float(lr) * group.get(LR_SCALE, 1.0)
         group["weight_decay"] = float(weight_decay) if group[DECAY_FLAG] else 0.0
 
 
