@@ -242,7 +242,7 @@ def test_training_health_is_tabled_plotted_and_flagged(tmp_path):
     assert table[("Actin", 10)] == "uniform" and table[("Actin", 0)] == ""
     assert table[("DAPI", 10)] == "" and table[("combined", 10)] == "Actin:uniform"
     assert table[("combined", 0)] == ""
-    assert (out_dir / "training_health.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out_dir / "figures" / "training_health.png").read_bytes()[:4] == b"\x89PNG"
     report = (out_dir / "report.html").read_text()
     assert "Training health" in report and "some runs look collapsed" in report
     assert "5 (uniform), 6 (uniform)" in report

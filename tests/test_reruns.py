@@ -213,10 +213,10 @@ def cluster_plan(
 
 
 def test_cluster_plan_has_one_extraction_and_one_evaluation_job_per_arch_and_channel(finished):
-    # a new input size reruns every extraction and evaluation: each (arch, channel) gets one
+    # another crop mode reruns every extraction and evaluation: each (arch, channel) gets one
     # extraction group (epoch 0 + one job of all trained epochs) and one evaluation group
-    overlay = {**base_overlay(), "evaluate": {"input_size": 32}}
-    groups, ungrouped = cluster_plan(finished, overlay, "input_size_cluster")
+    overlay = {**base_overlay(), "evaluate": {"crops": "grid"}}
+    groups, ungrouped = cluster_plan(finished, overlay, "crops_cluster")
     expected = {}
     for arch in (DEMO_ARCH, SECOND_ARCH):
         for channel in TRAIN_CHANNELS:
