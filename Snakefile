@@ -35,6 +35,6 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         SUMMARY_REPORT,
-    default_target: True

@@ -55,9 +55,13 @@ def bbbc021_like_features(dim: int = 384, seed: int = 0) -> pd.DataFrame:
     """Treatments on 3 plates of one batch, 8 images per plate; 24 DMSO images per plate."""
     rng = np.random.default_rng(seed)
     batches = [f"Week{b + 1}" for b in range(10)]
-    plates = {batch: [f"{batch}_{p}" for p in range(6 if b < 5 else 5)] for b, batch in enumerate(batches)}  # 55
+    plates = {
+        batch: [f"{batch}_{p}" for p in range(6 if b < 5 else 5)] for b, batch in enumerate(batches)
+    }  # 55
     moa_signal = rng.normal(scale=0.04, size=(12, dim))  # weak: accuracies well below 1
-    plate_offset = {plate: rng.normal(scale=0.1, size=dim) for ps in plates.values() for plate in ps}
+    plate_offset = {
+        plate: rng.normal(scale=0.1, size=dim) for ps in plates.values() for plate in ps
+    }
     rows, values = [], []
     for compound in range(38):
         moa = compound % 12
@@ -225,8 +229,15 @@ def bench_conditioning() -> list[dict]:
     return rows
 
 
-def bench_extraction(name: str, model_kwargs: dict, shape: tuple[int, int], input_size: int,
-                     n_images: int, batch_size: int, num_workers: int) -> dict:
+def bench_extraction(
+    name: str,
+    model_kwargs: dict,
+    shape: tuple[int, int],
+    input_size: int,
+    n_images: int,
+    batch_size: int,
+    num_workers: int,
+) -> dict:
     from workflow_scripts.evaluate.extract import extract_features
     from workflow_scripts.train.backbone import build_backbone
 
@@ -238,8 +249,13 @@ def bench_extraction(name: str, model_kwargs: dict, shape: tuple[int, int], inpu
         path = Path(folder) / "DAPI.npy"
         np.save(path, rng.integers(0, CLIP_MAX, size=(n_images, *shape), dtype=np.uint16))
         array = np.load(path, mmap_mode="r")
-        settings = {"crops": "grid", "crop_grid": [2, 2], "input_size": input_size, "embedding": "cls",
-                    "crop_median": "lower"}
+        settings = {
+            "crops": "grid",
+            "crop_grid": [2, 2],
+            "input_size": input_size,
+            "embedding": "cls",
+            "crop_median": "lower",
+        }
         loader = {"interpolation": "bicubic", "batch_size": batch_size, "num_workers": num_workers}
         # warm-up (CUDA context, kernels); worker start-up stays in the timed run, as in a job
         extract_features(model, [array[:batch_size]], CLIP_MAX, settings, device, "none", **loader)
@@ -275,11 +291,18 @@ def main() -> None:
         action="store_true",
         help="only the TVN conditioning comparison on the synthetic tables",
     )
-    parser.add_argument("--batch-size", type=int, default=workflow["batch_size"],
-                        help="extraction batch (default: config.yaml evaluate.batch_size)")
-    parser.add_argument("--num-workers", type=int, default=workflow["num_workers"],
-                        help="extraction loader workers (default: config.yaml evaluate."
-                        "num_workers)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=workflow["batch_size"],
+        help="extraction batch (default: config.yaml evaluate.batch_size)",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=workflow["num_workers"],
+        help="extraction loader workers (default: config.yaml evaluate.num_workers)",
+    )
     args = parser.parse_args()
     if args.conditioning:
         for row in bench_conditioning():
@@ -288,12 +311,19 @@ def main() -> None:
     loader = {"batch_size": args.batch_size, "num_workers": args.num_workers}
 
     print(json.dumps({"metrics": bench_metrics(args.repeats)}, indent=2))
-    tiny = bench_extraction("tiny ViT (depth 2, width 64)", {"depth": 2, "embed_dim": 64, "num_heads": 2},
-                            (204, 256), 64, args.images, **loader)
+    tiny = bench_extraction(
+        "tiny ViT (depth 2, width 64)",
+        {"depth": 2, "embed_dim": 64, "num_heads": 2},
+        (204, 256),
+        64,
+        args.images,
+        **loader,
+    )
     print(json.dumps({"extraction": tiny}, indent=2))
     if args.full:
-        full = bench_extraction("vit_small_patch16_dinov3", {}, (512, 640), 224, args.images,
-                                **loader)
+        full = bench_extraction(
+            "vit_small_patch16_dinov3", {}, (512, 640), 224, args.images, **loader
+        )
         print(json.dumps({"extraction": full}, indent=2))
 
 

@@ -39,12 +39,23 @@ def run(args: argparse.Namespace) -> list[dict]:
     files = [REPO / "config.yaml"] + ([REPO / "config" / "demo.yaml"] if args.quick else [])
     config = cfg.load(files)
     model_kwargs = TINY if args.quick else {}
-    overrides = {"epochs": 1, "checkpoint_every": 1, "max_steps_per_epoch": args.steps,
-                 "num_workers": 0 if args.quick else min(8, (os.cpu_count() or 2) // args.nproc)}
+    overrides = {
+        "epochs": 1,
+        "checkpoint_every": 1,
+        "max_steps_per_epoch": args.steps,
+        "num_workers": 0 if args.quick else min(8, (os.cpu_count() or 2) // args.nproc),
+    }
     if args.batch:
         overrides["batch_size_per_gpu"] = args.batch
-    config["architectures"] = [{"name": args.arch, "weights": "none", "gpus": args.nproc,
-                                "model_kwargs": model_kwargs, "train": overrides}]
+    config["architectures"] = [
+        {
+            "name": args.arch,
+            "weights": "none",
+            "gpus": args.nproc,
+            "model_kwargs": model_kwargs,
+            "train": overrides,
+        }
+    ]
     settings = cfg.train_settings(config, args.arch)
     n_images = args.steps * settings["batch_size_per_gpu"] * args.nproc
     rows = []
@@ -56,26 +67,50 @@ def run(args: argparse.Namespace) -> list[dict]:
         for strategy in ("ddp", "fsdp"):
             out = tmp / strategy
             command = [
-                sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={args.nproc}", "-m", "workflow_scripts.train.cli",
-                "--arch", args.arch, "--channel", CHANNEL, "--cache-dir", str(tmp / "cache"),
-                "--weights", "none", "--model-kwargs", json.dumps(model_kwargs),
-                "--settings", json.dumps(settings), "--out-dir", str(out / "train"),
-                "--resume-dir", str(out / "resume"), "--strategy", strategy,
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                f"--nproc-per-node={args.nproc}",
+                "-m",
+                "workflow_scripts.train.cli",
+                "--arch",
+                args.arch,
+                "--channel",
+                CHANNEL,
+                "--cache-dir",
+                str(tmp / "cache"),
+                "--weights",
+                "none",
+                "--model-kwargs",
+                json.dumps(model_kwargs),
+                "--settings",
+                json.dumps(settings),
+                "--out-dir",
+                str(out / "train"),
+                "--resume-dir",
+                str(out / "resume"),
+                "--strategy",
+                strategy,
             ]
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
             if args.quick:
                 env["OMP_NUM_THREADS"] = "1"
             subprocess.run(command, cwd=REPO, env=env, check=True)
             epoch = json.loads((out / "train" / "log.jsonl").read_text().splitlines()[-1])
-            rows.append({
-                "arch": args.arch, "strategy": strategy, "processes": args.nproc,
-                "batch_per_process": settings["batch_size_per_gpu"], "steps": epoch["steps"],
-                "images_per_s": round(epoch["images_per_s"], 2),
-                "peak_memory_mb_rank0": round(epoch["peak_memory_mb"], 1),
-                "planned_gb": plan.fsdp_gb if strategy == "fsdp" else plan.ddp_gb,
-                "loss": epoch["loss"],
-            })
+            rows.append(
+                {
+                    "arch": args.arch,
+                    "strategy": strategy,
+                    "processes": args.nproc,
+                    "batch_per_process": settings["batch_size_per_gpu"],
+                    "steps": epoch["steps"],
+                    "images_per_s": round(epoch["images_per_s"], 2),
+                    "peak_memory_mb_rank0": round(epoch["peak_memory_mb"], 1),
+                    "planned_gb": plan.fsdp_gb if strategy == "fsdp" else plan.ddp_gb,
+                    "loss": epoch["loss"],
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 

@@ -54,9 +54,13 @@ def noise(logits: torch.Tensor, reference: torch.Tensor) -> dict:
     log_p = torch.log_softmax(reference / TEACHER_TEMP, dim=1)
     log_q = torch.log_softmax(logits.double() / TEACHER_TEMP, dim=1)
     kl = (log_p.exp() * (log_p - log_q)).sum(1)
-    return {"dtype": str(logits.dtype).removeprefix("torch."),
-            "max_error_nats": float(error.max()), "mean_error_nats": float(error.mean()),
-            "mean_kl_nats": float(kl.mean()), "max_kl_nats": float(kl.max())}
+    return {
+        "dtype": str(logits.dtype).removeprefix("torch."),
+        "max_error_nats": float(error.max()),
+        "mean_error_nats": float(error.mean()),
+        "mean_kl_nats": float(kl.mean()),
+        "max_kl_nats": float(kl.max()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,15 +75,24 @@ def main(argv: list[str] | None = None) -> int:
     embeddings = torch.randn(args.rows, args.embed_dim)
     with torch.no_grad():
         reference = head(embeddings).double()
-    results = {"teacher_temp": TEACHER_TEMP, "rows": args.rows, "embed_dim": args.embed_dim,
-               "out_dim": args.out_dim, "variants": {}}
-    print(f"teacher logits / {TEACHER_TEMP} under bf16 autocast, error against fp32 in nats "
-          f"({args.rows} rows, {args.embed_dim} -> 2048 -> 2048 -> 256 -> {args.out_dim})")
+    results = {
+        "teacher_temp": TEACHER_TEMP,
+        "rows": args.rows,
+        "embed_dim": args.embed_dim,
+        "out_dim": args.out_dim,
+        "variants": {},
+    }
+    print(
+        f"teacher logits / {TEACHER_TEMP} under bf16 autocast, error against fp32 in nats "
+        f"({args.rows} rows, {args.embed_dim} -> 2048 -> 2048 -> 256 -> {args.out_dim})"
+    )
     print(f"{'variant':<16} {'max |err|':>10} {'mean |err|':>11} {'mean KL':>9} {'max KL':>9}")
     for name, logits in autocast_logits(head, embeddings).items():
         row = results["variants"][name] = noise(logits, reference)
-        print(f"{name:<16} {row['max_error_nats']:>10.2e} {row['mean_error_nats']:>11.2e} "
-              f"{row['mean_kl_nats']:>9.2e} {row['max_kl_nats']:>9.2e}")
+        print(
+            f"{name:<16} {row['max_error_nats']:>10.2e} {row['mean_error_nats']:>11.2e} "
+            f"{row['mean_kl_nats']:>9.2e} {row['max_kl_nats']:>9.2e}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

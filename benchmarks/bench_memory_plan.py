@@ -22,8 +22,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 CASES = {
-    "tiny": {"model_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2}, "demo": True,
-             "batch": 16},
+    "tiny": {
+        "model_kwargs": {"depth": 2, "embed_dim": 64, "num_heads": 2},
+        "demo": True,
+        "batch": 16,
+    },
     "small": {"model_kwargs": {}, "demo": False, "batch": 2},
 }
 
@@ -50,14 +53,20 @@ def measure(case: str, steps: int) -> dict:
     spec = CASES[case]
     files = [REPO / "config.yaml"] + ([REPO / "config" / "demo.yaml"] if spec["demo"] else [])
     config = cfg.load(files)
-    config["architectures"] = [{"name": ARCH, "weights": "none", "gpus": 0,
-                                "model_kwargs": spec["model_kwargs"],
-                                "train": {"batch_size_per_gpu": spec["batch"],
-                                          "precision": "fp32"}}]
+    config["architectures"] = [
+        {
+            "name": ARCH,
+            "weights": "none",
+            "gpus": 0,
+            "model_kwargs": spec["model_kwargs"],
+            "train": {"batch_size_per_gpu": spec["batch"], "precision": "fp32"},
+        }
+    ]
     settings = cfg.train_settings(config, ARCH)
     g, loc = settings["global_crops"], settings["local_crops"]
-    crops = ([torch.rand(spec["batch"], 3, g["size"], g["size"])] * g["number"]
-             + [torch.rand(spec["batch"], 3, loc["size"], loc["size"])] * loc["number"])
+    crops = [torch.rand(spec["batch"], 3, g["size"], g["size"])] * g["number"] + [
+        torch.rand(spec["batch"], 3, loc["size"], loc["size"])
+    ] * loc["number"]
     memory_plan.plan_architecture(config, ARCH)  # before the baseline: imports, caches
     baseline = rss_bytes()
 
@@ -78,20 +87,30 @@ def measure(case: str, steps: int) -> dict:
         update_teacher(student, teacher, 0.99)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    size = memory_plan.model_size(ARCH, json.dumps(spec["model_kwargs"], sort_keys=True),
-                                  json.dumps(settings["head"], sort_keys=True))
+    size = memory_plan.model_size(
+        ARCH,
+        json.dumps(spec["model_kwargs"], sort_keys=True),
+        json.dumps(settings["head"], sort_keys=True),
+    )
     activations = memory_plan.activation_bytes(
-        ARCH, json.dumps(spec["model_kwargs"], sort_keys=True),
-        json.dumps(settings, sort_keys=True), "float32", False)
+        ARCH,
+        json.dumps(spec["model_kwargs"], sort_keys=True),
+        json.dumps(settings, sort_keys=True),
+        "float32",
+        False,
+    )
     raw = memory_plan.estimate_bytes(size, activations, settings, 1, 4)
     single_process = raw["ddp"] - size.params * memory_plan.FP32_BYTES  # no DDP buckets
     measured = peak - baseline
     return {
-        "case": case, "params_m": round(size.params / 1e6, 2), "batch": spec["batch"],
+        "case": case,
+        "params_m": round(size.params / 1e6, 2),
+        "batch": spec["batch"],
         "measured_mb": round(measured / 2**20, 1),
         "estimate_mb": round(single_process / 2**20, 1),
         "estimate_with_margin_mb": round(
-            memory_plan.with_margin(single_process, 0.0) * memory_plan.GB / 2**20, 1),
+            memory_plan.with_margin(single_process, 0.0) * memory_plan.GB / 2**20, 1
+        ),
         "error_pct": round(100 * (single_process - measured) / measured, 1),
     }
 
@@ -108,10 +127,13 @@ def main() -> int:
         return 0
     rows = []
     for case in args.cases:  # a fresh process each: ru_maxrss is per process
-        out = subprocess.run([sys.executable, __file__, "--one", case, "--steps", str(args.steps)],
-                             check=True, capture_output=True, text=True,
-                             env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                                  "PATH": "/usr/bin:/bin"}).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", case, "--steps", str(args.steps)],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     if args.json:

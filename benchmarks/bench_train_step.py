@@ -47,9 +47,9 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
@@ -61,10 +61,10 @@ import pandas as pd  # noqa: E402
 import tifffile  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
+from flops import ISSUE_VIT_S_GFLOP, analytic_step_flops  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from flops import ISSUE_VIT_S_GFLOP, analytic_step_flops  # noqa: E402
 from workflow_scripts import config as config_module  # noqa: E402
 from workflow_scripts.atomic import write_json  # noqa: E402
 from workflow_scripts.tables import write_table  # noqa: E402
@@ -78,8 +78,13 @@ CONFIG_NAMES = ("seed", "tuned")
 SEED_WORKERS = 1
 DISTINCT_FIELDS = 16  # random fields generated; the cache and the TIFF list cycle through them
 # Dense bf16 tensor-core peak, TFLOP/s, by device-name substring (first match; NVIDIA datasheets).
-PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4),
-                    ("A100", 312.0))
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("A100", 312.0),
+)
 
 
 # ---------------------------------------------------------------------------- data
@@ -103,28 +108,52 @@ def write_tiffs(folder: Path, fields: list[np.ndarray], channels: list[str]) -> 
     return paths
 
 
-def write_cache(cache_dir: Path, fields: list[np.ndarray], n_images: int, channels: list[str],
-                resize_factor: float, clip_max: int) -> None:
+def write_cache(
+    cache_dir: Path,
+    fields: list[np.ndarray],
+    n_images: int,
+    channels: list[str],
+    resize_factor: float,
+    clip_max: int,
+) -> None:
     """A cache per docs/formats.md with `n_images` rows cycling through `fields` (clipped, resized)."""
     height, width = (round(side * resize_factor) for side in fields[0].shape)
-    rows = [cv2.resize(np.minimum(field, clip_max), (width, height), interpolation=cv2.INTER_AREA)
-            for field in fields]
+    rows = [
+        cv2.resize(np.minimum(field, clip_max), (width, height), interpolation=cv2.INTER_AREA)
+        for field in fields
+    ]
     cache_dir.mkdir(parents=True)
     for channel in channels:
-        array = np.lib.format.open_memmap(cache_dir / f"{channel}.npy", mode="w+", dtype=np.uint16,
-                                          shape=(n_images, height, width))
+        array = np.lib.format.open_memmap(
+            cache_dir / f"{channel}.npy",
+            mode="w+",
+            dtype=np.uint16,
+            shape=(n_images, height, width),
+        )
         for i in range(n_images):
             array[i] = rows[i % len(rows)]
         array.flush()
         del array
     # all treated: train.images (treated by default) uses every row
-    write_table(pd.DataFrame({"image_id": [f"P/W{i:05d}/s1" for i in range(n_images)],
-                              "is_control": False}), cache_dir / "images.parquet")
-    write_json(cache_dir / "meta.json", {
-        "n_images": n_images, "height": height, "width": width, "channels": channels,
-        "clip_max": clip_max, "resize_factor": resize_factor, "illumination_correction": False,
-        "settings_digest": "benchmark",
-    })
+    write_table(
+        pd.DataFrame(
+            {"image_id": [f"P/W{i:05d}/s1" for i in range(n_images)], "is_control": False}
+        ),
+        cache_dir / "images.parquet",
+    )
+    write_json(
+        cache_dir / "meta.json",
+        {
+            "n_images": n_images,
+            "height": height,
+            "width": width,
+            "channels": channels,
+            "clip_max": clip_max,
+            "resize_factor": resize_factor,
+            "illumination_correction": False,
+            "settings_digest": "benchmark",
+        },
+    )
 
 
 # ---------------------------------------------------------------------------- configurations
@@ -133,13 +162,22 @@ def config_overrides(name: str, recipe: dict, args: argparse.Namespace) -> dict:
     # the recipe's lr at its own batch size (config.yaml: the seed's 4e-6 at 16)
     lr, min_lr = scaled_lr(recipe["optimizer"], recipe["batch_size_per_gpu"], 1)
     if name == "seed":
-        return {"precision": "fp32", "batch_size_per_gpu": args.seed_batch, "num_workers": SEED_WORKERS,
-                "compile": False, "optimizer": {"lr_scaling": "none", "lr": lr, "min_lr": min_lr}}
+        return {
+            "precision": "fp32",
+            "batch_size_per_gpu": args.seed_batch,
+            "num_workers": SEED_WORKERS,
+            "compile": False,
+            "optimizer": {"lr_scaling": "none", "lr": lr, "min_lr": min_lr},
+        }
     # DINO's rule, lr = base x batch / 256, with the base that gives the recipe's lr
     per_256 = 256 / recipe["batch_size_per_gpu"]
-    return {"precision": "auto", "batch_size_per_gpu": args.tuned_batch,
-            "num_workers": args.tuned_workers, "compile": args.compile,
-            "optimizer": {"lr_scaling": "linear", "lr": lr * per_256, "min_lr": min_lr * per_256}}
+    return {
+        "precision": "auto",
+        "batch_size_per_gpu": args.tuned_batch,
+        "num_workers": args.tuned_workers,
+        "compile": args.compile,
+        "optimizer": {"lr_scaling": "linear", "lr": lr * per_256, "min_lr": min_lr * per_256},
+    }
 
 
 def batches_needed(args: argparse.Namespace, device: torch.device) -> int:
@@ -150,8 +188,14 @@ def bench_settings(recipe: dict, name: str, args: argparse.Namespace, n_batches:
     settings = config_module.deep_merge(recipe, config_overrides(name, recipe, args))
     # schedules long enough for every step of the run in epoch 0; steady state: prototype
     # layer not frozen (the Trainer freezes it in the first epoch only)
-    return config_module.deep_merge(settings, {"epochs": n_batches, "checkpoint_every": n_batches,
-                                               "optimizer": {"freeze_last_layer_epochs": 0}})
+    return config_module.deep_merge(
+        settings,
+        {
+            "epochs": n_batches,
+            "checkpoint_every": n_batches,
+            "optimizer": {"freeze_last_layer_epochs": 0},
+        },
+    )
 
 
 def cycle(loader: torch.utils.data.DataLoader) -> Iterator[list[torch.Tensor]]:
@@ -176,8 +220,11 @@ def seed_loader(
     from seed_datapath import SeedMultiCropDataset
 
     return torch.utils.data.DataLoader(
-        SeedMultiCropDataset(tiff_paths, settings, clip_max), batch_size=settings["batch_size_per_gpu"],
-        shuffle=True, num_workers=settings["num_workers"], drop_last=True,
+        SeedMultiCropDataset(tiff_paths, settings, clip_max),
+        batch_size=settings["batch_size_per_gpu"],
+        shuffle=True,
+        num_workers=settings["num_workers"],
+        drop_last=True,
     )
 
 
@@ -223,16 +270,23 @@ def gpu_busy_fraction(
             trainer.train_step(next(batches), 0, step)
         synchronize(trainer.device)
         wall = time.perf_counter() - start
-    intervals = [(event.time_range.start, event.time_range.end) for event in profiler.events()
-                 if event.device_type == DeviceType.CUDA]
+    intervals = [
+        (event.time_range.start, event.time_range.end)
+        for event in profiler.events()
+        if event.device_type == DeviceType.CUDA
+    ]
     if not intervals:
-        print("warning: the profiler recorded no GPU activity (CUPTI missing?): GPU busy unknown",
-              file=sys.stderr)
+        print(
+            "warning: the profiler recorded no GPU activity (CUPTI missing?): GPU busy unknown",
+            file=sys.stderr,
+        )
         return None
     return union_length(intervals) / 1e6 / wall  # profiler times are microseconds
 
 
-def run_config(name: str, args: argparse.Namespace, paths: dict, recipe: dict, clip_max: int) -> dict:
+def run_config(
+    name: str, args: argparse.Namespace, paths: dict, recipe: dict, clip_max: int
+) -> dict:
     """One configuration in this (fresh) process: build the Trainer, warm up, time, profile."""
     # a spawned process inherits "spawn" for its own children; loader workers start as in
     # training, with the platform's default method
@@ -243,9 +297,16 @@ def run_config(name: str, args: argparse.Namespace, paths: dict, recipe: dict, c
     n_batches = batches_needed(args, device)
     settings = bench_settings(recipe, name, args, n_batches)
     scratch = Path(paths["root"]) / name
-    job = TrainJob(arch=args.arch, channel=args.channel, cache_dir=Path(paths["cache"]), weights="none",
-                   model_kwargs=args.model_kwargs, settings=settings, out_dir=scratch / "train",
-                   resume_dir=scratch / "resume")
+    job = TrainJob(
+        arch=args.arch,
+        channel=args.channel,
+        cache_dir=Path(paths["cache"]),
+        weights="none",
+        model_kwargs=args.model_kwargs,
+        settings=settings,
+        out_dir=scratch / "train",
+        resume_dir=scratch / "resume",
+    )
     trainer = Trainer(job, DistributedContext(rank=0, world_size=1, local_rank=0, device=device))
     if name == "seed":
         loader = seed_loader(paths["tiffs"], settings, clip_max)
@@ -271,29 +332,39 @@ def run_config(name: str, args: argparse.Namespace, paths: dict, recipe: dict, c
     batch_size = settings["batch_size_per_gpu"]
     result = {
         "config": name,
-        "precision": "fp32" if trainer.precision.autocast_dtype is None
-                     else str(trainer.precision.autocast_dtype).removeprefix("torch."),
+        "precision": "fp32"
+        if trainer.precision.autocast_dtype is None
+        else str(trainer.precision.autocast_dtype).removeprefix("torch."),
         "batch_size": batch_size,
         "num_workers": settings["num_workers"],
         "pin_memory": bool(loader.pin_memory),
         "fused_adamw": bool(trainer.optimizer.defaults.get("fused")),
         "compile": settings["compile"],
         "peak_lr": scaled_lr(settings["optimizer"], batch_size, 1)[0],
-        "data_path": "seed: TIFF + albumentations" if name == "seed" else "workflow: cache + multicrop",
+        "data_path": "seed: TIFF + albumentations"
+        if name == "seed"
+        else "workflow: cache + multicrop",
         "warmup_steps": args.warmup,
         "steps": args.steps,
         "images_per_s": batch_size * args.steps / wall,
         "step_time_s": wall / args.steps,
         "data_wait_fraction": data_wait / wall,
-        "peak_memory_mb": (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20,
-        "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+        "peak_memory_mb": (
+            torch.cuda.max_memory_allocated(device)
+            if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
+        / 2**20,
+        "peak_memory_kind": "cuda max_memory_allocated"
+        if device.type == "cuda"
+        else "process peak RSS",
         "gpu_busy_fraction": None,
         "losses_finite": all(math.isfinite(loss) for loss in losses),
     }
     if device.type == "cuda" and args.profile_steps:
-        result["gpu_busy_fraction"] = gpu_busy_fraction(trainer, batches, args.profile_steps,
-                                                        args.warmup + args.steps)
+        result["gpu_busy_fraction"] = gpu_busy_fraction(
+            trainer, batches, args.profile_steps, args.warmup + args.steps
+        )
     result["flop_counter_per_image"] = counted_flops_per_image(trainer, crops)
     return result
 
@@ -328,7 +399,9 @@ def available_cores() -> int:
 
 def machine(device: torch.device) -> dict:
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu_model()}",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU: {cpu_model()}",
         "cpu": cpu_model(),
         "cores": available_cores(),
         "torch_threads": torch.get_num_threads(),
@@ -343,8 +416,11 @@ def run(args: argparse.Namespace) -> dict:
     device = cuda_device() if args.device == "cuda" else torch.device(args.device)
     # schema validation where jsonschema is installed (a bare GPU node may lack it)
     config = config_module.load(args.config, schema=config_module.has_schema_checker())
-    recipe = (config_module.train_settings(config, args.arch)
-              if args.arch in config_module.architecture_names(config) else config["train"])
+    recipe = (
+        config_module.train_settings(config, args.arch)
+        if args.arch in config_module.architecture_names(config)
+        else config["train"]
+    )
     clip_max = int(config["preprocess"]["clip_max"])
     channels = config_module.image_channels(config, args.channel)
     n_batches = batches_needed(args, device)
@@ -370,8 +446,10 @@ def run(args: argparse.Namespace) -> dict:
     if "seed" in configs and not seed_path_available():
         # a bare GPU node: measure the rest rather than nothing
         configs.remove("seed")
-        reason = ("albumentations is not installed (its data path is the seed's); "
-                  "pip install albumentations, or carry the wheels of benchmarks/make_wheels.sh")
+        reason = (
+            "albumentations is not installed (its data path is the seed's); "
+            "pip install albumentations, or carry the wheels of benchmarks/make_wheels.sh"
+        )
         results["skipped_configs"]["seed"] = reason
         print(f"warning: seed configuration skipped: {reason}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
@@ -380,14 +458,23 @@ def run(args: argparse.Namespace) -> dict:
         n_cache = max(args.tuned_batch, args.seed_batch) * n_batches
         write_cache(root / "cache", fields, n_cache, channels, args.resize_factor, clip_max)
         pool = write_tiffs(root / "tiff", fields, channels) if "seed" in configs else []
-        seed_fields = [pool[i % len(pool)] for i in range(args.seed_batch * n_batches)] if pool else []
+        seed_fields = (
+            [pool[i % len(pool)] for i in range(args.seed_batch * n_batches)] if pool else []
+        )
         paths = {"root": str(root), "cache": str(root / "cache"), "tiffs": seed_fields}
         runs: dict[str, list[dict]] = {name: [] for name in configs}
-        for repeat in range(args.repeats):  # interleaved, so slow phases of a shared machine hit all
+        for repeat in range(
+            args.repeats
+        ):  # interleaved, so slow phases of a shared machine hit all
             for name in configs:
-                print(f"{name} ({repeat + 1}/{args.repeats}): {args.warmup} + {args.steps} steps on "
-                      f"{device}...", flush=True)
-                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
+                print(
+                    f"{name} ({repeat + 1}/{args.repeats}): {args.warmup} + {args.steps} steps on "
+                    f"{device}...",
+                    flush=True,
+                )
+                with ProcessPoolExecutor(
+                    1, mp_context=multiprocessing.get_context("spawn")
+                ) as executor:
                     outcome = executor.submit(run_config, name, args, paths, recipe, clip_max)
                     runs[name].append(outcome.result())
                 # at once, so a run killed later still leaves this one in its log
@@ -402,72 +489,121 @@ def run(args: argparse.Namespace) -> dict:
         best["mfu"] = best["achieved_tflops"] / peak if peak else None
         results["configs"][name] = best
     if set(CONFIG_NAMES) <= set(results["configs"]):
-        results["speedup_images_per_s"] = (results["configs"]["tuned"]["images_per_s"]
-                                           / results["configs"]["seed"]["images_per_s"])
+        results["speedup_images_per_s"] = (
+            results["configs"]["tuned"]["images_per_s"] / results["configs"]["seed"]["images_per_s"]
+        )
     return results
 
 
 def print_results(results: dict) -> None:
     recipe = results["recipe"]
     g, loc = recipe["global_crops"], recipe["local_crops"]
-    print(f"\n{results['arch']} {results['model_kwargs'] or ''} on {results['machine']['device']} "
-          f"({results['machine']['cores']} cores); channel {results['channel']}; "
-          f"{g['number']}x{g['size']} + {loc['number']}x{loc['size']} px crops, head out_dim "
-          f"{recipe['head']['out_dim']}; fields {'x'.join(map(str, results['field_shape']))}, cache "
-          f"at {results['resize_factor']:g}")
-    header = (f"{'config':<7} {'prec':<5} {'batch':>5} {'wkrs':>4} {'compile':>7} {'images/s':>9} "
-              f"{'step s':>7} {'data wait':>9} {'GPU busy':>8} {'peak MB':>8} {'TFLOP/s':>8} {'MFU':>6}")
+    print(
+        f"\n{results['arch']} {results['model_kwargs'] or ''} on {results['machine']['device']} "
+        f"({results['machine']['cores']} cores); channel {results['channel']}; "
+        f"{g['number']}x{g['size']} + {loc['number']}x{loc['size']} px crops, head out_dim "
+        f"{recipe['head']['out_dim']}; fields {'x'.join(map(str, results['field_shape']))}, cache "
+        f"at {results['resize_factor']:g}"
+    )
+    header = (
+        f"{'config':<7} {'prec':<5} {'batch':>5} {'wkrs':>4} {'compile':>7} {'images/s':>9} "
+        f"{'step s':>7} {'data wait':>9} {'GPU busy':>8} {'peak MB':>8} {'TFLOP/s':>8} {'MFU':>6}"
+    )
     print(header)
     for row in results["configs"].values():
         busy = "-" if row["gpu_busy_fraction"] is None else f"{row['gpu_busy_fraction']:.0%}"
         mfu = "-" if row["mfu"] is None else f"{row['mfu']:.1%}"
-        print(f"{row['config']:<7} {row['precision']:<5} {row['batch_size']:>5} {row['num_workers']:>4} "
-              f"{str(row['compile']):>7} {row['images_per_s']:>9.2f} {row['step_time_s']:>7.3f} "
-              f"{row['data_wait_fraction']:>9.0%} {busy:>8} {row['peak_memory_mb']:>8.0f} "
-              f"{row['achieved_tflops']:>8.3f} {mfu:>6}")
+        print(
+            f"{row['config']:<7} {row['precision']:<5} {row['batch_size']:>5} {row['num_workers']:>4} "
+            f"{str(row['compile']):>7} {row['images_per_s']:>9.2f} {row['step_time_s']:>7.3f} "
+            f"{row['data_wait_fraction']:>9.0%} {busy:>8} {row['peak_memory_mb']:>8.0f} "
+            f"{row['achieved_tflops']:>8.3f} {mfu:>6}"
+        )
     if "speedup_images_per_s" in results:
         print(f"tuned / seed images/s: {results['speedup_images_per_s']:.2f}x")
     for name, reason in results.get("skipped_configs", {}).items():
         print(f"{name}: skipped: {reason}")
-    counted = ", ".join(f"{row['flop_counter_per_image'] / 1e9:.2f} G"
-                        for row in results["configs"].values())
+    counted = ", ".join(
+        f"{row['flop_counter_per_image'] / 1e9:.2f} G" for row in results["configs"].values()
+    )
     line = f"FLOP per image per step: FlopCounterMode on a real step {counted}"
     analytic = results["model_flop_per_image"]
     if analytic:
         line += f"; analytic model FLOP {analytic / 1e9:.2f} G = {analytic / 2e9:.2f} GMAC"
-    print(f"{line}; the issue's ~{results['issue_estimate_gflop_vit_s']:g} G for ViT-S/16 counts "
-          "multiply-accumulates (1 MAC = 2 FLOP)")
+    print(
+        f"{line}; the issue's ~{results['issue_estimate_gflop_vit_s']:g} G for ViT-S/16 counts "
+        "multiply-accumulates (1 MAC = 2 FLOP)"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default=DEFAULT_ARCH, help="timm model name")
-    parser.add_argument("--model-kwargs", type=json.loads, default={},
-                        help='JSON: extra timm.create_model kwargs, e.g. \'{"depth": 2}\'')
-    parser.add_argument("--config", nargs="+", default=[str(REPO / "config.yaml")],
-                        help="config file(s), later overlay earlier: the train recipe (crops, head)")
+    parser.add_argument(
+        "--model-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON: extra timm.create_model kwargs, e.g. '{\"depth\": 2}'",
+    )
+    parser.add_argument(
+        "--config",
+        nargs="+",
+        default=[str(REPO / "config.yaml")],
+        help="config file(s), later overlay earlier: the train recipe (crops, head)",
+    )
     parser.add_argument("--channel", default="DAPI", help="a data channel (grey) or rgb")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (workers, compile)")
-    parser.add_argument("--profile-steps", type=int, default=5, help="CUDA: profiled steps for GPU busy")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="runs per configuration, interleaved; the fastest is reported")
-    parser.add_argument("--configs", default=",".join(CONFIG_NAMES), help="comma list of seed, tuned")
-    parser.add_argument("--seed-batch", type=int, default=16,
-                        help="seed batch size per GPU (the seed's: 16; smaller for big models on CPU)")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps first (workers, compile)"
+    )
+    parser.add_argument(
+        "--profile-steps", type=int, default=5, help="CUDA: profiled steps for GPU busy"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per configuration, interleaved; the fastest is reported",
+    )
+    parser.add_argument(
+        "--configs", default=",".join(CONFIG_NAMES), help="comma list of seed, tuned"
+    )
+    parser.add_argument(
+        "--seed-batch",
+        type=int,
+        default=16,
+        help="seed batch size per GPU (the seed's: 16; smaller for big models on CPU)",
+    )
     parser.add_argument("--tuned-batch", type=int, default=64, help="tuned batch size per GPU")
-    parser.add_argument("--tuned-workers", type=int, default=min(available_cores(), 8),
-                        help="tuned loader workers (default: min(cores, 8))")
+    parser.add_argument(
+        "--tuned-workers",
+        type=int,
+        default=min(available_cores(), 8),
+        help="tuned loader workers (default: min(cores, 8))",
+    )
     parser.add_argument("--compile", action="store_true", help="tuned: torch.compile the backbones")
-    parser.add_argument("--field-shape", type=int, nargs=2, default=[1024, 1280], metavar=("H", "W"),
-                        help="raw field (TIFF) shape")
+    parser.add_argument(
+        "--field-shape",
+        type=int,
+        nargs=2,
+        default=[1024, 1280],
+        metavar=("H", "W"),
+        help="raw field (TIFF) shape",
+    )
     parser.add_argument("--resize-factor", type=float, default=0.5, help="cache resize factor")
-    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: by card name)")
+    parser.add_argument(
+        "--peak-tflops", type=float, help="device peak for MFU (default: by card name)"
+    )
     parser.add_argument("--json", help="also write the results here")
-    parser.add_argument("--tmpdir", help="where to write the fields and cache (default: system temp)")
-    parser.add_argument("--quick", action="store_true",
-                        help="CI smoke: tiny model, demo recipe and field size, 1 + 2 steps, batch 8")
+    parser.add_argument(
+        "--tmpdir", help="where to write the fields and cache (default: system temp)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke: tiny model, demo recipe and field size, 1 + 2 steps, batch 8",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.model_kwargs = args.model_kwargs or dict(TINY_MODEL)
@@ -484,8 +620,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--device cuda: no CUDA device available")
     positive = (args.steps, args.repeats, args.seed_batch, args.tuned_batch, args.tuned_workers + 1)
     if min(positive) < 1 or args.warmup < 0:
-        parser.error("--steps, --repeats and the batch sizes must be positive; --warmup and "
-                     "--tuned-workers >= 0")
+        parser.error(
+            "--steps, --repeats and the batch sizes must be positive; --warmup and "
+            "--tuned-workers >= 0"
+        )
     return args
 
 

@@ -31,21 +31,38 @@ sys.path.insert(0, str(REPO))
 from workflow_scripts.timed import read_timing
 
 NOT_COPIED = shutil.ignore_patterns(
-    ".git", ".snakemake", "results", "weights", "build", "__pycache__", ".pytest_cache",
-    "*.egg-info", ".whl", ".gl",
+    ".git",
+    ".snakemake",
+    "results",
+    "weights",
+    "build",
+    "__pycache__",
+    ".pytest_cache",
+    "*.egg-info",
+    ".whl",
+    ".gl",
 )
 DATA_RULES = ["generate_demo_data", "prepare_metadata", "validate_images", "build_image_cache"]
 SECOND_RECIPE = {"train": {"optimizer": {"lr": 2.0e-4}, "seed": 1}}
 
 
-def run_experiment(workdir: Path, name: str, overlay: dict, cache: Path | None,
-                   targets: list[str]) -> tuple[float, float]:
+def run_experiment(
+    workdir: Path, name: str, overlay: dict, cache: Path | None, targets: list[str]
+) -> tuple[float, float]:
     """(wall s, CPU s of Snakemake and every job it ran): on a shared machine CPU time is the
     steadier figure."""
     config = workdir / f"{name}.yaml"
     config.write_text(yaml.safe_dump({"output_dir": f"results/{name}", **overlay}))
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/demo.yaml",
-           str(config)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "--configfile",
+        "config/demo.yaml",
+        str(config),
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if cache is not None:
         cmd.append("--cache")
@@ -88,8 +105,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
-    targets = (["{out}/cache/meta.json", "{out}/data/validation_report.json"]
-               if args.data_only else ["all"])
+    targets = (
+        ["{out}/cache/meta.json", "{out}/data/validation_report.json"]
+        if args.data_only
+        else ["all"]
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_workflow_cache."))
     workdir = tmp / "repo"
@@ -100,9 +120,11 @@ def main() -> int:
         walls = {
             "A (demo, --cache, fills the cache)": run_experiment(workdir, "a", {}, cache, targets),
             "B (other recipe, --cache)": run_experiment(
-                workdir, "b", SECOND_RECIPE, cache, targets),
+                workdir, "b", SECOND_RECIPE, cache, targets
+            ),
             "B (other recipe, no cache)": run_experiment(
-                workdir, "b_nocache", SECOND_RECIPE, None, targets),
+                workdir, "b_nocache", SECOND_RECIPE, None, targets
+            ),
         }
         timings = {
             name: data_stage_timing(workdir / "results" / name) for name in ("a", "b", "b_nocache")
@@ -110,9 +132,13 @@ def main() -> int:
         stage = ("demo_data", "data", "cache")
         disk = {
             "data stage per experiment without cache (MB)": sum(
-                disk_bytes(workdir / "results/b_nocache" / d) for d in stage) / 1e6,
+                disk_bytes(workdir / "results/b_nocache" / d) for d in stage
+            )
+            / 1e6,
             "data stage per experiment with cache (MB)": sum(
-                disk_bytes(workdir / "results/b" / d) for d in stage) / 1e6,
+                disk_bytes(workdir / "results/b" / d) for d in stage
+            )
+            / 1e6,
             "cache folder, shared (MB)": disk_bytes(cache) / 1e6,
         }
     finally:
@@ -122,8 +148,10 @@ def main() -> int:
     print(f"targets: {'data stage' if args.data_only else 'whole pipeline (all)'}; 2 cores")
     for name, (wall, cpu) in walls.items():
         print(f"  {name:40s} {wall:7.1f} s wall {cpu:7.1f} s CPU")
-    saved = [walls["B (other recipe, no cache)"][i] - walls["B (other recipe, --cache)"][i]
-             for i in (0, 1)]
+    saved = [
+        walls["B (other recipe, no cache)"][i] - walls["B (other recipe, --cache)"][i]
+        for i in (0, 1)
+    ]
     print(f"  second experiment saves {saved[0]:.1f} s wall, {saved[1]:.1f} s CPU with the cache")
     print("data-stage jobs of B without cache (s wall / s CPU / MB peak RSS):")
     for rule, timing in timings["b_nocache"].items():
@@ -133,8 +161,12 @@ def main() -> int:
     for name, value in disk.items():
         print(f"  {name:45s} {value:8.1f}")
     if args.json:
-        numbers = {"wall_cpu_s": walls, "saved_wall_cpu_s": saved, "data_stage": timings,
-                   "disk_mb": disk}
+        numbers = {
+            "wall_cpu_s": walls,
+            "saved_wall_cpu_s": saved,
+            "data_stage": timings,
+            "disk_mb": disk,
+        }
         args.json.write_text(json.dumps(numbers, indent=2))
     return 0
 

@@ -125,21 +125,31 @@ def crop_batch(settings: dict, batch_size: int, device: str | torch.device) -> l
     ]
 
 
-def dino_step(student: MultiCropModel, teacher: MultiCropModel, loss: DINOLoss,
-              crops: list[torch.Tensor], n_global: int) -> None:
+def dino_step(
+    student: MultiCropModel,
+    teacher: MultiCropModel,
+    loss: DINOLoss,
+    crops: list[torch.Tensor],
+    n_global: int,
+) -> None:
     """The model work of Trainer.train_step: teacher on the globals, student on all, backward."""
     with torch.no_grad():
         targets = teacher(crops[:n_global])
     loss(student(crops), targets, teacher_temp=0.04).backward()
 
 
-def meta_counted_step_flops(arch: str, model_kwargs: dict, settings: dict, batch_size: int = 2) -> int:
+def meta_counted_step_flops(
+    arch: str, model_kwargs: dict, settings: dict, batch_size: int = 2
+) -> int:
     """FlopCounterMode's FLOP per image for one step on meta tensors (shapes only, instant)."""
     with torch.device("meta"):
         student = build_dino_model(build_backbone(arch, "none", model_kwargs), settings["head"])
         teacher = make_teacher(student)
-        loss = DINOLoss(settings["head"]["out_dim"], settings["global_crops"]["number"],
-                        settings["local_crops"]["number"])
+        loss = DINOLoss(
+            settings["head"]["out_dim"],
+            settings["global_crops"]["number"],
+            settings["local_crops"]["number"],
+        )
     crops = crop_batch(settings, batch_size, "meta")
     counter = FlopCounterMode(display=False)
     with counter:
@@ -152,40 +162,78 @@ def flop_table(archs: list[str], settings: dict, model_kwargs: dict) -> list[dic
     for arch in archs:
         analytic = analytic_step_flops(arch, model_kwargs, settings)
         counted = meta_counted_step_flops(arch, model_kwargs, settings)
-        rows.append({
-            **asdict(analytic),
-            "total": analytic.total,
-            "total_gmac": analytic.total / FLOP_PER_MAC / 1e9,
-            "flop_counter_total": counted,
-            "flop_counter_relative_difference": counted / analytic.total - 1,
-        })
+        rows.append(
+            {
+                **asdict(analytic),
+                "total": analytic.total,
+                "total_gmac": analytic.total / FLOP_PER_MAC / 1e9,
+                "flop_counter_total": counted,
+                "flop_counter_relative_difference": counted / analytic.total - 1,
+            }
+        )
     return rows
 
 
 def print_flop_table(rows: list[dict], settings: dict) -> None:
     g, loc = settings["global_crops"], settings["local_crops"]
     head = settings["head"]
-    print(f"FLOP per image per DINO step ({g['number']}x{g['size']} + {loc['number']}x{loc['size']} px, "
-          f"head {head['hidden_dim']}/{head['bottleneck_dim']}/{head['out_dim']}); 1 MAC = 2 FLOP")
-    columns = ("arch", "global crop fwd", "local crop fwd", "head fwd/crop", "student fwd",
-               "student bwd", "teacher fwd", "total GFLOP", "total GMAC", "FlopCounterMode", "diff")
+    print(
+        f"FLOP per image per DINO step ({g['number']}x{g['size']} + {loc['number']}x{loc['size']} px, "
+        f"head {head['hidden_dim']}/{head['bottleneck_dim']}/{head['out_dim']}); 1 MAC = 2 FLOP"
+    )
+    columns = (
+        "arch",
+        "global crop fwd",
+        "local crop fwd",
+        "head fwd/crop",
+        "student fwd",
+        "student bwd",
+        "teacher fwd",
+        "total GFLOP",
+        "total GMAC",
+        "FlopCounterMode",
+        "diff",
+    )
     print(" | ".join(columns))
     for row in rows:
-        giga = [row[key] / 1e9 for key in ("global_crop_forward", "local_crop_forward", "head_forward",
-                                           "student_forward", "student_backward", "teacher_forward",
-                                           "total")]
-        print(" | ".join([row["arch"].split(".")[0]] + [f"{value:.2f}" for value in giga]
-                         + [f"{row['total_gmac']:.2f}", f"{row['flop_counter_total'] / 1e9:.2f}",
-                            f"{row['flop_counter_relative_difference']:+.2%}"]))
-    print(f"the issue's ~{ISSUE_VIT_S_GFLOP:g} G for ViT-S/16 counts multiply-accumulates and leaves "
-          f"out the 4 register tokens and the head (without them: ~56 GMAC)")
+        giga = [
+            row[key] / 1e9
+            for key in (
+                "global_crop_forward",
+                "local_crop_forward",
+                "head_forward",
+                "student_forward",
+                "student_backward",
+                "teacher_forward",
+                "total",
+            )
+        ]
+        print(
+            " | ".join(
+                [row["arch"].split(".")[0]]
+                + [f"{value:.2f}" for value in giga]
+                + [
+                    f"{row['total_gmac']:.2f}",
+                    f"{row['flop_counter_total'] / 1e9:.2f}",
+                    f"{row['flop_counter_relative_difference']:+.2%}",
+                ]
+            )
+        )
+    print(
+        f"the issue's ~{ISSUE_VIT_S_GFLOP:g} G for ViT-S/16 counts multiply-accumulates and leaves "
+        f"out the 4 register tokens and the head (without them: ~56 GMAC)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), help="timm ViT names")
-    parser.add_argument("--config", nargs="+", default=[str(REPO / "config.yaml")],
-                        help="config file(s) whose train section gives crops and head")
+    parser.add_argument(
+        "--config",
+        nargs="+",
+        default=[str(REPO / "config.yaml")],
+        help="config file(s) whose train section gives crops and head",
+    )
     parser.add_argument("--model-kwargs", default="{}", help="JSON: extra timm.create_model kwargs")
     parser.add_argument("--json", help="also write the table here")
     args = parser.parse_args(argv)
@@ -195,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     print_flop_table(rows, settings)
     if args.json:
         recipe = {key: settings[key] for key in ("global_crops", "local_crops", "head")}
-        write_json(args.json, {"settings": recipe, "issue_vit_s_gflop": ISSUE_VIT_S_GFLOP, "rows": rows})
+        write_json(
+            args.json, {"settings": recipe, "issue_vit_s_gflop": ISSUE_VIT_S_GFLOP, "rows": rows}
+        )
     return 0
 
 

@@ -27,8 +27,8 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from bench_train_step import random_fields, write_cache  # noqa: E402
+
 from workflow_scripts import config as config_module  # noqa: E402
 from workflow_scripts.tables import read_table  # noqa: E402
 
@@ -41,8 +41,9 @@ def run_job(name: str, argv: list[str], log: Path) -> float:
     log's tail is printed and the process exits with the job's status."""
     start = time.perf_counter()
     with open(log, "w") as fh:
-        status = subprocess.run([sys.executable, "-m", *argv], stdout=fh, stderr=subprocess.STDOUT,
-                                cwd=REPO).returncode
+        status = subprocess.run(
+            [sys.executable, "-m", *argv], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO
+        ).returncode
     seconds = time.perf_counter() - start
     print(f"{name}: exit {status} in {seconds:.1f} s (log {log})", flush=True)
     if status != 0:
@@ -59,13 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # schema validation where jsonschema is installed (a bare GPU node may lack it)
-    config = config_module.load([REPO / "config.yaml", REPO / "config" / "demo.yaml"],
-                                schema=config_module.has_schema_checker())
+    config = config_module.load(
+        [REPO / "config.yaml", REPO / "config" / "demo.yaml"],
+        schema=config_module.has_schema_checker(),
+    )
     arch = config_module.architecture_names(config)[0]
     entry = config_module.architecture(config, arch)
-    settings = config_module.deep_merge(config_module.train_settings(config, arch), {
-        "epochs": EPOCHS, "checkpoint_every": EPOCHS, "num_workers": args.num_workers,
-    })
+    settings = config_module.deep_merge(
+        config_module.train_settings(config, arch),
+        {
+            "epochs": EPOCHS,
+            "checkpoint_every": EPOCHS,
+            "num_workers": args.num_workers,
+        },
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     shutil.rmtree(args.work, ignore_errors=True)
@@ -78,14 +86,34 @@ def main(argv: list[str] | None = None) -> int:
 
     train_dir = args.work / "train"
     train_log = args.work / "train.log"
-    train_s = run_job("train", [
-        "workflow_scripts.train.cli", "--arch", arch, "--channel", CHANNEL,
-        "--cache-dir", str(cache), "--weights", "none", "--model-kwargs", model_kwargs,
-        "--settings", json.dumps(settings), "--out-dir", str(train_dir),
-        "--resume-dir", str(args.work / "resume"),
-    ], train_log)
-    device_lines = [line for line in train_log.read_text().splitlines()
-                    if "process(es) on" in line or line.startswith(("note:", "warning:"))]
+    train_s = run_job(
+        "train",
+        [
+            "workflow_scripts.train.cli",
+            "--arch",
+            arch,
+            "--channel",
+            CHANNEL,
+            "--cache-dir",
+            str(cache),
+            "--weights",
+            "none",
+            "--model-kwargs",
+            model_kwargs,
+            "--settings",
+            json.dumps(settings),
+            "--out-dir",
+            str(train_dir),
+            "--resume-dir",
+            str(args.work / "resume"),
+        ],
+        train_log,
+    )
+    device_lines = [
+        line
+        for line in train_log.read_text().splitlines()
+        if "process(es) on" in line or line.startswith(("note:", "warning:"))
+    ]
     print("training log:", *device_lines, sep="\n  ")
     if not any(f"process(es) on {device}" in line for line in device_lines):
         raise SystemExit(f"error: {train_log} does not say it trained on {device}")
@@ -93,27 +121,51 @@ def main(argv: list[str] | None = None) -> int:
     if not checkpoint.is_file():
         raise SystemExit(f"error: training wrote no {checkpoint}")
     epochs = [json.loads(line) for line in (train_dir / "log.jsonl").read_text().splitlines()]
-    print(f"epochs: {len(epochs)}, last: loss {epochs[-1]['loss']:.4f}, "
-          f"{epochs[-1]['images_per_s']:.1f} images/s, peak {epochs[-1]['peak_memory_mb']:.0f} MB")
+    print(
+        f"epochs: {len(epochs)}, last: loss {epochs[-1]['loss']:.4f}, "
+        f"{epochs[-1]['images_per_s']:.1f} images/s, peak {epochs[-1]['peak_memory_mb']:.0f} MB"
+    )
 
     features = args.work / "features.parquet"
     evaluate = config["evaluate"]
-    extract_s = run_job("extract", [
-        "workflow_scripts.evaluate.extract", "--arch", arch, "--channel", CHANNEL,
-        "--cache-dir", str(cache), "--checkpoint", str(checkpoint), "--model-kwargs", model_kwargs,
-        "--settings", json.dumps({key: evaluate[key] for key in ("crop_grid", "input_size",
-                                                                  "embedding")}),
-        "--batch-size", str(evaluate["batch_size"]), "--num-workers", str(args.num_workers),
-        "--epoch", str(EPOCHS), "--out", str(features),
-    ], args.work / "extract.log")
+    extract_s = run_job(
+        "extract",
+        [
+            "workflow_scripts.evaluate.extract",
+            "--arch",
+            arch,
+            "--channel",
+            CHANNEL,
+            "--cache-dir",
+            str(cache),
+            "--checkpoint",
+            str(checkpoint),
+            "--model-kwargs",
+            model_kwargs,
+            "--settings",
+            json.dumps({key: evaluate[key] for key in ("crop_grid", "input_size", "embedding")}),
+            "--batch-size",
+            str(evaluate["batch_size"]),
+            "--num-workers",
+            str(args.num_workers),
+            "--epoch",
+            str(EPOCHS),
+            "--out",
+            str(features),
+        ],
+        args.work / "extract.log",
+    )
     print((args.work / "extract.log").read_text().strip().splitlines()[-1])
     table = read_table(features)
     values = table[[c for c in table.columns if c.startswith("feat_")]].to_numpy()
     if len(table) != args.images or not np.isfinite(values).all():
-        raise SystemExit(f"error: {features}: {len(table)} rows (expected {args.images}) or "
-                         "non-finite features")
-    print(f"end to end on {device}: train {train_s:.1f} s, extract {extract_s:.1f} s, "
-          f"{len(table)} x {values.shape[1]} features: ok")
+        raise SystemExit(
+            f"error: {features}: {len(table)} rows (expected {args.images}) or non-finite features"
+        )
+    print(
+        f"end to end on {device}: train {train_s:.1f} s, extract {extract_s:.1f} s, "
+        f"{len(table)} x {values.shape[1]} features: ok"
+    )
     return 0
 
 

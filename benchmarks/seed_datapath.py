@@ -25,13 +25,18 @@ class SeedMultiCropDataset(torch.utils.data.Dataset):
         self.clip_max = clip_max
         self.normalize = A.Normalize(mean=0, std=1, max_pixel_value=clip_max)
         self.crop_pipelines = [
-            A.Compose([
-                A.RandomResizedCrop(size=(crops["size"], crops["size"]), scale=tuple(crops["scale"]),
-                                    ratio=tuple(crops.get("ratio", (1, 1))),  # the seed's (1, 1)
-                                    interpolation=cv2.INTER_CUBIC),
-                A.HorizontalFlip(p=settings["hflip_p"]),
-                A.VerticalFlip(p=settings["vflip_p"]),
-            ])
+            A.Compose(
+                [
+                    A.RandomResizedCrop(
+                        size=(crops["size"], crops["size"]),
+                        scale=tuple(crops["scale"]),
+                        ratio=tuple(crops.get("ratio", (1, 1))),  # the seed's (1, 1)
+                        interpolation=cv2.INTER_CUBIC,
+                    ),
+                    A.HorizontalFlip(p=settings["hflip_p"]),
+                    A.VerticalFlip(p=settings["vflip_p"]),
+                ]
+            )
             for crops in (settings["global_crops"], settings["local_crops"])
             for _ in range(crops["number"])
         ]

@@ -10,27 +10,27 @@ localrules:
 
 
 rule evaluate_baseline:
+    input:
+        table=lambda w: BASELINES[w.baseline]["table"],
+        code=code("evaluate.evaluate"),
     output:
         metrics=BASELINE_METRICS,
         predictions=os.path.join(BASELINE_DIR, "predictions.csv"),
         confusion=os.path.join(BASELINE_DIR, "confusion.csv"),
-    input:
-        table=lambda w: BASELINES[w.baseline]["table"],
-        code=code("evaluate.evaluate"),
+    log:
+        out("logs", "evaluate_baseline", "{baseline}.log"),
+    benchmark:
+        out("benchmarks", "evaluate_baseline", "{baseline}.tsv")
+    wildcard_constraints:
+        baseline="|".join(re.escape(name) for name in BASELINES) or "(?!)",
+    conda:
+        "../envs/workflow.yaml"
+    threads: 2
     params:
         settings=as_json(SCORING_SETTINGS),
         feature_columns=lambda w: BASELINES[w.baseline]["feature_columns"],
         metadata_map=metadata_map_arg,
         out_dir=lambda w, output: os.path.dirname(output.metrics),
-    wildcard_constraints:
-        baseline="|".join(re.escape(name) for name in BASELINES) or "(?!)",
-    threads: 2
-    conda:
-        "../envs/workflow.yaml"
-    log:
-        out("logs", "evaluate_baseline", "{baseline}.log"),
-    benchmark:
-        out("benchmarks", "evaluate_baseline", "{baseline}.tsv")
     shell:
         "python -m workflow_scripts.evaluate.evaluate --features {input.table:q} "
         "--feature-columns {params.feature_columns:q} --metadata-map {params.metadata_map:q} "
@@ -39,22 +39,22 @@ rule evaluate_baseline:
 
 
 rule handcrafted_profiles:
-    # the demo's baseline: intensity and texture statistics of the cached images
-    output:
-        HANDCRAFTED_PROFILES,
     input:
         cache=CACHE_TABLE,
         meta=CACHE_META,
         arrays=CACHE_ARRAYS,
         code=code("evaluate.handcrafted"),
-    params:
-        cache_dir=lambda w, input: os.path.dirname(input.meta),
-    conda:
-        "../envs/workflow.yaml"
+    # the demo's baseline: intensity and texture statistics of the cached images
+    output:
+        HANDCRAFTED_PROFILES,
     log:
         out("logs", "handcrafted_profiles.log"),
     benchmark:
         out("benchmarks", "handcrafted_profiles.tsv")
+    conda:
+        "../envs/workflow.yaml"
+    params:
+        cache_dir=lambda w, input: os.path.dirname(input.meta),
     shell:
         "python -m workflow_scripts.evaluate.handcrafted --cache-dir {params.cache_dir:q} "
         "--out {output:q} > {log:q} 2>&1"

@@ -300,7 +300,9 @@ EVAL_SETTINGS = config["evaluate"]
 # what an extraction depends on: the crop mode's own keys, embedding, crop_median
 EXTRACT_SETTINGS = cfg_crops.extraction_settings(EVAL_SETTINGS)
 # what scoring a feature table depends on: the same for the runs and the baselines
-SCORING_SETTINGS = {k: EVAL_SETTINGS.get(k, {}) for k in ("normalization", "tvn", "aggregation", "map")}
+SCORING_SETTINGS = {
+    k: EVAL_SETTINGS.get(k, {}) for k in ("normalization", "tvn", "aggregation", "map")
+}
 
 
 def pretrained_model_arg(wildcards):

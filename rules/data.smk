@@ -17,21 +17,21 @@ if SOURCE == "demo":
         generate_demo_data,
 
     rule generate_demo_data:
+        input:
+            code=code("data.demo"),
         output:
             image_table=os.path.join(DEMO_DIR, "BBBC021_v1_image.csv"),
             moa_table=os.path.join(DEMO_DIR, "BBBC021_v1_moa.csv"),
             images=directory(DEMO_IMAGES),
-        input:
-            code=code("data.demo"),
-        params:
-            settings=as_json(config["data"].get("demo", {})),
-            shape=config["data"]["image_shape"],
-        threads: 2
+        log:
+            os.path.join(LOGS, "generate_demo_data.log"),
         cache: "omit-software"
         conda:
             "../envs/workflow.yaml"
-        log:
-            os.path.join(LOGS, "generate_demo_data.log"),
+        threads: 2
+        params:
+            settings=as_json(config["data"].get("demo", {})),
+            shape=config["data"]["image_shape"],
         shell:
             "python -m workflow_scripts.timed python -m workflow_scripts.data.demo "
             "--settings {params.settings:q} --image-shape {params.shape} --workers {threads} "
@@ -44,21 +44,21 @@ localrules:
 
 
 rule prepare_metadata:
-    output:
-        table=PREPARED_TABLE,
-        manifest=RAW_MANIFEST,
     input:
         **source_tables(),
         **source_images(),
         code=sorted(set(code("data.metadata") + code("data.manifest"))),
-    params:
-        channels=DATA_CHANNELS,
-        **source_image_params(),
+    output:
+        table=PREPARED_TABLE,
+        manifest=RAW_MANIFEST,
+    log:
+        os.path.join(LOGS, "prepare_metadata.log"),
     cache: "omit-software"
     conda:
         "../envs/workflow.yaml"
-    log:
-        os.path.join(LOGS, "prepare_metadata.log"),
+    params:
+        **source_image_params(),
+        channels=DATA_CHANNELS,
     shell:
         "python -m workflow_scripts.timed "
         f"python -m workflow_scripts.data.metadata {source_args()} "
@@ -68,22 +68,22 @@ rule prepare_metadata:
 
 
 rule validate_images:
-    output:
-        table=VALIDATED_TABLE,
-        report=VALIDATION_REPORT,
-        report_md=VALIDATION_REPORT_MD,
     input:
         table=PREPARED_TABLE,
         manifest=RAW_MANIFEST,  # changed raw images rerun validation and everything after it
         code=code("data.validate"),
-    params:
-        channels=DATA_CHANNELS,
-        shape=config["data"]["image_shape"],
+    output:
+        table=VALIDATED_TABLE,
+        report=VALIDATION_REPORT,
+        report_md=VALIDATION_REPORT_MD,
+    log:
+        os.path.join(LOGS, "validate_images.log"),
     cache: "omit-software"
     conda:
         "../envs/workflow.yaml"
-    log:
-        os.path.join(LOGS, "validate_images.log"),
+    params:
+        channels=DATA_CHANNELS,
+        shape=config["data"]["image_shape"],
     shell:
         "python -m workflow_scripts.timed python -m workflow_scripts.data.validate "
         "--table {input.table:q} "
@@ -93,24 +93,24 @@ rule validate_images:
 
 
 rule build_image_cache:
-    output:
-        table=CACHE_TABLE,
-        meta=CACHE_META,
-        # one name per array: the between-workflow cache needs every output named
-        **{f"array_{ch}": path for ch, path in zip(DATA_CHANNELS, CACHE_ARRAYS)},
     input:
         table=VALIDATED_TABLE,
         manifest=RAW_MANIFEST,
         code=code("data.cache"),
-    params:
-        settings=as_json(config["preprocess"]),
-        channels=DATA_CHANNELS,
-    threads: 4
+    output:
+        **{f"array_{ch}": path for ch, path in zip(DATA_CHANNELS, CACHE_ARRAYS)},
+        table=CACHE_TABLE,
+        meta=CACHE_META,
+        # one name per array: the between-workflow cache needs every output named
+    log:
+        os.path.join(LOGS, "build_image_cache.log"),
     cache: "omit-software"
     conda:
         "../envs/workflow.yaml"
-    log:
-        os.path.join(LOGS, "build_image_cache.log"),
+    threads: 4
+    params:
+        settings=as_json(config["preprocess"]),
+        channels=DATA_CHANNELS,
     shell:
         "python -m workflow_scripts.timed python -m workflow_scripts.data.cache "
         "--table {input.table:q} --channels {params.channels:q} --settings {params.settings:q} "

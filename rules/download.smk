@@ -22,27 +22,33 @@ if DOWNLOAD.get("enabled", False) and SOURCE == "official":
     rule download_plate:
         output:
             DOWNLOAD_MARKER,
-        params:
-            base_url=DOWNLOAD["base_url"],
-            image_root=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
-        wildcard_constraints:
-            plate=r"Week\d+_\d+",
-        conda:
-            "../envs/workflow.yaml"
         log:
             os.path.join(LOGS, "download", "{plate}.log"),
         benchmark:
             os.path.join(BENCH, "download", "{plate}.tsv")
+        wildcard_constraints:
+            plate=r"Week\d+_\d+",
+        conda:
+            "../envs/workflow.yaml"
+        params:
+            base_url=DOWNLOAD["base_url"],
+            image_root=lambda w, output: os.path.dirname(os.path.dirname(output[0])),
         shell:
             "python -m workflow_scripts.data.download plate --base-url {params.base_url:q} "
             "--plate {wildcards.plate} --image-root {params.image_root:q} --marker {output:q} "
             "> {log:q} 2>&1"
 
     rule download_tables:
-        output:
-            **source_tables(),
         input:
             expand(DOWNLOAD_MARKER, plate=DOWNLOAD_PLATES),
+        output:
+            **source_tables(),
+        log:
+            os.path.join(LOGS, "download", "tables.log"),
+        benchmark:
+            os.path.join(BENCH, "download", "tables.tsv")
+        conda:
+            "../envs/workflow.yaml"
         params:
             image_table_url=DOWNLOAD["image_table_url"],
             moa_table_url=DOWNLOAD["moa_table_url"],
@@ -52,12 +58,6 @@ if DOWNLOAD.get("enabled", False) and SOURCE == "official":
                 if DOWNLOAD.get("plates", "all") == "all"
                 else "--plates " + " ".join(DOWNLOAD_PLATES)
             ),
-        conda:
-            "../envs/workflow.yaml"
-        log:
-            os.path.join(LOGS, "download", "tables.log"),
-        benchmark:
-            os.path.join(BENCH, "download", "tables.tsv")
         shell:
             "python -m workflow_scripts.data.download tables "
             "--image-table-url {params.image_table_url:q} --moa-table-url {params.moa_table_url:q} "

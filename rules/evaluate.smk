@@ -12,34 +12,34 @@ EVALUATE_GROUP = "evaluate_{arch}_{channel}"
 
 
 rule extract_pretrained:
-    # Epoch 0: the backbone before fine-tuning; it does not wait for (or rerun with) training.
-    output:
-        FEATURES.replace("{epoch}", epoch_tag(0)),
     input:
         cache=CACHE_TABLE,
         meta=CACHE_META,
         arrays=CACHE_ARRAYS,
         model=lambda w: weights_inputs(w.arch),
         code=code("evaluate.extract"),
+    # Epoch 0: the backbone before fine-tuning; it does not wait for (or rerun with) training.
+    output:
+        FEATURES.replace("{epoch}", epoch_tag(0)),
+    log:
+        out("logs", "extract", "{arch}", "{channel}", "epoch_0000.log"),
+    benchmark:
+        out("benchmarks", "extract", "{arch}", "{channel}", "epoch_0000.tsv")
+    wildcard_constraints:
+        channel="|".join(TRAIN_CHANNELS),
+    group:
+        EXTRACT_GROUP
+    conda:
+        "../envs/pytorch-cuda.yaml"
+    threads: 4
+    resources:
+        **extract_resources(1),
     params:
         settings=as_json(EXTRACT_SETTINGS),
         model_kwargs=lambda w: as_json(arch_entry(w.arch)["model_kwargs"]),
         model=pretrained_model_arg,
         epochs=0,
         cache_dir=lambda w, input: os.path.dirname(input.meta),
-    wildcard_constraints:
-        channel="|".join(TRAIN_CHANNELS),
-    group:
-        EXTRACT_GROUP
-    threads: 4
-    resources:
-        **extract_resources(1),
-    conda:
-        "../envs/pytorch-cuda.yaml"
-    log:
-        out("logs", "extract", "{arch}", "{channel}", "epoch_0000.log"),
-    benchmark:
-        out("benchmarks", "extract", "{arch}", "{channel}", "epoch_0000.tsv")
     shell:
         "python -m workflow_scripts.evaluate.extract --arch {wildcards.arch:q} "
         "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} {params.model} "
@@ -56,8 +56,6 @@ for _arch in ARCHS:
     rule:
         name:
             f"extract_trained_{_slug}"
-        output:
-            expand(FEATURES, epoch=_epochs, allow_missing=True),
         input:
             cache=CACHE_TABLE,
             meta=CACHE_META,
@@ -65,25 +63,27 @@ for _arch in ARCHS:
             checkpoints=expand(CHECKPOINT, epoch=_epochs, allow_missing=True),
             metas=expand(CHECKPOINT_META, epoch=_epochs, allow_missing=True),
             code=code("evaluate.extract"),
-        params:
-            settings=as_json(EXTRACT_SETTINGS),
-            model_kwargs=as_json(arch_entry(_arch)["model_kwargs"]),
-            epochs=" ".join(str(int(e)) for e in _epochs),
-            cache_dir=lambda w, input: os.path.dirname(input.meta),
+        output:
+            expand(FEATURES, epoch=_epochs, allow_missing=True),
+        log:
+            out("logs", "extract", "{arch}", "{channel}", "trained_epochs.log"),
+        benchmark:
+            out("benchmarks", "extract", "{arch}", "{channel}", "trained_epochs.tsv")
         wildcard_constraints:
             arch=re.escape(_arch),
             channel="|".join(TRAIN_CHANNELS),
         group:
             EXTRACT_GROUP
+        conda:
+            "../envs/pytorch-cuda.yaml"
         threads: 4
         resources:
             **extract_resources(len(_epochs)),
-        conda:
-            "../envs/pytorch-cuda.yaml"
-        log:
-            out("logs", "extract", "{arch}", "{channel}", "trained_epochs.log"),
-        benchmark:
-            out("benchmarks", "extract", "{arch}", "{channel}", "trained_epochs.tsv")
+        params:
+            settings=as_json(EXTRACT_SETTINGS),
+            model_kwargs=as_json(arch_entry(_arch)["model_kwargs"]),
+            epochs=" ".join(str(int(e)) for e in _epochs),
+            cache_dir=lambda w, input: os.path.dirname(input.meta),
         shell:
             "python -m workflow_scripts.evaluate.extract --arch {wildcards.arch:q} "
             "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
@@ -99,47 +99,47 @@ localrules:
 
 
 rule combine_channel_features:
-    # WS-DINO's "combined" profile: the per-channel features of each image side by side.
-    output:
-        out("features", "{arch}", "combined", "epoch_{epoch}.parquet"),
     input:
         features=expand(FEATURES, channel=DATA_CHANNELS, allow_missing=True),
         code=code("evaluate.combine"),
-    params:
-        names=DATA_CHANNELS,
-    conda:
-        "../envs/workflow.yaml"
+    # WS-DINO's "combined" profile: the per-channel features of each image side by side.
+    output:
+        out("features", "{arch}", "combined", "epoch_{epoch}.parquet"),
     log:
         out("logs", "combine", "{arch}", "epoch_{epoch}.log"),
     benchmark:
         out("benchmarks", "combine", "{arch}", "epoch_{epoch}.tsv")
+    conda:
+        "../envs/workflow.yaml"
+    params:
+        names=DATA_CHANNELS,
     shell:
         "python -m workflow_scripts.evaluate.combine --inputs {input.features:q} "
         "--names {params.names:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate_features:
+    input:
+        features=FEATURES,
+        code=code("evaluate.evaluate"),
     output:
         metrics=METRICS,
         predictions=os.path.join(EVAL_DIR, "predictions.csv"),
         confusion=os.path.join(EVAL_DIR, "confusion.csv"),
-    input:
-        features=FEATURES,
-        code=code("evaluate.evaluate"),
-    params:
-        settings=as_json(SCORING_SETTINGS),
-        out_dir=lambda w, output: os.path.dirname(output.metrics),
-    group:
-        EVALUATE_GROUP
-    threads: 2
-    resources:
-        group_slot=1,
-    conda:
-        "../envs/workflow.yaml"
     log:
         out("logs", "evaluate", "{arch}", "{channel}", "epoch_{epoch}.log"),
     benchmark:
         out("benchmarks", "evaluate", "{arch}", "{channel}", "epoch_{epoch}.tsv")
+    group:
+        EVALUATE_GROUP
+    conda:
+        "../envs/workflow.yaml"
+    threads: 2
+    resources:
+        group_slot=1,
+    params:
+        settings=as_json(SCORING_SETTINGS),
+        out_dir=lambda w, output: os.path.dirname(output.metrics),
     shell:
         "python -m workflow_scripts.evaluate.evaluate --features {input.features:q} "
         "--settings {params.settings:q} --out-dir {params.out_dir:q} "

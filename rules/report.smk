@@ -7,6 +7,12 @@ localrules:
 
 
 rule summarize:
+    input:
+        metrics=all_metrics(),
+        baselines=all_baseline_metrics(),
+        validation=VALIDATION_REPORT,
+        train_logs=expand(TRAIN_LOG, arch=ARCHS, channel=TRAIN_CHANNELS),
+        code=code("evaluate.summary"),
     output:
         table=report(SUMMARY_TABLE, caption="../report/summary_table.rst", category="Summary"),
         best=report(
@@ -21,12 +27,12 @@ rule summarize:
             category="Figures",
         ),
         report=report(SUMMARY_REPORT, caption="../report/report_html.rst", category="Summary"),
-    input:
-        metrics=all_metrics(),
-        baselines=all_baseline_metrics(),
-        validation=VALIDATION_REPORT,
-        train_logs=expand(TRAIN_LOG, arch=ARCHS, channel=TRAIN_CHANNELS),
-        code=code("evaluate.summary"),
+    log:
+        os.path.join(LOGS, "summarize.log"),
+    benchmark:
+        os.path.join(BENCH, "summarize.tsv")
+    conda:
+        "../envs/workflow.yaml"
     params:
         out_dir=lambda w, output: os.path.dirname(output.table),
         # epoch 0's name in the report: random init where weights: none
@@ -34,12 +40,6 @@ rule summarize:
             f"{a}={'none' if arch_entry(a)['weights'] == 'none' else 'pretrained'}" for a in ARCHS
         ),
         pixel_scales=as_json(pixel_scale_statements()),
-    conda:
-        "../envs/workflow.yaml"
-    log:
-        os.path.join(LOGS, "summarize.log"),
-    benchmark:
-        os.path.join(BENCH, "summarize.tsv")
     shell:
         "python -m workflow_scripts.evaluate.summary --metrics {input.metrics:q} "
         "--validation-report {input.validation:q} --out-dir {params.out_dir:q} "

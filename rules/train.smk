@@ -7,21 +7,21 @@ localrules:
 
 
 rule fetch_weights:
+    input:
+        code=code("train.fetch_weights"),
     # Login node (internet) only: GPU jobs then read the local file, offline.
     # Between-workflow cache (rules/data.smk): the key holds the command as written and the
     # params, not wildcards or paths, so the architecture must be a param (else all would share
     # one entry) and weights_dir stays out of it. No benchmark: timing in the log (timed).
     output:
         os.path.join(config["weights_dir"], "{arch}.safetensors"),
-    input:
-        code=code("train.fetch_weights"),
-    params:
-        arch="{arch}",
+    log:
+        os.path.join(LOGS, "fetch_weights", "{arch}.log"),
     cache: "omit-software"
     conda:
         "../envs/pytorch-cuda.yaml"
-    log:
-        os.path.join(LOGS, "fetch_weights", "{arch}.log"),
+    params:
+        arch="{arch}",
     shell:
         "python -m workflow_scripts.timed python -m workflow_scripts.train.fetch_weights "
         "--arch {params.arch:q} --out {output:q} > {log:q} 2>&1"
@@ -44,16 +44,36 @@ for _arch in ARCHS:
     rule:
         name:
             f"train_{_slug}"
-        output:
-            checkpoints=expand(CHECKPOINT, arch=_arch, epoch=train_epochs(_arch), allow_missing=True),
-            metas=expand(CHECKPOINT_META, arch=_arch, epoch=train_epochs(_arch), allow_missing=True),
-            log_jsonl=expand(TRAIN_LOG, arch=_arch, allow_missing=True),
         input:
             cache=CACHE_TABLE,
             meta=CACHE_META,
             arrays=CACHE_ARRAYS,
             weights=weights_inputs(_arch),
             code=code("train.cli"),
+        output:
+            checkpoints=expand(
+                CHECKPOINT, arch=_arch, epoch=train_epochs(_arch), allow_missing=True
+            ),
+            metas=expand(CHECKPOINT_META, arch=_arch, epoch=train_epochs(_arch), allow_missing=True),
+            log_jsonl=expand(TRAIN_LOG, arch=_arch, allow_missing=True),
+        log:
+            out("logs", "train", _arch, "{channel}.log"),
+        benchmark:
+            out("benchmarks", "train", _arch, "{channel}.tsv")
+        wildcard_constraints:
+            channel="|".join(TRAIN_CHANNELS),
+        conda:
+            "../envs/pytorch-cuda.yaml"
+        # CPU runs (demo, tests): one thread per job beats oversubscribed cores for small models
+        threads: _n_gpus * RESOURCES["cpus_per_gpu"] if _n_gpus else 1
+        resources:
+            **_multi_task,
+            gpu=_tasks if _srun else _n_gpus,
+            tasks_per_gpu=0,
+            mem_mb=max(1, _n_gpus) * RESOURCES["mem_mb_per_gpu"] if _n_gpus else 8000,
+            runtime=RESOURCES["train_runtime_min"],
+            # a resource, not a param: switching it reruns no training
+            allow_cpu_fallback=int(config.get("allow_cpu_fallback", False)),
         params:
             arch=_arch,
             settings=as_json(arch_train(_arch)),
@@ -64,24 +84,6 @@ for _arch in ARCHS:
             cache_dir=lambda w, input: os.path.dirname(input.meta),
             out_dir=lambda w, output: os.path.dirname(output.log_jsonl[0]),
             resume_dir=lambda w, a=_arch: out("resume", a, w.channel),
-        wildcard_constraints:
-            channel="|".join(TRAIN_CHANNELS),
-        # CPU runs (demo, tests): one thread per job beats oversubscribed cores for small models
-        threads: _n_gpus * RESOURCES["cpus_per_gpu"] if _n_gpus else 1
-        resources:
-            gpu=_tasks if _srun else _n_gpus,
-            **_multi_task,
-            tasks_per_gpu=0,
-            mem_mb=max(1, _n_gpus) * RESOURCES["mem_mb_per_gpu"] if _n_gpus else 8000,
-            runtime=RESOURCES["train_runtime_min"],
-            # a resource, not a param: switching it reruns no training
-            allow_cpu_fallback=int(config.get("allow_cpu_fallback", False)),
-        conda:
-            "../envs/pytorch-cuda.yaml"
-        log:
-            out("logs", "train", _arch, "{channel}.log"),
-        benchmark:
-            out("benchmarks", "train", _arch, "{channel}.tsv")
         shell:
             "{params.launcher} -m workflow_scripts.train.cli --arch {params.arch:q} "
             "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
 from workflow_scripts.train import distributed, loop, sharded_state
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
 
 def main() -> None:
@@ -25,11 +25,16 @@ def main() -> None:
     trainer = loop.Trainer(job, context)
     trainer.fit()
     optimizer = get_optimizer_state_dict(
-        trainer.student, trainer.optimizer,
-        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    held = {"student": sharded_state.full_state_dict(trainer.student),
-            "teacher": sharded_state.full_state_dict(trainer.teacher),
-            "optimizer": optimizer, "center": trainer.loss.center}
+        trainer.student,
+        trainer.optimizer,
+        options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+    )
+    held = {
+        "student": sharded_state.full_state_dict(trainer.student),
+        "teacher": sharded_state.full_state_dict(trainer.teacher),
+        "optimizer": optimizer,
+        "center": trainer.loss.center,
+    }
     if context.is_main:
         torch.save(held, Path(sys.argv[2]) / f"rank{context.rank}.pt")
     del trainer

@@ -21,8 +21,16 @@ import time
 from pathlib import Path
 
 COMMANDS = (
-    "munged", "munge", "unmunge", "slurmctld", "slurmd",
-    "sbatch", "squeue", "scontrol", "scancel", "sinfo",
+    "munged",
+    "munge",
+    "unmunge",
+    "slurmctld",
+    "slurmd",
+    "sbatch",
+    "squeue",
+    "scontrol",
+    "scancel",
+    "sinfo",
 )
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 MUNGE_KEY = Path("/etc/munge/munge.key")
@@ -84,9 +92,12 @@ class LocalSlurm:
         if "slurmctld" in self._procs and self._procs["slurmctld"].poll() is None:
             self.run(["scancel", f"--user={os.getuid()}"], check=False)
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and self.run(
-                ["squeue", "-h", "-t", "RUNNING,COMPLETING,PENDING"], check=False
-            ).stdout.strip():
+            while (
+                time.monotonic() < deadline
+                and self.run(
+                    ["squeue", "-h", "-t", "RUNNING,COMPLETING,PENDING"], check=False
+                ).stdout.strip()
+            ):
                 time.sleep(0.5)
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self._procs.pop(name, None)
@@ -101,7 +112,7 @@ class LocalSlurm:
         if RUN_CONF.is_symlink() and os.readlink(RUN_CONF) == str(self.conf):
             RUN_CONF.unlink()  # only our own link
 
-    def __enter__(self) -> "LocalSlurm":
+    def __enter__(self) -> LocalSlurm:
         try:
             self.start()
         except BaseException:
@@ -260,7 +271,11 @@ PartitionName=gpu Nodes={NODE} Default=NO MaxTime=INFINITE State=UP
     def _spawn(self, name: str, cmd: list[str], **kwargs) -> None:
         log = open(self.root / f"{name}.stderr", "w")
         self._procs[name] = subprocess.Popen(
-            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            cmd,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             **kwargs,
         )
         log.close()

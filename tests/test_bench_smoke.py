@@ -20,8 +20,12 @@ TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 @pytest.mark.slow
 def test_train_step_benchmark_quick_measures_both_configurations(tmp_path):
     out = tmp_path / "bench.json"
-    assert bench_train_step.main(["--quick", "--device", "cpu", "--json", str(out),
-                                  "--tmpdir", str(tmp_path)]) == 0
+    assert (
+        bench_train_step.main(
+            ["--quick", "--device", "cpu", "--json", str(out), "--tmpdir", str(tmp_path)]
+        )
+        == 0
+    )
     results = json.loads(out.read_text())
     assert set(results["configs"]) == {"seed", "tuned"}
     for row in results["configs"].values():
@@ -38,13 +42,17 @@ def test_train_step_benchmark_quick_measures_both_configurations(tmp_path):
     recipe_batch = demo["batch_size_per_gpu"]
     assert tuned["batch_size"] == 8
     assert tuned["peak_lr"] == pytest.approx(seed["peak_lr"] * 8 / recipe_batch)
-    assert results["speedup_images_per_s"] == pytest.approx(tuned["images_per_s"] / seed["images_per_s"])
+    assert results["speedup_images_per_s"] == pytest.approx(
+        tuned["images_per_s"] / seed["images_per_s"]
+    )
     assert list(tmp_path.iterdir()) == [out]  # the temporary fields and cache are gone
 
 
 def test_analytic_flops_match_flop_counter_for_crops_and_head():
     settings = cfg.load([REPO / "config.yaml", REPO / "config" / "demo.yaml"])["train"]
-    settings = cfg.deep_merge(settings, {"global_crops": {"size": 48}, "local_crops": {"number": 3}})
+    settings = cfg.deep_merge(
+        settings, {"global_crops": {"size": 48}, "local_crops": {"number": 3}}
+    )
     analytic = flops.analytic_step_flops("vit_small_patch16_dinov3.lvd1689m", TINY, settings)
     counted = flops.meta_counted_step_flops("vit_small_patch16_dinov3.lvd1689m", TINY, settings)
     assert analytic.total == counted

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from workflow_copy import DEMO_CONFIG, copy_repo, demo_config, snakemake, write_overlay
+
 from workflow_scripts import output_cache, timed
 from workflow_scripts.errors import InputError
 
@@ -30,8 +30,12 @@ FIRST = {"output_dir": "results/first"}  # the demo recipe
 SECOND = {  # another experiment: other output_dir, other training recipe
     "output_dir": "results/second",
     "channel_modes": ["per_channel"],
-    "train": {"epochs": 1, "checkpoint_every": 1, "optimizer": {"lr": 3.0e-4, "warmup_epochs": 0},
-              "loss": {"warmup_teacher_temp_epochs": 0}},
+    "train": {
+        "epochs": 1,
+        "checkpoint_every": 1,
+        "optimizer": {"lr": 3.0e-4, "warmup_epochs": 0},
+        "loss": {"warmup_teacher_temp_epochs": 0},
+    },
 }
 FRESH = {**SECOND, "output_dir": "results/fresh"}  # built without the cache: the oracle
 RESIZED = {"output_dir": "results/resized", "preprocess": {"resize_factor": 0.5}}
@@ -44,11 +48,16 @@ def data_targets(output_dir: str) -> list[str]:
 def data_outputs(out: Path) -> list[Path]:
     """Every output of the four data-stage rules (the demo images folder included)."""
     return [
-        out / "demo_data" / "BBBC021_v1_image.csv", out / "demo_data" / "BBBC021_v1_moa.csv",
-        out / "demo_data" / "images", out / "data" / "images_prepared.parquet",
-        out / "data" / "images.parquet", out / "data" / "validation_report.json",
-        out / "data" / "validation_report.md", out / "cache" / "images.parquet",
-        out / "cache" / "meta.json", *[out / "cache" / f"{ch}.npy" for ch in CHANNELS],
+        out / "demo_data" / "BBBC021_v1_image.csv",
+        out / "demo_data" / "BBBC021_v1_moa.csv",
+        out / "demo_data" / "images",
+        out / "data" / "images_prepared.parquet",
+        out / "data" / "images.parquet",
+        out / "data" / "validation_report.json",
+        out / "data" / "validation_report.md",
+        out / "cache" / "images.parquet",
+        out / "cache" / "meta.json",
+        *[out / "cache" / f"{ch}.npy" for ch in CHANNELS],
     ]
 
 
@@ -79,8 +88,12 @@ def experiments(tmp_path_factory):
     logs = {
         "first": run(workdir, FIRST, "first", *data_targets("results/first"), cache=cache),
         "second": run(
-            workdir, SECOND, "second", *data_targets("results/second"),
-            f"results/second/train/{ARCH}/DAPI/log.jsonl", cache=cache,
+            workdir,
+            SECOND,
+            "second",
+            *data_targets("results/second"),
+            f"results/second/train/{ARCH}/DAPI/log.jsonl",
+            cache=cache,
         ),
         "fresh": run(workdir, FRESH, "fresh", *data_targets("results/fresh"), cache=None),
         "resized": run(workdir, RESIZED, "resized", *data_targets("results/resized"), cache=cache),
@@ -134,8 +147,17 @@ def test_a_finished_cached_experiment_plans_nothing(experiments):
     workdir, cache, _ = experiments
     config = write_overlay(workdir / "second.yaml", SECOND)
     result = snakemake(
-        workdir, "--cores", "1", "--cache", "--dry-run", "--configfile", DEMO_CONFIG, str(config),
-        "--", *data_targets("results/second"), env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)},
+        workdir,
+        "--cores",
+        "1",
+        "--cache",
+        "--dry-run",
+        "--configfile",
+        DEMO_CONFIG,
+        str(config),
+        "--",
+        *data_targets("results/second"),
+        env={"SNAKEMAKE_OUTPUT_CACHE": str(cache)},
     )
     assert "Nothing to be done" in result.stdout + result.stderr
 
@@ -175,8 +197,9 @@ def test_hub_weights_are_fetched_once_per_architecture_across_weights_dirs(tmp_p
     logs = {}
     for name in ("w1", "w2"):
         overlay = {"output_dir": f"results/{name}", "weights_dir": name, "architectures": archs}
-        logs[name] = run(workdir, overlay, name, *[f"{name}/{a}.safetensors" for a in HUB_ARCHS],
-                         cache=cache)
+        logs[name] = run(
+            workdir, overlay, name, *[f"{name}/{a}.safetensors" for a in HUB_ARCHS], cache=cache
+        )
     for arch in HUB_ARCHS:
         first = workdir / "w1" / f"{arch}.safetensors"
         second = workdir / "w2" / f"{arch}.safetensors"
@@ -212,7 +235,12 @@ def test_cache_on_without_a_location_stops_before_any_job(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_OUTPUT_CACHE"}
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "1", "--cache", "--configfile", DEMO_CONFIG],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode != 0
     assert "$SNAKEMAKE_OUTPUT_CACHE is not set" in result.stdout + result.stderr

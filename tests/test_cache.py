@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from tiff_factory import CHANNELS, WELLS, make_dataset, write_tiff
+
 from workflow_scripts.config import digest
 from workflow_scripts.data import cache
 from workflow_scripts.data.illumination import IlluminationSettings, illumination_function
@@ -22,11 +22,16 @@ REPO = Path(__file__).resolve().parents[1]
 FLAT_SHAPE = (48, 64)
 
 
-def settings(correction: bool = False, resize: float = 1.0, clip_max: float = 65535, **illumination) -> dict:
+def settings(
+    correction: bool = False, resize: float = 1.0, clip_max: float = 65535, **illumination
+) -> dict:
     return {
         "illumination_correction": correction,
         "illumination": {
-            "statistic": "median", "smoothing_sigma": 2, "robust_floor_quantile": 0.0, **illumination
+            "statistic": "median",
+            "smoothing_sigma": 2,
+            "robust_floor_quantile": 0.0,
+            **illumination,
         },
         "resize_factor": resize,
         "clip_max": clip_max,
@@ -90,7 +95,9 @@ def test_flat_field_is_recovered_per_plate_and_channel(vignetted, tmp_path):
             assert function.dtype == np.float32 and function.shape == FLAT_SHAPE
             assert function.mean() == pytest.approx(1.0, abs=1e-5)
             field = gradient(plate, ch)
-            np.testing.assert_allclose(function[interior], (field / field.mean())[interior], rtol=0.03)
+            np.testing.assert_allclose(
+                function[interior], (field / field.mean())[interior], rtol=0.03
+            )
             for row in rows:
                 background = np.asarray(arrays[ch][row], dtype=float)
                 raw = raw_image(table, row, ch).astype(float)
@@ -119,7 +126,9 @@ def test_floor_keeps_dark_corners_from_blowing_up():
     with pytest.raises(ValueError, match="zero on more than a fraction 0.02"):
         illumination_function(images, IlluminationSettings("median", 0, 0.02))
     function = illumination_function(images, IlluminationSettings("median", 0, 0.05))
-    assert function.min() == pytest.approx(function.max())  # the corner is floored to the background
+    assert function.min() == pytest.approx(
+        function.max()
+    )  # the corner is floored to the background
 
 
 def test_row_order_dtype_and_values_without_correction(dataset, tmp_path):
@@ -134,8 +143,13 @@ def test_row_order_dtype_and_values_without_correction(dataset, tmp_path):
             np.testing.assert_array_equal(arrays[ch][row], raw_image(table, row, ch))
     assert not (out / "Actin.npy").exists() and not (out / "illumination").exists()
     assert meta == {
-        "n_images": len(table), "height": 24, "width": 32, "channels": ["Tubulin", "DAPI"],
-        "clip_max": 65535.0, "resize_factor": 1.0, "illumination_correction": False,
+        "n_images": len(table),
+        "height": 24,
+        "width": 32,
+        "channels": ["Tubulin", "DAPI"],
+        "clip_max": 65535.0,
+        "resize_factor": 1.0,
+        "illumination_correction": False,
         "settings_digest": digest(settings()),
     }
 
@@ -182,11 +196,16 @@ def test_load_cache_errors(dataset, tmp_path):
     with pytest.raises(InputError, match=r"meta.json: not found; build the cache first"):
         cache.load_cache(out, ["DAPI"])
     cache.build_cache(table_path, ["DAPI", "Actin"], settings(), out)
-    with pytest.raises(InputError, match=r"channel\(s\) Tubulin not in the cache \(it has DAPI, Actin\)"):
+    with pytest.raises(
+        InputError, match=r"channel\(s\) Tubulin not in the cache \(it has DAPI, Actin\)"
+    ):
         cache.load_cache(out, ["Tubulin"])
     np.save(out / "Actin.npy", np.zeros((len(table), 24, 31), np.uint16))
-    with pytest.raises(InputError, match=r"Actin.npy: uint16 array of shape \(24, 24, 31\), but \S+ describes "
-                                         r"uint16 of shape \(24, 24, 32\); rebuild the cache"):
+    with pytest.raises(
+        InputError,
+        match=r"Actin.npy: uint16 array of shape \(24, 24, 31\), but \S+ describes "
+        r"uint16 of shape \(24, 24, 32\); rebuild the cache",
+    ):
         cache.load_cache(out, ["DAPI", "Actin"])
     (out / "DAPI.npy").unlink()
     with pytest.raises(InputError, match=r"DAPI.npy: not found \(channel DAPI of the cache\)"):
@@ -197,11 +216,25 @@ def test_load_cache_errors(dataset, tmp_path):
     "bad, message",
     [
         ({"clip_max": None}, r"key 'preprocess.clip_max' is missing"),
-        ({"clip_max": 70000}, r"preprocess.clip_max' must be in \(0, 65535\] \(the cache is uint16\), not 70000"),
+        (
+            {"clip_max": 70000},
+            r"preprocess.clip_max' must be in \(0, 65535\] \(the cache is uint16\), not 70000",
+        ),
         ({"resize_factor": 2}, r"'preprocess.resize_factor' must be in \(0, 1\], not 2"),
-        ({"illumination": {"statistic": "mode", "smoothing_sigma": 1, "robust_floor_quantile": 0}},
-         r"'preprocess.illumination': statistic must be one of mean, median, not 'mode'"),
-        ({"illumination": {"statistic": "mean"}}, r"key 'preprocess.illumination.smoothing_sigma' is missing"),
+        (
+            {
+                "illumination": {
+                    "statistic": "mode",
+                    "smoothing_sigma": 1,
+                    "robust_floor_quantile": 0,
+                }
+            },
+            r"'preprocess.illumination': statistic must be one of mean, median, not 'mode'",
+        ),
+        (
+            {"illumination": {"statistic": "mean"}},
+            r"key 'preprocess.illumination.smoothing_sigma' is missing",
+        ),
     ],
 )
 def test_bad_settings(dataset, tmp_path, bad, message):
@@ -224,9 +257,24 @@ def test_unreadable_tiff_leaves_no_partial_cache(dataset, tmp_path):
     table.to_parquet(table_path, index=False)
     out = tmp_path / "work" / "cache"
     result = subprocess.run(
-        [sys.executable, "-m", "workflow_scripts.data.cache", "--table", str(table_path),
-         "--channels", *CHANNELS, "--settings", json.dumps(settings(correction=True)), "--workers", "2", "--out-dir", str(out)],
-        cwd=REPO, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "workflow_scripts.data.cache",
+            "--table",
+            str(table_path),
+            "--channels",
+            *CHANNELS,
+            "--settings",
+            json.dumps(settings(correction=True)),
+            "--workers",
+            "2",
+            "--out-dir",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -241,7 +289,9 @@ def test_unreadable_tiff_leaves_no_partial_cache(dataset, tmp_path):
 def test_image_of_another_size_is_named(dataset, tmp_path):
     _, table = dataset
     table = table.copy()
-    table.loc[5, "path_DAPI"] = str(write_tiff(tmp_path / "small.tif", np.ones((20, 32), np.uint16)))
+    table.loc[5, "path_DAPI"] = str(
+        write_tiff(tmp_path / "small.tif", np.ones((20, 32), np.uint16))
+    )
     table.to_parquet(tmp_path / "images.parquet", index=False)
     message = (
         rf"row 5 \(image_id {table.loc[5, 'image_id']}\), column 'path_DAPI': \S+small.tif is a uint16 "
@@ -260,8 +310,11 @@ def test_too_little_free_space_is_one_error_naming_folder_and_bytes(dataset, tmp
     needed = len(table) * 24 * 32 * 2 * 2  # two uint16 channels
     monkeypatch.setattr(disk_space, "free_bytes", lambda directory: needed - 1)
     out = tmp_path / "cache"
-    with pytest.raises(InputError, match=rf"{tmp_path}: not enough free disk space for the image "
-                                         rf"cache \(2 arrays\): needs {needed} bytes"):
+    with pytest.raises(
+        InputError,
+        match=rf"{tmp_path}: not enough free disk space for the image "
+        rf"cache \(2 arrays\): needs {needed} bytes",
+    ):
         cache.build_cache(table_path, ["DAPI", "Actin"], settings(), out, workers=1)
     assert list(tmp_path.iterdir()) == []  # no cache, no temp folder
     monkeypatch.setattr(disk_space, "free_bytes", lambda directory: needed)

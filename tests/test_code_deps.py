@@ -24,8 +24,12 @@ def test_extraction_runs_training_data_path_but_not_metrics():
 def test_transitive_imports_are_followed():
     files = _rel("workflow_scripts.evaluate.evaluate")
     # evaluate -> pipeline -> metrics / tvn / aggregate
-    assert {"workflow_scripts/evaluate/pipeline.py", "workflow_scripts/evaluate/metrics.py",
-            "workflow_scripts/evaluate/tvn.py", "workflow_scripts/evaluate/aggregate.py"} <= files
+    assert {
+        "workflow_scripts/evaluate/pipeline.py",
+        "workflow_scripts/evaluate/metrics.py",
+        "workflow_scripts/evaluate/tvn.py",
+        "workflow_scripts/evaluate/aggregate.py",
+    } <= files
     assert not any(f.startswith("workflow_scripts/train/") for f in files)
 
 

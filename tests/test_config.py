@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from workflow_scripts import config as cfg
-from workflow_scripts.train.model_kwargs import check_model_kwargs
 from workflow_scripts.errors import InputError
+from workflow_scripts.train.model_kwargs import check_model_kwargs
 
 REPO = cfg.REPO_DIR
 
@@ -56,15 +56,25 @@ def test_unknown_architecture_names_key_and_valid_models(demo_config):
         (lambda c: c["train"]["optimizer"].update(min_lr=1.0), "train.optimizer.min_lr"),
         (lambda c: c["architectures"].append(dict(c["architectures"][0])), "architectures.1.name"),
         # warm-ups longer than the run (demo: 4 epochs)
-        (lambda c: c["train"]["optimizer"].update(warmup_epochs=5),
-         "train.optimizer.warmup_epochs"),
-        (lambda c: c["train"]["loss"].update(warmup_teacher_temp_epochs=5),
-         "train.loss.warmup_teacher_temp_epochs"),
+        (
+            lambda c: c["train"]["optimizer"].update(warmup_epochs=5),
+            "train.optimizer.warmup_epochs",
+        ),
+        (
+            lambda c: c["train"]["loss"].update(warmup_teacher_temp_epochs=5),
+            "train.loss.warmup_teacher_temp_epochs",
+        ),
         (lambda c: c.update(allow_cpu_fallback="yes"), "allow_cpu_fallback"),
         (lambda c: c["evaluate"].update(crops="tiles"), "evaluate.crops"),
-        (lambda c: c["evaluate"]["seed_windows"].update(boxes=[[0, 0, 300]]), "evaluate.seed_windows.boxes.0"),
+        (
+            lambda c: c["evaluate"]["seed_windows"].update(boxes=[[0, 0, 300]]),
+            "evaluate.seed_windows.boxes.0",
+        ),
         (lambda c: c["evaluate"].update(crop_median="mean"), "evaluate.crop_median"),
-        (lambda c: c["baselines"][0].update(name="vit_small_patch16_dinov3.lvd1689m"), "baselines.0.name"),
+        (
+            lambda c: c["baselines"][0].update(name="vit_small_patch16_dinov3.lvd1689m"),
+            "baselines.0.name",
+        ),
         (lambda c: c["baselines"][0]["metadata_map"].update(MoA="moa"), "baselines.0.metadata_map"),
     ],
 )
@@ -77,8 +87,11 @@ def test_invalid_settings_name_the_key(demo_config, mutate, key):
 
 def test_architecture_overrides_reach_only_that_architecture(demo_config):
     config = copy.deepcopy(demo_config)
-    second = {"name": "vit_small_plus_patch16_dinov3.lvd1689m", "weights": "none",
-              "train": {"epochs": 6, "optimizer": {"lr": 2.0e-4}}}
+    second = {
+        "name": "vit_small_plus_patch16_dinov3.lvd1689m",
+        "weights": "none",
+        "train": {"epochs": 6, "optimizer": {"lr": 2.0e-4}},
+    }
     config["architectures"].append(second)
     cfg.validate(config)
     first = cfg.train_settings(config, "vit_small_patch16_dinov3.lvd1689m")
@@ -114,7 +127,10 @@ def test_config_file_errors(tmp_path):
 def _snakemake(*args, cwd=REPO):
     """Run snakemake; returns (exit status, stdout + stderr): it logs errors to either."""
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=cwd, capture_output=True, text=True,
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     return result.returncode, result.stdout + result.stderr
@@ -165,8 +181,12 @@ def test_model_kwargs_typo_is_named_while_planning(demo_config):
 
 def test_dry_run_names_model_kwargs_typo_and_schema_key(tmp_path):
     typo = tmp_path / "typo.yaml"
-    arch = {"name": "vit_small_patch16_dinov3.lvd1689m", "weights": "none", "gpus": 0,
-            "model_kwargs": {"depht": 2}}
+    arch = {
+        "name": "vit_small_patch16_dinov3.lvd1689m",
+        "weights": "none",
+        "gpus": 0,
+        "model_kwargs": {"depht": 2},
+    }
     typo.write_text(yaml.safe_dump({"architectures": [arch]}))
     status, output = _snakemake("-n", "--configfile", "config/demo.yaml", str(typo))
     assert status != 0
@@ -184,10 +204,24 @@ def test_gpus_without_cuda_stop_the_training_job_unless_cpu_is_allowed(tmp_path,
         pytest.skip("this machine has CUDA")
     from workflow_scripts.train import cli as train_cli
 
-    argv = ["--arch", "vit_small_patch16_dinov3.lvd1689m", "--channel", "DAPI",
-            "--cache-dir", str(tmp_path / "no_cache"), "--weights", "none", "--settings", "{}",
-            "--out-dir", str(tmp_path / "out"), "--resume-dir", str(tmp_path / "resume"),
-            "--gpus", "2"]
+    argv = [
+        "--arch",
+        "vit_small_patch16_dinov3.lvd1689m",
+        "--channel",
+        "DAPI",
+        "--cache-dir",
+        str(tmp_path / "no_cache"),
+        "--weights",
+        "none",
+        "--settings",
+        "{}",
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--resume-dir",
+        str(tmp_path / "resume"),
+        "--gpus",
+        "2",
+    ]
     assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "'architectures[].gpus' is 2 but this training job sees no CUDA device" in err

@@ -57,10 +57,18 @@ def demo_config() -> tuple[dict, list[int]]:
 
 
 def generate(out_dir: Path, settings: dict, shape: list[str], workers: int = 1) -> int:
-    return demo.main([
-        "--settings", json.dumps(settings), "--image-shape", *shape, "--out-dir", str(out_dir),
-        "--workers", str(workers),
-    ])
+    return demo.main(
+        [
+            "--settings",
+            json.dumps(settings),
+            "--image-shape",
+            *shape,
+            "--out-dir",
+            str(out_dir),
+            "--workers",
+            str(workers),
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +77,25 @@ def demo_dataset(tmp_path_factory) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
     settings, shape = demo_config()
     out = tmp_path_factory.mktemp("demo")
     assert generate(out, settings, [str(s) for s in shape], workers=2) == 0
-    assert metadata.main([
-        "--source", "official",
-        "--image-table", str(out / demo.IMAGE_TABLE),
-        "--moa-table", str(out / demo.MOA_TABLE),
-        "--image-root", str(out / demo.IMAGE_DIR),
-        "--channels", *CHANNELS,
-        "--out", str(out / "images.parquet"),
-    ]) == 0
+    assert (
+        metadata.main(
+            [
+                "--source",
+                "official",
+                "--image-table",
+                str(out / demo.IMAGE_TABLE),
+                "--moa-table",
+                str(out / demo.MOA_TABLE),
+                "--image-root",
+                str(out / demo.IMAGE_DIR),
+                "--channels",
+                *CHANNELS,
+                "--out",
+                str(out / "images.parquet"),
+            ]
+        )
+        == 0
+    )
     return out, pd.read_csv(out / demo.IMAGE_TABLE), read_table(out / "images.parquet")
 
 
@@ -231,8 +250,11 @@ def test_unknown_setting_is_named_and_nothing_is_written(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "settings, key",
-    [({"moas": ["Telepathy"]}, "data.demo.moas"), ({"n_weeks": 0}, "data.demo.n_weeks"),
-     ({"n_weeks": 2, "dmso_wells_per_plate": 30}, "data.demo")],
+    [
+        ({"moas": ["Telepathy"]}, "data.demo.moas"),
+        ({"n_weeks": 0}, "data.demo.n_weeks"),
+        ({"n_weeks": 2, "dmso_wells_per_plate": 30}, "data.demo"),
+    ],
 )
 def test_bad_settings_name_the_key(tmp_path, capsys, settings, key):
     assert generate(tmp_path / "out", settings, TINY_SHAPE) == 2

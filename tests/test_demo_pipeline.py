@@ -12,8 +12,8 @@ import zipfile
 
 import pandas as pd
 import pytest
-
 from workflow_copy import DEMO_CONFIG, copy_repo, demo_config, snakemake
+
 from workflow_scripts import config as cfg
 
 OUTPUT_DIR = "results/demo_test"
@@ -22,8 +22,16 @@ OUTPUT_DIR = "results/demo_test"
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     workdir = copy_repo(tmp_path_factory.mktemp("demo") / "repo")
-    snakemake(workdir, "--cores", "2", "--configfile", DEMO_CONFIG,
-              "--config", f"output_dir={OUTPUT_DIR}", timeout_s=1800)
+    snakemake(
+        workdir,
+        "--cores",
+        "2",
+        "--configfile",
+        DEMO_CONFIG,
+        "--config",
+        f"output_dir={OUTPUT_DIR}",
+        timeout_s=1800,
+    )
     return workdir, workdir / OUTPUT_DIR
 
 
@@ -50,10 +58,14 @@ def test_summary_has_every_arch_channel_and_epoch(demo_run):
 def test_configured_baseline_is_a_row_of_the_summary_and_the_report(demo_run):
     _, out = demo_run
     summary = pd.read_csv(out / "summary" / "summary.csv")
-    (baseline,) = cfg.baselines(cfg.load([cfg.REPO_DIR / "config.yaml", cfg.REPO_DIR / DEMO_CONFIG]))
+    (baseline,) = cfg.baselines(
+        cfg.load([cfg.REPO_DIR / "config.yaml", cfg.REPO_DIR / DEMO_CONFIG])
+    )
     row = summary[summary["kind"] == "baseline"]
     assert list(zip(row["arch"], row["channel"])) == [(baseline["name"], "baseline")]
-    scored = json.loads((out / "eval" / "baselines" / baseline["name"] / "metrics.json").read_text())
+    scored = json.loads(
+        (out / "eval" / "baselines" / baseline["name"] / "metrics.json").read_text()
+    )
     assert row["nsc"].iloc[0] == pytest.approx(scored["nsc"])
     assert scored["n_images"] == summary["n_images"].iloc[0]  # every cache image has a profile
     report = (out / "summary" / "report.html").read_text()
@@ -85,16 +97,25 @@ def test_training_logged_every_epoch_and_checkpoints_record_their_origin(demo_ru
 
 def test_second_run_does_nothing(demo_run):
     workdir, _ = demo_run
-    result = snakemake(workdir, "-n", "--configfile", DEMO_CONFIG,
-                       "--config", f"output_dir={OUTPUT_DIR}")
+    result = snakemake(
+        workdir, "-n", "--configfile", DEMO_CONFIG, "--config", f"output_dir={OUTPUT_DIR}"
+    )
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
 def test_snakemake_report_bundles_the_summary_with_captions(demo_run):
     workdir, _ = demo_run
     bundle = workdir / "report.zip"
-    snakemake(workdir, "--configfile", DEMO_CONFIG, "--config", f"output_dir={OUTPUT_DIR}",
-              "--report", str(bundle), timeout_s=600)
+    snakemake(
+        workdir,
+        "--configfile",
+        DEMO_CONFIG,
+        "--config",
+        f"output_dir={OUTPUT_DIR}",
+        "--report",
+        str(bundle),
+        timeout_s=600,
+    )
     with zipfile.ZipFile(bundle) as archive:
         names = archive.namelist()
     # tagged outputs land under report/data/raw/; report/report.html is Snakemake's own index
@@ -114,8 +135,10 @@ def test_demo_training_learns_and_is_not_collapsed(demo_run):
     ln_k = math.log(cfg.train_settings(config, arch)["head"]["out_dim"])
     last = {}
     for channel in cfg.training_channels(config):
-        lines = [json.loads(x) for x in
-                 (out / "train" / arch / channel / "log.jsonl").read_text().splitlines()]
+        lines = [
+            json.loads(x)
+            for x in (out / "train" / arch / channel / "log.jsonl").read_text().splitlines()
+        ]
         last[channel] = lines[-1]
         assert all(line["collapse"] is None for line in lines), channel
         # measured at epoch 4: 0.72-0.77 ln K; collapsed: 0.9995 ln K

@@ -27,8 +27,10 @@ def test_enospc_anywhere_in_a_cli_is_one_line_and_status_2(capsys):
 def test_a_library_short_write_with_a_stack_trace_is_one_line_too(capsys):
     @cli
     def main(argv=None):
-        raise RuntimeError("[enforce fail at inline_container.cc:778] . unexpected pos 9 vs 4\n"
-                           "frame #0: c10::Error::Error() + 0x1\nframe #1: ...")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:778] . unexpected pos 9 vs 4\n"
+            "frame #0: c10::Error::Error() + 0x1\nframe #1: ..."
+        )
 
     assert main([]) == 2
     err = capsys.readouterr().err
@@ -52,8 +54,11 @@ def test_resume_state_on_a_full_disk_names_file_and_bytes_and_keeps_the_old(tmp_
     path = tmp_path / "resume" / "state.pt"
     checkpoint.save_resume_state(path, state(1))
     monkeypatch.setattr(disk_space, "free_bytes", lambda directory: 100)
-    with pytest.raises(InputError, match=rf"{tmp_path / 'resume'}: not enough free disk space for "
-                                         r"the resume state state\.pt: needs 1056 bytes"):
+    with pytest.raises(
+        InputError,
+        match=rf"{tmp_path / 'resume'}: not enough free disk space for "
+        r"the resume state state\.pt: needs 1056 bytes",
+    ):
         checkpoint.save_resume_state(path, state(2))
     assert checkpoint.load_resume_state(path)["epoch"] == 1
 
@@ -68,8 +73,11 @@ def test_a_short_write_inside_torch_save_is_named_not_unexpected_pos(tmp_path, m
         raise RuntimeError("[enforce fail at inline_container.cc:778] . unexpected pos 64 vs 32")
 
     monkeypatch.setattr(torch, "save", short_write)
-    with pytest.raises(InputError, match=r"state\.pt: no space left on device writing the resume "
-                                         r"state: needs about 1056 bytes .*previous state is kept"):
+    with pytest.raises(
+        InputError,
+        match=r"state\.pt: no space left on device writing the resume "
+        r"state: needs about 1056 bytes .*previous state is kept",
+    ):
         checkpoint.save_resume_state(path, state(2))
     monkeypatch.undo()
     assert checkpoint.load_resume_state(path)["epoch"] == 1

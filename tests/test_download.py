@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pandas as pd
 import pytest
-
 from workflow_copy import copy_repo, snakemake, write_overlay
+
 from workflow_scripts.data import download
 from workflow_scripts.errors import InputError
 
@@ -180,11 +180,17 @@ def test_tables_keep_the_selected_plates_and_follow_the_destination_suffix(serve
     code = download.main(
         [
             "tables",
-            "--image-table-url", server.base_url + "image.csv",
-            "--moa-table-url", server.base_url + "moa.csv",
-            "--image-table", str(out_image),
-            "--moa-table", str(out_moa),
-            "--plates", "Week1_22123", "Week10_40111",
+            "--image-table-url",
+            server.base_url + "image.csv",
+            "--moa-table-url",
+            server.base_url + "moa.csv",
+            "--image-table",
+            str(out_image),
+            "--moa-table",
+            str(out_moa),
+            "--plates",
+            "Week1_22123",
+            "Week10_40111",
         ]
     )
     assert code == 0
@@ -262,8 +268,15 @@ def test_download_rules_fetch_plates_then_tables(server, tmp_path):
     assert (shared / "BBBC021_v1_moa.csv").read_bytes() == b"shared moa table"
     # prepare_metadata reads the downloaded tables, not the configured ones
     dry_run = snakemake(
-        workdir, "prepare_metadata", "--cores", "1", "--configfile", str(overlay), "-n",
-        "--forceall", "--printshellcmds",
+        workdir,
+        "prepare_metadata",
+        "--cores",
+        "1",
+        "--configfile",
+        str(overlay),
+        "-n",
+        "--forceall",
+        "--printshellcmds",
     )
     planned = dry_run.stdout + dry_run.stderr
     assert f"--image-table {tables / 'BBBC021_v1_image.csv.gz'}" in planned

@@ -45,8 +45,9 @@ def test_an_env_file_no_rule_uses_is_reported(tmp_path):
 def test_cpu_rules_need_no_torch_and_gpu_rules_get_the_tested_torch():
     texts = envs.render_envs()
     pins = envs.read_pins(envs.REPO_DIR / "requirements.txt")
-    assert "torch" not in {line.split("==")[0].strip("- ") for line in
-                           texts["workflow.yaml"].splitlines()}
+    assert "torch" not in {
+        line.split("==")[0].strip("- ") for line in texts["workflow.yaml"].splitlines()
+    }
     assert f"      - {pins['torch']}" in texts["pytorch-cuda.yaml"].splitlines()
     # timm imports torchvision at run time: its metadata pulls the pinned version in
     assert f"      - {pins['torchvision']}" in texts["pytorch-cuda.yaml"].splitlines()

@@ -77,16 +77,27 @@ def test_model_input_is_the_cached_pixels_over_10000_exactly():
             for channel in range(3):  # grey repeated to 3 channels
                 np.testing.assert_array_equal(fed[row, channel].numpy(), expected)
     # the feature: the seed's torch.median (lower middle value) over the 4 crops' CLS tokens
-    means = torch.tensor([[arrays[0][i, y0:y1, x0:x1].astype(np.float32).mean() / CLIP_MAX
-                           for x0, y0, x1, y1 in SEED_WINDOWS] for i in range(3)])
+    means = torch.tensor(
+        [
+            [
+                arrays[0][i, y0:y1, x0:x1].astype(np.float32).mean() / CLIP_MAX
+                for x0, y0, x1, y1 in SEED_WINDOWS
+            ]
+            for i in range(3)
+        ]
+    )
     np.testing.assert_allclose(features[:, 0], torch.median(means, dim=1).values.numpy(), rtol=1e-5)
 
 
 def test_crop_median_lower_is_torch_median_and_midpoint_is_numpy():
     values = np.random.default_rng(1).normal(size=(5, 4, 7)).astype(np.float32)
     lower = crops.median_over_crops(values, "lower")
-    np.testing.assert_array_equal(lower, torch.median(torch.from_numpy(values), dim=1).values.numpy())
-    np.testing.assert_array_equal(crops.median_over_crops(values, "midpoint"), np.median(values, axis=1))
+    np.testing.assert_array_equal(
+        lower, torch.median(torch.from_numpy(values), dim=1).values.numpy()
+    )
+    np.testing.assert_array_equal(
+        crops.median_over_crops(values, "midpoint"), np.median(values, axis=1)
+    )
     assert not np.allclose(lower, np.median(values, axis=1))
     odd = values[:, :3]  # odd counts: both are the middle value
     np.testing.assert_array_equal(crops.median_over_crops(odd, "lower"), np.median(odd, axis=1))
@@ -97,8 +108,9 @@ def test_crop_median_lower_is_torch_median_and_midpoint_is_numpy():
 def test_seed_windows_scale_with_the_field():
     # resize_factor 1.0: every coordinate doubles, sides stay multiples of 16
     full = crops.evaluation_crops(1024, 1280, SEED)
-    assert [w.box for w in full] == [(2 * y0, 2 * x0, 2 * (y1 - y0), 2 * (x1 - x0))
-                                     for x0, y0, x1, y1 in SEED_WINDOWS]
+    assert [w.box for w in full] == [
+        (2 * y0, 2 * x0, 2 * (y1 - y0), 2 * (x1 - x0)) for x0, y0, x1, y1 in SEED_WINDOWS
+    ]
     # the demo's 204 x 256 field (0.398 x 0.4 of 512 x 640): sides rounded to 16 around the
     # scaled centres, inside the field
     height, width = 204, 256
@@ -115,8 +127,12 @@ def test_seed_windows_scale_with_the_field():
 def test_grid_mode_is_the_resized_tiles():
     grid = {**SEED, "crops": "grid", "crop_grid": [2, 2], "input_size": 224}
     tiles = crops.evaluation_crops(512, 640, grid)
-    assert [t.box for t in tiles] == [(0, 0, 256, 320), (0, 320, 256, 320), (256, 0, 256, 320),
-                                      (256, 320, 256, 320)]
+    assert [t.box for t in tiles] == [
+        (0, 0, 256, 320),
+        (0, 320, 256, 320),
+        (256, 0, 256, 320),
+        (256, 320, 256, 320),
+    ]
     assert all((t.out_height, t.out_width) == (224, 224) and t.resized for t in tiles)
 
 
@@ -128,7 +144,9 @@ def test_bad_crop_settings_name_the_key():
     outside = {**SEED["seed_windows"], "boxes": [[64, 32, 700, 256]]}
     with pytest.raises(InputError, match=r"'seed_windows.boxes.0': \[64, 32, 700, 256\]"):
         crops.evaluation_crops(512, 640, {**SEED, "seed_windows": outside})
-    with pytest.raises(InputError, match="window height of 16 pixels does not fit the cached field's 8"):
+    with pytest.raises(
+        InputError, match="window height of 16 pixels does not fit the cached field's 8"
+    ):
         crops.evaluation_crops(8, 640, SEED)
     # a window side the ViT's patch does not divide fails before any forward pass
     odd = {**SEED, "seed_windows": {**SEED["seed_windows"], "multiple": 8}}
@@ -142,7 +160,9 @@ def test_config_rejects_windows_that_do_not_fit_the_cached_field():
     bad = json.loads(json.dumps(CONFIG))
     bad["evaluate"]["seed_windows"]["boxes"][1] = [320, 32, 544, 600]
     cfg.validate(bad)  # the schema's and config.py's checks pass; the field check is crops'
-    with pytest.raises(InputError, match=r"config key 'evaluate' \(cached field 640 x 512.*boxes.1"):
+    with pytest.raises(
+        InputError, match=r"config key 'evaluate' \(cached field 640 x 512.*boxes.1"
+    ):
         crops.check_config(bad)
     crops.check_config(DEMO)  # the demo's 256 x 204 field takes the scaled windows
 
@@ -159,10 +179,16 @@ def test_pixel_scales_of_training_and_evaluation_crops():
     # RandomResizedCrop of 10-20 % of the 512 x 640 field to 224 px, 2 raw pixels per cached one
     expected_global = [math.sqrt(s * 512 * 640) / 224 * 2 for s in (0.1, 0.2)]
     np.testing.assert_allclose(scales["train_global"], expected_global)
-    np.testing.assert_allclose(scales["train_local"], [math.sqrt(s * 512 * 640) / 96 * 2 for s in (0.04, 0.08)])
+    np.testing.assert_allclose(
+        scales["train_local"], [math.sqrt(s * 512 * 640) / 96 * 2 for s in (0.04, 0.08)]
+    )
     assert scales["evaluation"] == [2.0, 2.0]  # native windows: one cached pixel per model pixel
-    grid = crops.pixel_scales([1024, 1280], 0.5, CONFIG["train"],
-                              {**SEED, "crops": "grid", "crop_grid": [2, 2], "input_size": 224})
+    grid = crops.pixel_scales(
+        [1024, 1280],
+        0.5,
+        CONFIG["train"],
+        {**SEED, "crops": "grid", "crop_grid": [2, 2], "input_size": 224},
+    )
     np.testing.assert_allclose(grid["evaluation"], [256 / 224 * 2, 320 / 224 * 2])
     text = crops.describe_scales(grid)
     assert "training global crops 1.62-2.29" in text and "2.29 (y) / 2.86 (x)" in text

@@ -13,8 +13,15 @@ KWARGS = {"depth": 1, "embed_dim": 32, "num_heads": 2}
 
 
 def _epoch0(seed):
-    args = argparse.Namespace(checkpoint=None, epoch=0, arch=ARCH, weights="none",
-                              init_seed=seed, input_standardization=None, interpolation=None)
+    args = argparse.Namespace(
+        checkpoint=None,
+        epoch=0,
+        arch=ARCH,
+        weights="none",
+        init_seed=seed,
+        input_standardization=None,
+        interpolation=None,
+    )
     return load_model(args, KWARGS)[0].state_dict()
 
 

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 import torch
-
 from test_eval_extract import ARCH, SETTINGS, TINY, cache_dir, tiny_model  # noqa: F401 (fixture)
+
 from workflow_scripts.evaluate import extract
 from workflow_scripts.train.checkpoint import save_backbone_checkpoint
 

@@ -10,8 +10,8 @@ import pytest
 
 from workflow_scripts.evaluate.metrics import (
     evaluate_profiles,
-    null_average_precision,
     nscb_protocol,
+    null_average_precision,
     single_batch_moas,
 )
 from workflow_scripts.evaluate.pipeline import evaluate_table
@@ -66,8 +66,14 @@ def test_nsc_nscb_and_map_match_hand_computation():
     assert metrics["n_treatments_nsc"] == 8
     nsc = predictions[predictions["protocol"] == "nsc"].set_index("treatment")
     assert nsc["neighbour"].to_dict() == {
-        "a@1": "b@1", "a@2": "b@1", "b@1": "a@2", "c@1": "d@1",
-        "d@1": "c@1", "e@1": "c@1", "f@1": "g@1", "g@1": "f@1",
+        "a@1": "b@1",
+        "a@2": "b@1",
+        "b@1": "a@2",
+        "c@1": "d@1",
+        "d@1": "c@1",
+        "e@1": "c@1",
+        "f@1": "g@1",
+        "g@1": "f@1",
     }
     # AP (positives: same MoA, other compound), from the rankings above:
     #   a@1: positives b, c at ranks 1, 3 -> (1/1 + 2/3) / 2 = 5/6;  a@2: same order -> 5/6
@@ -145,7 +151,12 @@ def test_nscb_excludes_candidates_sharing_any_batch():
 
 def test_single_batch_moas_are_derived_from_the_data():
     _, table = profile_table(
-        [("a@1", "X", ["B1"], 0), ("b@1", "X", ["B1"], 0), ("c@1", "Y", ["B1"], 0), ("d@1", "Y", ["B2"], 0)]
+        [
+            ("a@1", "X", ["B1"], 0),
+            ("b@1", "X", ["B1"], 0),
+            ("c@1", "Y", ["B1"], 0),
+            ("d@1", "Y", ["B2"], 0),
+        ]
     )
     assert single_batch_moas(table) == ["X"]
 
@@ -155,7 +166,8 @@ def brute_force_average_precision(similarity, compound, moa, batches, query, blo
     candidates = [
         j
         for j in range(len(compound))
-        if compound[j] != compound[query] and not (block_batches and set(batches[j]) & set(batches[query]))
+        if compound[j] != compound[query]
+        and not (block_batches and set(batches[j]) & set(batches[query]))
     ]
     ranked = sorted(candidates, key=lambda j: (-similarity[query, j], j))
     hits, precisions = 0, []
@@ -188,7 +200,10 @@ def test_map_matches_brute_force_on_random_profiles():
     for protocol, block in (("nsc", False), ("nscb", True)):
         rows = predictions[predictions["protocol"] == protocol]
         queries = [int(np.flatnonzero(table["treatment"] == t)[0]) for t in rows["treatment"]]
-        expected = [brute_force_average_precision(similarity, compound, moa, batches, q, block) for q in queries]
+        expected = [
+            brute_force_average_precision(similarity, compound, moa, batches, q, block)
+            for q in queries
+        ]
         np.testing.assert_allclose(rows["average_precision"], expected)
         assert metrics[f"map_{protocol}"] == pytest.approx(np.nanmean(expected))
 
@@ -197,7 +212,9 @@ def test_null_average_precision_is_the_exact_random_ranking_distribution():
     # n = 5 ranked items, k = 2 positives: each of the C(5, 2) = 10 position pairs is equally
     # likely under a random ranking; AP of positions (r1, r2) = (1/r1 + 2/r2) / 2.
     exact = np.round([(1 / r1 + 2 / r2) / 2 for r1, r2 in combinations(range(1, 6), 2)], 12)
-    null = null_average_precision(np.array([5, 5]), np.array([2, 2]), 20000, np.random.default_rng(0))
+    null = null_average_precision(
+        np.array([5, 5]), np.array([2, 2]), 20000, np.random.default_rng(0)
+    )
     assert null.shape == (2, 20000)
     values, counts = np.unique(np.round(null[0], 12), return_counts=True)
     exact_values, exact_counts = np.unique(exact, return_counts=True)
@@ -217,8 +234,12 @@ def test_permutation_p_value_of_a_perfect_ranking(null, expected):
     # the observed mAP 1 with probability 0.1 ** 3 = 0.001. shared: the three queries have the same
     # configuration (5 candidates, 2 positives), hence one shared random AP: probability 0.1.
     rows = [
-        ("q@1", "P", ["B1"], 0), ("p1@1", "P", ["B1"], 1), ("p2@1", "P", ["B1"], 2),
-        ("x1@1", "Q", ["B1"], 90), ("x2@1", "R", ["B1"], 100), ("x3@1", "S", ["B1"], 110),
+        ("q@1", "P", ["B1"], 0),
+        ("p1@1", "P", ["B1"], 1),
+        ("p2@1", "P", ["B1"], 2),
+        ("x1@1", "Q", ["B1"], 90),
+        ("x2@1", "R", ["B1"], 100),
+        ("x3@1", "S", ["B1"], 110),
     ]
     profiles, table = profile_table(rows)
     settings = {"enabled": True, "permutations": 4000, "seed": 1, "null_model": null}
@@ -251,7 +272,9 @@ def test_permutation_p_values_are_reproducible_from_the_seed():
 OFFICIAL = Path("/work/shared/data/bbbc021")
 
 
-@pytest.mark.skipif(not (OFFICIAL / "BBBC021_v1_moa.csv").is_file(), reason="official BBBC021 metadata absent")
+@pytest.mark.skipif(
+    not (OFFICIAL / "BBBC021_v1_moa.csv").is_file(), reason="official BBBC021 metadata absent"
+)
 def test_official_bbbc021_gives_103_nsc_and_92_nscb_treatments():
     images = pd.read_csv(OFFICIAL / "BBBC021_v1_image.csv.gz")
     moa = pd.read_csv(OFFICIAL / "BBBC021_v1_moa.csv")
@@ -263,8 +286,12 @@ def test_official_bbbc021_gives_103_nsc_and_92_nscb_treatments():
     table["batch"] = table["Image_PathName_DAPI"].str.split("/").str[0]
     table["plate"] = table["Image_Metadata_Plate_DAPI"]
     rng = np.random.default_rng(0)
-    features = pd.DataFrame(rng.normal(size=(len(table), 4)), columns=[f"feat_{i}" for i in range(4)])
-    data = pd.concat([table[["compound", "concentration", "moa", "plate", "batch"]], features], axis=1)
+    features = pd.DataFrame(
+        rng.normal(size=(len(table), 4)), columns=[f"feat_{i}" for i in range(4)]
+    )
+    data = pd.concat(
+        [table[["compound", "concentration", "moa", "plate", "batch"]], features], axis=1
+    )
     result = evaluate_table(data, {"map": NO_MAP})
     assert result["n_dmso"] == 1320
     assert result["n_treatments_nsc"] == 103

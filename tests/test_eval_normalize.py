@@ -3,7 +3,6 @@ normalisation against DMSO (pycytominer's standardize / mad_robustize), checked 
 StandardScaler and a brute-force median/MAD per plate."""
 
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.preprocessing import StandardScaler
 from test_eval_pipeline import FAST, synthetic_features

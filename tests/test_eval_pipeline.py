@@ -35,7 +35,9 @@ def synthetic_features(seed=0, dim=12):
                 rows.append(("DMSO", 0.0, "DMSO", plate, batch))
                 values.append(offset + rng.normal(scale=0.3, size=dim))
     table = pd.DataFrame(rows, columns=["compound", "concentration", "moa", "plate", "batch"])
-    features = pd.DataFrame(np.array(values, dtype=np.float32), columns=[f"feat_{i:04d}" for i in range(dim)])
+    features = pd.DataFrame(
+        np.array(values, dtype=np.float32), columns=[f"feat_{i:04d}" for i in range(dim)]
+    )
     return pd.concat([table, features], axis=1)
 
 
@@ -62,7 +64,12 @@ def test_aggregation_levels_follow_the_settings():
         }
     )
     values = np.array([1, 2, 6, 10, 4, 4, 100], dtype=float)[:, None]
-    expected = {("mean", "median"): 4, ("median", "mean"): 16 / 3, ("mean", "mean"): 17 / 3, ("median", "median"): 4}
+    expected = {
+        ("mean", "median"): 4,
+        ("median", "mean"): 16 / 3,
+        ("mean", "mean"): 17 / 3,
+        ("median", "median"): 4,
+    }
     for (plate, treatment), value in expected.items():
         profiles, table = treatment_profiles(values, meta, plate, treatment)
         assert profiles[:, 0] == pytest.approx([value])
@@ -73,11 +80,18 @@ def test_aggregation_levels_follow_the_settings():
 def test_a_treatment_with_two_moas_is_an_error():
     meta = pd.DataFrame(
         {
-            "treatment": ["t@1", "t@1"], "compound": ["t", "t"], "concentration": [1.0, 1.0],
-            "moa": ["A", "B"], "plate": ["P1", "P2"], "batch": ["W1", "W1"], "is_control": [False, False],
+            "treatment": ["t@1", "t@1"],
+            "compound": ["t", "t"],
+            "concentration": [1.0, 1.0],
+            "moa": ["A", "B"],
+            "plate": ["P1", "P2"],
+            "batch": ["W1", "W1"],
+            "is_control": [False, False],
         }
     )
-    with pytest.raises(InputError, match="treatment 't@1' has several values in column 'moa': A, B"):
+    with pytest.raises(
+        InputError, match="treatment 't@1' has several values in column 'moa': A, B"
+    ):
         treatment_profiles(np.zeros((2, 1)), meta)
 
 
@@ -110,23 +124,49 @@ def test_settings_with_unknown_keys_are_rejected():
 
 
 def write_settings():
-    return json.dumps({"tvn": {"enabled": True, "scope": "global", "max_components": None, "eps": 1e-6},
-                       "aggregation": {"plate": "mean", "treatment": "median"},
-                       "map": {"enabled": True, "permutations": 50, "seed": 0}})
+    return json.dumps(
+        {
+            "tvn": {"enabled": True, "scope": "global", "max_components": None, "eps": 1e-6},
+            "aggregation": {"plate": "mean", "treatment": "median"},
+            "map": {"enabled": True, "permutations": 50, "seed": 0},
+        }
+    )
 
 
 def test_cli_writes_metrics_predictions_and_confusion(tmp_path):
     features = synthetic_features()
     features.to_parquet(tmp_path / "features.parquet")
     out_dir = tmp_path / "eval"
-    assert evaluate_cli.main(["--features", str(tmp_path / "features.parquet"), "--settings", write_settings(),
-                              "--out-dir", str(out_dir), "--label", "vit_small/DAPI/0005"]) == 0
+    assert (
+        evaluate_cli.main(
+            [
+                "--features",
+                str(tmp_path / "features.parquet"),
+                "--settings",
+                write_settings(),
+                "--out-dir",
+                str(out_dir),
+                "--label",
+                "vit_small/DAPI/0005",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["label"] == "vit_small/DAPI/0005"
     expected = metric_values(evaluate_table(features, json.loads(write_settings())))
     assert metrics["nsc"] == expected["nsc"] and metrics["map_nscb"] == expected["map_nscb"]
-    for key in ("nscb", "map_nsc", "n_treatments_nsc", "n_treatments_nscb", "n_images", "n_dmso",
-                "feature_dim", "tvn_components", "per_moa"):
+    for key in (
+        "nscb",
+        "map_nsc",
+        "n_treatments_nsc",
+        "n_treatments_nscb",
+        "n_images",
+        "n_dmso",
+        "feature_dim",
+        "tvn_components",
+        "per_moa",
+    ):
         assert key in metrics
     predictions = pd.read_csv(out_dir / "predictions.csv")
     assert len(predictions) == 32  # 16 treatments x 2 protocols
@@ -138,44 +178,79 @@ def test_cli_scores_an_external_per_well_csv_like_our_own_table(tmp_path):
     features = synthetic_features()
     # CellProfiler-like: well-level (means of the two sites), other column names, own feature
     # names, a numeric MoA code that must not be used
-    wells = features.assign(well=np.arange(len(features)) // 2).groupby(
-        ["compound", "concentration", "moa", "plate", "batch", "well"], as_index=False
-    ).mean()
+    wells = (
+        features.assign(well=np.arange(len(features)) // 2)
+        .groupby(["compound", "concentration", "moa", "plate", "batch", "well"], as_index=False)
+        .mean()
+    )
     external = wells.rename(
-        columns={"compound": "Metadata_Compound", "concentration": "Metadata_Concentration",
-                 "moa": "Metadata_MoA", "plate": "Metadata_Plate", "batch": "Metadata_Batch",
-                 **{f"feat_{i:04d}": f"Cells_Feature{i}" for i in range(12)}}
+        columns={
+            "compound": "Metadata_Compound",
+            "concentration": "Metadata_Concentration",
+            "moa": "Metadata_MoA",
+            "plate": "Metadata_Plate",
+            "batch": "Metadata_Batch",
+            **{f"feat_{i:04d}": f"Cells_Feature{i}" for i in range(12)},
+        }
     ).drop(columns="well")
     external["Metadata_MoA_code"] = pd.factorize(external["Metadata_MoA"])[0]
     external.to_csv(tmp_path / "cellprofiler.csv", index=False)
     out_dir = tmp_path / "eval"
-    status = evaluate_cli.main([
-        "--features", str(tmp_path / "cellprofiler.csv"), "--settings", write_settings(),
-        "--out-dir", str(out_dir), "--label", "cellprofiler/all/0000",
-        "--feature-columns", "^Cells_",
-        "--metadata-map", "compound=Metadata_Compound,concentration=Metadata_Concentration,"
-                          "moa=Metadata_MoA,plate=Metadata_Plate,batch=Metadata_Batch",
-    ])
+    status = evaluate_cli.main(
+        [
+            "--features",
+            str(tmp_path / "cellprofiler.csv"),
+            "--settings",
+            write_settings(),
+            "--out-dir",
+            str(out_dir),
+            "--label",
+            "cellprofiler/all/0000",
+            "--feature-columns",
+            "^Cells_",
+            "--metadata-map",
+            "compound=Metadata_Compound,concentration=Metadata_Concentration,"
+            "moa=Metadata_MoA,plate=Metadata_Plate,batch=Metadata_Batch",
+        ]
+    )
     assert status == 0
     metrics = json.loads((out_dir / "metrics.json").read_text())
     reference = evaluate_table(wells, json.loads(write_settings()))
     assert metrics["feature_dim"] == 12 and metrics["n_images"] == len(wells)
-    assert metrics["nsc"] == reference["nsc"] and metrics["map_nsc"] == pytest.approx(reference["map_nsc"])
+    assert metrics["nsc"] == reference["nsc"] and metrics["map_nsc"] == pytest.approx(
+        reference["map_nsc"]
+    )
 
 
 @pytest.mark.parametrize(
     "mutate, message",
     [
         (lambda df: df.drop(columns="batch"), "missing column(s) batch"),
-        (lambda df: df.assign(feat_0003=df["feat_0003"].where(df.index != 5)), "row 5, column 'feat_0003'"),
-        (lambda df: df.assign(moa=df["moa"].where(df.index != 2)), "row 2 (a treated image) has no moa"),
+        (
+            lambda df: df.assign(feat_0003=df["feat_0003"].where(df.index != 5)),
+            "row 5, column 'feat_0003'",
+        ),
+        (
+            lambda df: df.assign(moa=df["moa"].where(df.index != 2)),
+            "row 2 (a treated image) has no moa",
+        ),
     ],
 )
 def test_cli_bad_tables_give_one_error_and_no_output(tmp_path, capsys, mutate, message):
     mutate(synthetic_features()).to_parquet(tmp_path / "features.parquet")
     out_dir = tmp_path / "eval"
-    status = evaluate_cli.main(["--features", str(tmp_path / "features.parquet"), "--settings", "{}",
-                                "--out-dir", str(out_dir), "--label", "a/b/0001"])
+    status = evaluate_cli.main(
+        [
+            "--features",
+            str(tmp_path / "features.parquet"),
+            "--settings",
+            "{}",
+            "--out-dir",
+            str(out_dir),
+            "--label",
+            "a/b/0001",
+        ]
+    )
     assert status == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "features.parquet" in err
@@ -184,16 +259,35 @@ def test_cli_bad_tables_give_one_error_and_no_output(tmp_path, capsys, mutate, m
 
 def test_cli_rejects_a_label_the_summary_cannot_read(tmp_path, capsys):
     synthetic_features().to_parquet(tmp_path / "f.parquet")
-    status = evaluate_cli.main(["--features", str(tmp_path / "f.parquet"), "--out-dir", str(tmp_path / "e"),
-                                "--label", "only-arch"])
+    status = evaluate_cli.main(
+        [
+            "--features",
+            str(tmp_path / "f.parquet"),
+            "--out-dir",
+            str(tmp_path / "e"),
+            "--label",
+            "only-arch",
+        ]
+    )
     assert status == 2 and "--label" in capsys.readouterr().err
 
 
 def run_cli_on_csv(table, tmp_path, settings="{}", extra=()):
     table.to_csv(tmp_path / "table.csv", index=False)
     out_dir = tmp_path / "eval"
-    status = evaluate_cli.main(["--features", str(tmp_path / "table.csv"), "--settings", settings,
-                                "--out-dir", str(out_dir), "--label", "a/b/0001", *extra])
+    status = evaluate_cli.main(
+        [
+            "--features",
+            str(tmp_path / "table.csv"),
+            "--settings",
+            settings,
+            "--out-dir",
+            str(out_dir),
+            "--label",
+            "a/b/0001",
+            *extra,
+        ]
+    )
     return status, out_dir
 
 
@@ -211,22 +305,40 @@ def with_ids(df):
     "mutate, settings, message",
     [
         (with_text_concentration, "{}", "row 3, column 'concentration' is 'ten', not a number"),
-        (None, '{"tvn": {"max_components": "all"}}',
-         "settings key 'tvn.max_components': 'all' is not"),
+        (
+            None,
+            '{"tvn": {"max_components": "all"}}',
+            "settings key 'tvn.max_components': 'all' is not",
+        ),
         (None, '{"map": {"permutations": -5}}', "settings key 'map.permutations': -5 is less than"),
         (None, '{"tvn": {"enabled": "yes"}}', "settings key 'tvn.enabled': 'yes' is not of type"),
         (None, '{"tvn": {"eps": 0}}', "settings key 'tvn.eps': 0 is less than or equal"),
         (None, '{"normalization": {"method": "zscore"}}', "settings key 'normalization.method'"),
-        (lambda df: df.assign(moa=np.where(df["compound"] == "DMSO", "DMSO", "Only MoA")), "{}",
-         "every treated row has moa 'Only MoA'; MoA retrieval needs at least 2 MoAs"),
-        (lambda df: pd.concat([df, df.iloc[[7]]], ignore_index=True), "{}",
-         f"rows 7 and {len(synthetic_features())} are the same row"),
-        (lambda df: with_ids(df).replace({"image_id": {"img9": "img2"}}),
-         "{}", "rows 2 and 9 are the same image (image_id='img2')"),
-        (lambda df: df.assign(plate="P", well=[f"W{i % 50}" for i in range(len(df))]), "{}",
-         "rows 0 and 50 are the same well (a per-image table needs a site column)"),
-        (lambda df: df.assign(is_control=np.where(df["compound"] == "DMSO", "yes", "no")), "{}",
-         "row 0, column 'is_control' is 'no'; expected a boolean"),
+        (
+            lambda df: df.assign(moa=np.where(df["compound"] == "DMSO", "DMSO", "Only MoA")),
+            "{}",
+            "every treated row has moa 'Only MoA'; MoA retrieval needs at least 2 MoAs",
+        ),
+        (
+            lambda df: pd.concat([df, df.iloc[[7]]], ignore_index=True),
+            "{}",
+            f"rows 7 and {len(synthetic_features())} are the same row",
+        ),
+        (
+            lambda df: with_ids(df).replace({"image_id": {"img9": "img2"}}),
+            "{}",
+            "rows 2 and 9 are the same image (image_id='img2')",
+        ),
+        (
+            lambda df: df.assign(plate="P", well=[f"W{i % 50}" for i in range(len(df))]),
+            "{}",
+            "rows 0 and 50 are the same well (a per-image table needs a site column)",
+        ),
+        (
+            lambda df: df.assign(is_control=np.where(df["compound"] == "DMSO", "yes", "no")),
+            "{}",
+            "row 0, column 'is_control' is 'no'; expected a boolean",
+        ),
         (lambda df: df.iloc[:0], "{}", "the table has no rows (header only)"),
     ],
 )
@@ -245,9 +357,11 @@ def test_control_flags_and_dmso_spelling_are_read_as_meant(tmp_path):
     lower = features.assign(compound=features["compound"].replace("DMSO", "dmso"))
     result = metric_values(evaluate_table(lower, FAST))
     assert result["n_dmso"] == 16 and result["nsc"] == reference["nsc"]
-    for flags in (features["compound"] == "DMSO",
-                  (features["compound"] == "DMSO").map({True: "TRUE", False: "false"}),
-                  (features["compound"] == "DMSO").astype(int)):
+    for flags in (
+        features["compound"] == "DMSO",
+        (features["compound"] == "DMSO").map({True: "TRUE", False: "false"}),
+        (features["compound"] == "DMSO").astype(int),
+    ):
         flagged = metric_values(evaluate_table(features.assign(is_control=flags), FAST))
         assert flagged["n_dmso"] == 16 and flagged["map_nsc"] == reference["map_nsc"]
 

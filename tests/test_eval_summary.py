@@ -15,15 +15,27 @@ def write_run(root, arch, channel, epoch, nscb, map_enabled=True):
     run_dir = root / arch / channel / f"epoch_{epoch:04d}"
     run_dir.mkdir(parents=True)
     metrics = {
-        "label": f"{arch}/{channel}/{epoch:04d}", "nsc": min(1.0, nscb + 0.1), "nscb": nscb,
-        "map_nsc": nscb if map_enabled else None, "map_nscb": nscb / 2 if map_enabled else None,
-        "n_treatments_nsc": 103, "n_treatments_nscb": 92, "n_images": 3848, "n_dmso": 1320,
-        "feature_dim": 384, "tvn_components": 384, "per_moa": {}, "features_used": 383,
-        "features_dropped": {"constant in DMSO": ["feat_0007"]}, "normalization": "standardize",
+        "label": f"{arch}/{channel}/{epoch:04d}",
+        "nsc": min(1.0, nscb + 0.1),
+        "nscb": nscb,
+        "map_nsc": nscb if map_enabled else None,
+        "map_nscb": nscb / 2 if map_enabled else None,
+        "n_treatments_nsc": 103,
+        "n_treatments_nscb": 92,
+        "n_images": 3848,
+        "n_dmso": 1320,
+        "feature_dim": 384,
+        "tvn_components": 384,
+        "per_moa": {},
+        "features_used": 383,
+        "features_dropped": {"constant in DMSO": ["feat_0007"]},
+        "normalization": "standardize",
         "tvn": {"components": 384, "possible": 384},
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    confusion = pd.DataFrame([[3 + epoch, 1], [0, 2]], index=pd.Index(MOAS, name="moa"), columns=MOAS)
+    confusion = pd.DataFrame(
+        [[3 + epoch, 1], [0, 2]], index=pd.Index(MOAS, name="moa"), columns=MOAS
+    )
     confusion.reset_index().to_csv(run_dir / "confusion.csv", index=False)
     return run_dir / "metrics.json"
 
@@ -37,23 +49,54 @@ def runs(tmp_path):
         ("vit_s", "rgb"): {0: 0.4, 5: 0.6, 10: 0.6},
         ("vit_b", "DAPI"): {0: 0.55, 5: 0.6, 10: 0.75},
     }
-    paths = [write_run(tmp_path / "eval", a, c, e, v) for (a, c), by_epoch in nscb.items() for e, v in by_epoch.items()]
+    paths = [
+        write_run(tmp_path / "eval", a, c, e, v)
+        for (a, c), by_epoch in nscb.items()
+        for e, v in by_epoch.items()
+    ]
     validation = tmp_path / "validation_report.json"
-    validation.write_text(json.dumps({
-        "n_images": 3848, "n_treatments": 103, "channels": ["DAPI", "Tubulin", "Actin"],
-        "per_moa": {"DNA damage": {"images": 100, "treatments": 7}}, "images_per_batch": {"Week1": 400},
-    }))
+    validation.write_text(
+        json.dumps(
+            {
+                "n_images": 3848,
+                "n_treatments": 103,
+                "channels": ["DAPI", "Tubulin", "Actin"],
+                "per_moa": {"DNA damage": {"images": 100, "treatments": 7}},
+                "images_per_batch": {"Week1": 400},
+            }
+        )
+    )
     return paths, validation
 
 
 def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path):
     paths, validation = runs
     out_dir = tmp_path / "summary"
-    assert summary.main(["--metrics", *map(str, paths), "--validation-report", str(validation), "--out-dir", str(out_dir)]) == 0
+    assert (
+        summary.main(
+            [
+                "--metrics",
+                *map(str, paths),
+                "--validation-report",
+                str(validation),
+                "--out-dir",
+                str(out_dir),
+            ]
+        )
+        == 0
+    )
 
     table = pd.read_csv(out_dir / "summary.csv")
     assert len(table) == 9
-    assert list(table.columns[:7]) == ["arch", "channel", "epoch", "nsc", "nscb", "map_nsc", "map_nscb"]
+    assert list(table.columns[:7]) == [
+        "arch",
+        "channel",
+        "epoch",
+        "nsc",
+        "nscb",
+        "map_nsc",
+        "map_nscb",
+    ]
     row = table.query("arch == 'vit_s' and channel == 'DAPI' and epoch == 5").iloc[0]
     assert row["nscb"] == 0.8 and row["map_nscb"] == pytest.approx(0.4)
 
@@ -61,7 +104,9 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
     # the headline: the last epoch against epoch 0; best-of-epochs values only under oracle_ names
     assert not {"best_epoch", "best_value"} & set(best.columns)
     dapi = best.loc[("vit_s", "DAPI", "nscb")]
-    assert dapi["pretrained_value"] == 0.5 and dapi["last_epoch"] == 10 and dapi["last_value"] == 0.7
+    assert (
+        dapi["pretrained_value"] == 0.5 and dapi["last_epoch"] == 10 and dapi["last_value"] == 0.7
+    )
     assert dapi["last_minus_pretrained"] == pytest.approx(0.2)
     assert dapi["oracle_best_epoch"] == 5 and dapi["oracle_best_value"] == 0.8
     assert best.loc[("vit_s", "rgb", "nscb"), "oracle_best_epoch"] == 5  # tie: the earliest epoch
@@ -71,8 +116,14 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
         assert (out_dir / "figures" / f"{metric}_vs_epoch.png").read_bytes()[:4] == b"\x89PNG"
     assert (out_dir / "figures" / "confusion_last_epoch.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in out_dir.glob("**/*.png")) == sorted(
-        ["confusion_last_epoch.png", "map_nsc_vs_epoch.png", "map_nscb_vs_epoch.png",
-         "nsc_vs_epoch.png", "nscb_vs_epoch.png"])
+        [
+            "confusion_last_epoch.png",
+            "map_nsc_vs_epoch.png",
+            "map_nscb_vs_epoch.png",
+            "nsc_vs_epoch.png",
+            "nscb_vs_epoch.png",
+        ]
+    )
 
     report = (out_dir / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 5
@@ -93,13 +144,30 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
 
 
 def test_summary_without_map_skips_its_plots(tmp_path):
-    paths = [write_run(tmp_path / "eval", "vit_s", "DAPI", e, 0.5 + e / 100, map_enabled=False) for e in (0, 2)]
+    paths = [
+        write_run(tmp_path / "eval", "vit_s", "DAPI", e, 0.5 + e / 100, map_enabled=False)
+        for e in (0, 2)
+    ]
     validation = tmp_path / "v.json"
     validation.write_text("{}")
     out_dir = tmp_path / "summary"
-    assert summary.main(["--metrics", *map(str, paths), "--validation-report", str(validation), "--out-dir", str(out_dir)]) == 0
+    assert (
+        summary.main(
+            [
+                "--metrics",
+                *map(str, paths),
+                "--validation-report",
+                str(validation),
+                "--out-dir",
+                str(out_dir),
+            ]
+        )
+        == 0
+    )
     figures = out_dir / "figures"
-    assert (figures / "nscb_vs_epoch.png").exists() and not (figures / "map_nsc_vs_epoch.png").exists()
+    assert (figures / "nscb_vs_epoch.png").exists() and not (
+        figures / "map_nsc_vs_epoch.png"
+    ).exists()
     assert pd.read_csv(out_dir / "summary.csv")["map_nsc"].isna().all()
 
 
@@ -109,17 +177,34 @@ def test_bad_metrics_file_gives_one_error_and_no_output(runs, tmp_path, capsys):
     broken["label"] = "vit_s-DAPI-0000"
     paths[0].write_text(json.dumps(broken))
     out_dir = tmp_path / "summary"
-    assert summary.main(["--metrics", *map(str, paths), "--validation-report", str(validation), "--out-dir", str(out_dir)]) == 2
+    assert (
+        summary.main(
+            [
+                "--metrics",
+                *map(str, paths),
+                "--validation-report",
+                str(validation),
+                "--out-dir",
+                str(out_dir),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(paths[0]) in err and "arch/channel/NNNN" in err
     assert not out_dir.exists()
 
 
 def test_confusion_run_falls_back_to_nsc_at_the_last_epoch():
-    runs = pd.DataFrame({
-        "arch": ["a", "a", "b", "b"], "channel": ["DAPI"] * 4, "epoch": [0, 4, 0, 4],
-        "nsc": [0.9, 0.5, 0.1, 0.6], "nscb": [float("nan")] * 4,
-    })
+    runs = pd.DataFrame(
+        {
+            "arch": ["a", "a", "b", "b"],
+            "channel": ["DAPI"] * 4,
+            "epoch": [0, 4, 0, 4],
+            "nsc": [0.9, 0.5, 0.1, 0.6],
+            "nscb": [float("nan")] * 4,
+        }
+    )
     row, metric = summary.confusion_run(runs)
     assert metric == "nsc" and (row["arch"], row["epoch"]) == ("b", 4)  # a/0000 scores higher
 
@@ -136,12 +221,23 @@ def cellprofiler_like_table(path):
                 compound = f"cpd{moa}{week[-1]}"
                 signal = directions[moa] + rng.normal(scale=1.0, size=6)
                 rows.append((compound, 1.0, f"moa{moa}", plate, week, signal))
-            rows += [("DMSO", 0.0, "DMSO", plate, week, rng.normal(scale=0.3, size=6)) for _ in range(2)]
+            rows += [
+                ("DMSO", 0.0, "DMSO", plate, week, rng.normal(scale=0.3, size=6)) for _ in range(2)
+            ]
     table = pd.DataFrame(
-        [{"Metadata_Compound": c, "Metadata_Concentration": conc, "Metadata_MoA": m, "Metadata_Plate": p,
-          "Metadata_Batch": b, "Metadata_MoA_code": i % 4,
-          **{f"Cells_Intensity_Feature{k}": v for k, v in enumerate(values)}}
-         for i, (c, conc, m, p, b, values) in enumerate(rows)])
+        [
+            {
+                "Metadata_Compound": c,
+                "Metadata_Concentration": conc,
+                "Metadata_MoA": m,
+                "Metadata_Plate": p,
+                "Metadata_Batch": b,
+                "Metadata_MoA_code": i % 4,
+                **{f"Cells_Intensity_Feature{k}": v for k, v in enumerate(values)},
+            }
+            for i, (c, conc, m, p, b, values) in enumerate(rows)
+        ]
+    )
     table.to_csv(path, index=False)
     return path
 
@@ -150,26 +246,55 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
     paths, validation = runs
     table = cellprofiler_like_table(tmp_path / "cp_wells.csv")
     baseline_dir = tmp_path / "eval" / "baselines" / "cellprofiler"
-    assert evaluate.main([
-        "--features", str(table), "--feature-columns", "^Cells_",
-        "--metadata-map", "compound=Metadata_Compound,concentration=Metadata_Concentration,"
-        "moa=Metadata_MoA,plate=Metadata_Plate,batch=Metadata_Batch",
-        "--settings", json.dumps({"tvn": {"enabled": True}, "map": {"permutations": 20}}),
-        "--out-dir", str(baseline_dir), "--label", "cellprofiler/baseline/0000",
-    ]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--features",
+                str(table),
+                "--feature-columns",
+                "^Cells_",
+                "--metadata-map",
+                "compound=Metadata_Compound,concentration=Metadata_Concentration,"
+                "moa=Metadata_MoA,plate=Metadata_Plate,batch=Metadata_Batch",
+                "--settings",
+                json.dumps({"tvn": {"enabled": True}, "map": {"permutations": 20}}),
+                "--out-dir",
+                str(baseline_dir),
+                "--label",
+                "cellprofiler/baseline/0000",
+            ]
+        )
+        == 0
+    )
     scored = json.loads((baseline_dir / "metrics.json").read_text())
     out_dir = tmp_path / "summary"
-    assert summary.main([
-        "--metrics", *map(str, paths), "--validation-report", str(validation), "--out-dir", str(out_dir),
-        "--baseline-metrics", str(baseline_dir / "metrics.json"), "--weights", "vit_s=none,vit_b=hub",
-        "--pixel-scales", json.dumps({"vit_s": "training global crops 1.62-2.29"}),
-    ]) == 0
+    assert (
+        summary.main(
+            [
+                "--metrics",
+                *map(str, paths),
+                "--validation-report",
+                str(validation),
+                "--out-dir",
+                str(out_dir),
+                "--baseline-metrics",
+                str(baseline_dir / "metrics.json"),
+                "--weights",
+                "vit_s=none,vit_b=hub",
+                "--pixel-scales",
+                json.dumps({"vit_s": "training global crops 1.62-2.29"}),
+            ]
+        )
+        == 0
+    )
 
     table = pd.read_csv(out_dir / "summary.csv")
     assert len(table) == 10
     row = table[table["kind"] == "baseline"].iloc[0]
     assert (row["arch"], row["channel"]) == ("cellprofiler", "baseline")
-    assert row["nsc"] == pytest.approx(scored["nsc"]) and row["map_nscb"] == pytest.approx(scored["map_nscb"])
+    assert row["nsc"] == pytest.approx(scored["nsc"]) and row["map_nscb"] == pytest.approx(
+        scored["map_nscb"]
+    )
     assert set(table.loc[table["arch"] == "vit_s", "epoch0"]) == {"random init"}
     assert set(table.loc[table["arch"] == "vit_b", "epoch0"]) == {"pretrained"}
     best = pd.read_csv(out_dir / "best_epochs.csv")
@@ -177,15 +302,24 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
 
     # pivot: one row per arch x channel (+ the baseline), metric x {epoch 0, last} columns
     pivot = summary.headline_pivot(best, summary.read_baselines([baseline_dir / "metrics.json"]))
-    assert list(pivot.index) == [("vit_b", "DAPI", "pretrained", 10), ("vit_s", "DAPI", "random init", 10),
-                                 ("vit_s", "rgb", "random init", 10), ("cellprofiler", "baseline", "–", "–")]
-    assert list(pivot.columns) == [(m, c) for m in ("NSC", "NSCB", "mAP (NSC)", "mAP (NSCB)")
-                                   for c in ("epoch 0", "last")]
+    assert list(pivot.index) == [
+        ("vit_b", "DAPI", "pretrained", 10),
+        ("vit_s", "DAPI", "random init", 10),
+        ("vit_s", "rgb", "random init", 10),
+        ("cellprofiler", "baseline", "–", "–"),
+    ]
+    assert list(pivot.columns) == [
+        (m, c) for m in ("NSC", "NSCB", "mAP (NSC)", "mAP (NSCB)") for c in ("epoch 0", "last")
+    ]
     assert pivot.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "epoch 0")] == 0.5
     assert pivot.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "last")] == 0.7
-    assert pivot.loc[("vit_b", "DAPI", "pretrained", 10), ("mAP (NSCB)", "last")] == pytest.approx(0.375)
+    assert pivot.loc[("vit_b", "DAPI", "pretrained", 10), ("mAP (NSCB)", "last")] == pytest.approx(
+        0.375
+    )
     baseline_row = pivot.loc[("cellprofiler", "baseline", "–", "–")]
-    assert baseline_row[("NSC", "last")] == pytest.approx(scored["nsc"]) and np.isnan(baseline_row[("NSC", "epoch 0")])
+    assert baseline_row[("NSC", "last")] == pytest.approx(scored["nsc"]) and np.isnan(
+        baseline_row[("NSC", "epoch 0")]
+    )
     assert baseline_row[("mAP (NSCB)", "last")] == pytest.approx(scored["map_nscb"])
     oracle = summary.oracle_pivot(best)
     assert oracle.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "best epoch")] == 5
@@ -196,13 +330,28 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
     assert "random init" in report and "cellprofiler" in report
     assert "training global crops 1.62-2.29" in report
     # the pivoted headline has one row per arch x channel, not one per metric
-    headline = report[report.index("Last epoch (pre-declared)"):report.index("Best epoch per")]
-    assert headline.count("<tr>") == 3 + 4  # header rows: metric, column, row names; 3 runs + 1 baseline
+    headline = report[report.index("Last epoch (pre-declared)") : report.index("Best epoch per")]
+    assert (
+        headline.count("<tr>") == 3 + 4
+    )  # header rows: metric, column, row names; 3 runs + 1 baseline
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**scored, "label": "cellprofiler/all/0000"}))
-    assert summary.main(["--metrics", *map(str, paths), "--validation-report", str(validation),
-                         "--out-dir", str(tmp_path / "bad"), "--baseline-metrics", str(bad)]) == 2
+    assert (
+        summary.main(
+            [
+                "--metrics",
+                *map(str, paths),
+                "--validation-report",
+                str(validation),
+                "--out-dir",
+                str(tmp_path / "bad"),
+                "--baseline-metrics",
+                str(bad),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "bad").exists()
 
 
@@ -210,35 +359,72 @@ def write_train_log(root, arch, channel, epochs):
     """train/{arch}/{channel}/log.jsonl with the health keys; `epochs`: {epoch: collapse}."""
     path = root / arch / channel / "log.jsonl"
     path.parent.mkdir(parents=True)
-    lines = [json.dumps({"epoch": e, "loss": 7.0 - e / 10, "teacher_entropy": 6.9 if c else 4.0,
-                         "teacher_batch_entropy": 6.9 if c else 5.0,
-                         "teacher_mutual_info": 0.0 if c else 1.0, "teacher_kl": 0.01 if c else 0.5,
-                         "center_norm": 3.0, "cls_std": 1e-6 if c else 0.2,
-                         "cls_relative_std": 1e-6 if c else 0.2, "cls_effective_rank": 5.0,
-                         "collapse": c}) for e, c in epochs.items()]
+    lines = [
+        json.dumps(
+            {
+                "epoch": e,
+                "loss": 7.0 - e / 10,
+                "teacher_entropy": 6.9 if c else 4.0,
+                "teacher_batch_entropy": 6.9 if c else 5.0,
+                "teacher_mutual_info": 0.0 if c else 1.0,
+                "teacher_kl": 0.01 if c else 0.5,
+                "center_norm": 3.0,
+                "cls_std": 1e-6 if c else 0.2,
+                "cls_relative_std": 1e-6 if c else 0.2,
+                "cls_effective_rank": 5.0,
+                "collapse": c,
+            }
+        )
+        for e, c in epochs.items()
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def test_training_health_is_tabled_plotted_and_flagged(tmp_path):
-    paths = [write_run(tmp_path / "eval", "vit_s", ch, e, 0.5)
-             for ch in ("DAPI", "Actin", "combined") for e in (0, 5, 10)]
+    paths = [
+        write_run(tmp_path / "eval", "vit_s", ch, e, 0.5)
+        for ch in ("DAPI", "Actin", "combined")
+        for e in (0, 5, 10)
+    ]
     validation = tmp_path / "validation_report.json"
-    validation.write_text(json.dumps({"n_images": 10, "n_treatments": 3, "channels": ["DAPI"],
-                                      "per_moa": {}, "images_per_batch": {}}))
-    logs = [write_train_log(tmp_path / "train", "vit_s", "DAPI", {e: None for e in range(1, 11)}),
-            write_train_log(tmp_path / "train", "vit_s", "Actin",
-                            {e: ("uniform" if e >= 5 else None) for e in range(1, 11)})]
+    validation.write_text(
+        json.dumps(
+            {
+                "n_images": 10,
+                "n_treatments": 3,
+                "channels": ["DAPI"],
+                "per_moa": {},
+                "images_per_batch": {},
+            }
+        )
+    )
+    logs = [
+        write_train_log(tmp_path / "train", "vit_s", "DAPI", {e: None for e in range(1, 11)}),
+        write_train_log(
+            tmp_path / "train",
+            "vit_s",
+            "Actin",
+            {e: ("uniform" if e >= 5 else None) for e in range(1, 11)},
+        ),
+    ]
     out_dir = tmp_path / "summary"
-    args = ["--metrics", *map(str, paths), "--validation-report", str(validation),
-            "--out-dir", str(out_dir)]
+    args = [
+        "--metrics",
+        *map(str, paths),
+        "--validation-report",
+        str(validation),
+        "--out-dir",
+        str(out_dir),
+    ]
     assert summary.main(args + ["--train-logs", *map(str, logs)]) == 0
 
     health = pd.read_csv(out_dir / "training_health.csv")
     assert len(health) == 20 and set(health["channel"]) == {"DAPI", "Actin"}
     assert health.query("channel == 'Actin' and epoch == 7")["teacher_mutual_info"].item() == 0.0
     table = pd.read_csv(out_dir / "summary.csv", keep_default_na=False).set_index(
-        ["channel", "epoch"])["training_collapse"]
+        ["channel", "epoch"]
+    )["training_collapse"]
     assert table[("Actin", 10)] == "uniform" and table[("Actin", 0)] == ""
     assert table[("DAPI", 10)] == "" and table[("combined", 10)] == "Actin:uniform"
     assert table[("combined", 0)] == ""

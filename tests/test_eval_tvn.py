@@ -53,7 +53,9 @@ def test_components_are_capped_by_dmso_count_max_components_and_eps():
 def test_per_batch_tvn_whitens_each_batch_with_its_own_dmso():
     rng = np.random.default_rng(2)
     batches = np.repeat(["W1", "W2"], [100, 12])
-    features = np.vstack([correlated(rng, 100, 6, shift=0.0), correlated(rng, 12, 6, shift=30.0, scale=4.0)])
+    features = np.vstack(
+        [correlated(rng, 100, 6, shift=0.0), correlated(rng, 12, 6, shift=30.0, scale=4.0)]
+    )
     is_control = np.ones(112, bool)
     is_control[[0, 1, 100]] = False  # a few treated images in each batch
     whitened, components = apply_tvn(features, is_control, batches, scope="per_batch")
@@ -86,8 +88,14 @@ def test_per_batch_tvn_makes_the_same_treatment_agree_across_batches():
     base_dmso = rng.normal(size=(4000, 2))
     treatment = np.array([[1.0, 0.2]])
     gains = {"W1": np.array([2.0, 1.0]), "W2": np.array([1.0, 2.0])}
-    features = np.vstack([base_dmso[:2000] * gains["W1"], base_dmso[2000:] * gains["W2"],
-                          treatment * gains["W1"], treatment * gains["W2"]])
+    features = np.vstack(
+        [
+            base_dmso[:2000] * gains["W1"],
+            base_dmso[2000:] * gains["W2"],
+            treatment * gains["W1"],
+            treatment * gains["W2"],
+        ]
+    )
     batches = np.array(["W1"] * 2000 + ["W2"] * 2000 + ["W1", "W2"])
     is_control = np.r_[np.ones(4000, bool), [False, False]]
     whitened, _ = apply_tvn(features, is_control, batches, scope="per_batch")
@@ -115,7 +123,10 @@ def test_default_rank_tolerance_drops_exactly_the_redundant_directions():
     degenerate = np.column_stack([scaled, np.full(200, 7.0), scaled[:, 3]])
     whitened, report = whiten(degenerate, np.ones(200, bool), np.zeros(200))
     assert report == {
-        "components": 8, "possible": 10, "below_tolerance": 2, "over_max_components": 0
+        "components": 8,
+        "possible": 10,
+        "below_tolerance": 2,
+        "over_max_components": 0,
     }
     assert_white(whitened)
     # eps (opt-in) is a floor on the variance relative to the largest component

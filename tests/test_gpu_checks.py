@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from workflow_copy import REPO, copy_repo
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -31,34 +30,51 @@ def bare_node_env(tmp_path) -> dict:
     for name in BLOCKED:
         (blocker / name).mkdir(parents=True)
         (blocker / name / "__init__.py").write_text(
-            f"raise ImportError('{name} is blocked: a bare GPU node has none')\n")
+            f"raise ImportError('{name} is blocked: a bare GPU node has none')\n"
+        )
     (blocker / "bin").mkdir()
     command = blocker / "bin" / "snakemake"
     command.write_text("#!/bin/sh\necho 'snakemake is blocked' >&2\nexit 127\n")
     command.chmod(0o755)
-    env = {**os.environ, "PYTHONPATH": str(blocker), "HF_HUB_OFFLINE": "1",
-           "PATH": f"{blocker / 'bin'}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(blocker),
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{blocker / 'bin'}:{os.environ['PATH']}",
+    }
     for name in BLOCKED:  # the blocker works
-        probe = subprocess.run([sys.executable, "-c", f"import {name}"], env=env,
-                               capture_output=True, text=True)
+        probe = subprocess.run(
+            [sys.executable, "-c", f"import {name}"], env=env, capture_output=True, text=True
+        )
         assert probe.returncode != 0 and "blocked" in probe.stderr
     return env
 
 
-def run_lib(script: str, tmp_path: Path, **settings: int) -> tuple[subprocess.CompletedProcess,
-                                                                    float]:
-    env = {**os.environ, **{key: str(value) for key, value in settings.items()},
-           "SUMMARY": str(tmp_path / "summary.txt"), "STEPS_LOG": str(tmp_path / "steps.log")}
+def run_lib(
+    script: str, tmp_path: Path, **settings: int
+) -> tuple[subprocess.CompletedProcess, float]:
+    env = {
+        **os.environ,
+        **{key: str(value) for key, value in settings.items()},
+        "SUMMARY": str(tmp_path / "summary.txt"),
+        "STEPS_LOG": str(tmp_path / "steps.log"),
+    }
     start = time.monotonic()
-    result = subprocess.run(["bash", "-c", f"source {LIB}; checks_init; {script}"], env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", "-c", f"source {LIB}; checks_init; {script}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return result, time.monotonic() - start
 
 
 def test_step_caps_are_the_limit_or_what_the_deadline_leaves(tmp_path):
     # 480 - 5 (kill grace) - 10 (finishing reserve) = 465 s for the first step at most
-    result, _ = run_lib("step_cap 150; step_cap 1000; sleep 2; step_cap 1000", tmp_path,
-                        DEADLINE_S=480)
+    result, _ = run_lib(
+        "step_cap 150; step_cap 1000; sleep 2; step_cap 1000", tmp_path, DEADLINE_S=480
+    )
     first, capped, later = map(int, result.stdout.split())
     assert (first, capped) == (150, 465) and later in (462, 463)
     # under MIN_STEP_S left: 0, the step is skipped
@@ -68,10 +84,18 @@ def test_step_caps_are_the_limit_or_what_the_deadline_leaves(tmp_path):
 
 def test_a_step_that_ignores_its_cap_cannot_push_past_the_deadline(tmp_path):
     deadline, grace, reserve = 8, 1, 1
-    script = ("step stubborn 100 bash -c 'trap \"\" TERM; sleep 60'; step late 5 true; "
-              "optional_step extra 5 true; echo FAILED=$FAILED")
-    result, wall = run_lib(script, tmp_path, DEADLINE_S=deadline, KILL_GRACE_S=grace,
-                           FINISH_RESERVE_S=reserve, MIN_STEP_S=2)
+    script = (
+        "step stubborn 100 bash -c 'trap \"\" TERM; sleep 60'; step late 5 true; "
+        "optional_step extra 5 true; echo FAILED=$FAILED"
+    )
+    result, wall = run_lib(
+        script,
+        tmp_path,
+        DEADLINE_S=deadline,
+        KILL_GRACE_S=grace,
+        FINISH_RESERVE_S=reserve,
+        MIN_STEP_S=2,
+    )
     assert wall <= deadline - reserve + 1.5, result.stdout
     summary = (tmp_path / "summary.txt").read_text()
     # TERM ignored: KILL after the grace (exit 137), cap = 8 - 1 - 1
@@ -83,8 +107,14 @@ def test_a_step_that_ignores_its_cap_cannot_push_past_the_deadline(tmp_path):
 
 
 def test_optional_step_skipped_for_time_is_no_failure(tmp_path):
-    result, _ = run_lib("step first 10 sleep 8; optional_step extra 100 true; echo FAILED=$FAILED",
-                        tmp_path, DEADLINE_S=14, KILL_GRACE_S=1, FINISH_RESERVE_S=1, MIN_STEP_S=5)
+    result, _ = run_lib(
+        "step first 10 sleep 8; optional_step extra 100 true; echo FAILED=$FAILED",
+        tmp_path,
+        DEADLINE_S=14,
+        KILL_GRACE_S=1,
+        FINISH_RESERVE_S=1,
+        MIN_STEP_S=5,
+    )
     assert "FAILED=0" in result.stdout
     summary = (tmp_path / "summary.txt").read_text()
     assert re.search(r"first\s+exit 0", summary) and re.search(r"extra\s+skipped", summary)
@@ -115,12 +145,25 @@ def test_timm_without_dinov3_stops_the_checks_with_one_line(tmp_path, bare_node_
     shadow.mkdir()
     (shadow / "sitecustomize.py").write_text(
         "import timm\n_is_model = timm.is_model\n"
-        "timm.is_model = lambda name: 'dinov3' not in name and _is_model(name)\n")
-    env = {**bare_node_env, "PYTHONPATH": f"{shadow}:{bare_node_env['PYTHONPATH']}",
-           "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
-    result = subprocess.run(["bash", str(copy_repo(tmp_path / "repo") / "benchmarks" /
-                                         "run_gpu_checks.sh"), "--cpu-smoke"],
-                            env=env, capture_output=True, text=True, timeout=300)
+        "timm.is_model = lambda name: 'dinov3' not in name and _is_model(name)\n"
+    )
+    env = {
+        **bare_node_env,
+        "PYTHONPATH": f"{shadow}:{bare_node_env['PYTHONPATH']}",
+        "OUT": str(tmp_path / "out"),
+        "WORK": str(tmp_path / "work"),
+    }
+    result = subprocess.run(
+        [
+            "bash",
+            str(copy_repo(tmp_path / "repo") / "benchmarks" / "run_gpu_checks.sh"),
+            "--cpu-smoke",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
     assert summary[-1].startswith("preflight failed: error: timm ")
@@ -133,16 +176,29 @@ def test_cpu_smoke_passes_without_jsonschema_albumentations_snakemake(tmp_path, 
     out = tmp_path / "out"
     env = {**bare_node_env, "OUT": str(out), "WORK": str(tmp_path / "work")}
     start = time.monotonic()
-    result = subprocess.run(["bash", str(repo / "benchmarks" / "run_gpu_checks.sh"),
-                             "--cpu-smoke"], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        ["bash", str(repo / "benchmarks" / "run_gpu_checks.sh"), "--cpu-smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     wall = time.monotonic() - start
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     summary = (out / "summary.txt").read_text()
-    steps = re.findall(r"^(\w+)\s+exit (\d+)\s+(\d+)s \(cap (\d+)s\) at\s+(\d+)s$", summary,
-                       flags=re.M)
-    assert [name for name, *_ in steps] == ["preflight", "flops", "train_step_vit_small",
-                                            "train_step_vit_base", "bench_eval", "collective",
-                                            "end_to_end", "clip"]
+    steps = re.findall(
+        r"^(\w+)\s+exit (\d+)\s+(\d+)s \(cap (\d+)s\) at\s+(\d+)s$", summary, flags=re.M
+    )
+    assert [name for name, *_ in steps] == [
+        "preflight",
+        "flops",
+        "train_step_vit_small",
+        "train_step_vit_base",
+        "bench_eval",
+        "collective",
+        "end_to_end",
+        "clip",
+    ]
     for name, status, seconds, cap, at in steps:
         assert status == "0" and int(seconds) <= int(cap) + 5 and int(at) + int(cap) <= 470, name
     assert wall < 480

@@ -23,8 +23,13 @@ def images(tmp_path):
     files[0].parent.mkdir()
     for i, f in enumerate(files):
         f.write_bytes(b"x" * (10 + i))
-    table = pd.DataFrame({"image_id": ["a", "b"], "path_DAPI": [str(files[1]), str(files[0])],
-                          "path_Actin": [str(files[2]), str(tmp_path / "missing.tif")]})
+    table = pd.DataFrame(
+        {
+            "image_id": ["a", "b"],
+            "path_DAPI": [str(files[1]), str(files[0])],
+            "path_Actin": [str(files[2]), str(tmp_path / "missing.tif")],
+        }
+    )
     table.to_parquet(tmp_path / "table.parquet")
     out = tmp_path / "raw_images.tsv"
     assert manifest.main(["--table", str(tmp_path / "table.parquet"), "--out", str(out)]) == 0
@@ -82,14 +87,22 @@ def test_acquire_release_and_refuse_a_live_holder(tmp_path):
     out = tmp_path / "results"
     path = output_lock.acquire(out, "/my/checkout")
     lock = json.loads(path.read_text())
-    assert (lock["host"], lock["pid"], lock["checkout"]) == (socket.gethostname(), os.getpid(),
-                                                            "/my/checkout")
+    assert (lock["host"], lock["pid"], lock["checkout"]) == (
+        socket.gethostname(),
+        os.getpid(),
+        "/my/checkout",
+    )
     output_lock.release(out)
     assert not path.exists()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        write_lock(out, host=socket.gethostname(), pid=holder.pid, checkout="/other",
-                   start=output_lock._process_start(holder.pid))
+        write_lock(
+            out,
+            host=socket.gethostname(),
+            pid=holder.pid,
+            checkout="/other",
+            start=output_lock._process_start(holder.pid),
+        )
         with pytest.raises(InputError, match=rf"in use by snakemake PID {holder.pid} .*/other"):
             output_lock.acquire(out, "/my/checkout")
         output_lock.release(out)  # not ours: kept

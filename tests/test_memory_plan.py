@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from workflow_copy import copy_repo, demo_config, snakemake, write_overlay
 
 from workflow_scripts import config as cfg
 from workflow_scripts.errors import InputError
@@ -15,7 +16,6 @@ from workflow_scripts.train import memory_plan
 from workflow_scripts.train.backbone import build_backbone
 from workflow_scripts.train.loss import DINOLoss
 from workflow_scripts.train.model import build_dino_model
-from workflow_copy import copy_repo, demo_config, snakemake, write_overlay
 
 REPO = cfg.REPO_DIR
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
@@ -47,8 +47,7 @@ def real_saved_bytes(student, crops, loss) -> int:
 
 @pytest.mark.parametrize("model_kwargs", [TINY, {"depth": 3, "embed_dim": 96, "num_heads": 3}])
 def test_parameters_and_activations_match_a_real_cpu_model(model_kwargs):
-    config = demo_with([{"name": ARCH, "weights": "none", "gpus": 1,
-                         "model_kwargs": model_kwargs}])
+    config = demo_with([{"name": ARCH, "weights": "none", "gpus": 1, "model_kwargs": model_kwargs}])
     settings = cfg.train_settings(config, ARCH)
     settings["precision"] = "fp32"
     kwargs_json = json.dumps(model_kwargs, sort_keys=True)
@@ -63,13 +62,15 @@ def test_parameters_and_activations_match_a_real_cpu_model(model_kwargs):
 
     batch = 3
     g, loc = settings["global_crops"], settings["local_crops"]
-    crops = ([torch.rand(batch, 3, g["size"], g["size"])] * g["number"]
-             + [torch.rand(batch, 3, loc["size"], loc["size"])] * loc["number"])
+    crops = [torch.rand(batch, 3, g["size"], g["size"])] * g["number"] + [
+        torch.rand(batch, 3, loc["size"], loc["size"])
+    ] * loc["number"]
     loss = DINOLoss(settings["head"]["out_dim"], g["number"], loc["number"])
     measured = real_saved_bytes(student, crops, loss)
     settings["batch_size_per_gpu"] = batch
     estimated = memory_plan.activation_bytes(
-        ARCH, kwargs_json, json.dumps(settings, sort_keys=True), "float32", False)
+        ARCH, kwargs_json, json.dumps(settings, sort_keys=True), "float32", False
+    )
     # meta counts attention as the math kernel (seq^2 weights) and misses storage slack
     # (the oracle counts whole storages): within -10% .. +50% of the real CPU graph
     assert 0.9 * measured <= estimated <= 1.5 * measured, (measured, estimated)
@@ -77,16 +78,26 @@ def test_parameters_and_activations_match_a_real_cpu_model(model_kwargs):
 
 def test_activation_checkpointing_lowers_the_estimate():
     settings = cfg.train_settings(demo_with([{"name": ARCH, "model_kwargs": TINY}]), ARCH)
-    args = (ARCH, json.dumps({"depth": 6, "embed_dim": 64, "num_heads": 2}),
-            json.dumps(settings, sort_keys=True), "float32")
+    args = (
+        ARCH,
+        json.dumps({"depth": 6, "embed_dim": 64, "num_heads": 2}),
+        json.dumps(settings, sort_keys=True),
+        "float32",
+    )
     full = memory_plan.activation_bytes(*args, False)
     checkpointed = memory_plan.activation_bytes(*args, True)
     assert 0 < checkpointed < 0.6 * full
 
 
 def test_auto_picks_fsdp_when_ddp_exceeds_gpu_memory():
-    entry = {"name": ARCH_7B, "weights": "none", "gpus": 8, "nodes": 2,
-             "model_kwargs": WIDE_7B, "activation_checkpointing": True}
+    entry = {
+        "name": ARCH_7B,
+        "weights": "none",
+        "gpus": 8,
+        "nodes": 2,
+        "model_kwargs": WIDE_7B,
+        "activation_checkpointing": True,
+    }
     plan = memory_plan.plan_architecture(demo_with([entry]), ARCH_7B)
     assert plan.world_size == 16 and plan.fsdp_gb < plan.ddp_gb
     between = (plan.fsdp_gb + plan.ddp_gb) / 2
@@ -128,18 +139,31 @@ def test_cli_prints_every_configured_architecture(capsys):
 def test_snakemake_dry_run_refuses_what_cannot_fit_and_plans_the_7b(tmp_path):
     workdir = copy_repo(tmp_path / "repo")
     arch = copy.deepcopy(demo_config()["architectures"][0])
-    overlay = write_overlay(workdir / "overlay.yaml", {
-        "architectures": [{**arch, "gpus": 1}], "resources": {"gpu_mem_gb": 0.01},
-        "channel_modes": ["rgb"]})
-    with pytest.raises(AssertionError, match=r"needs about [\d.]+ GB per GPU with ddp.*"
-                                             r"gpu_mem_gb is 0\.01"):
+    overlay = write_overlay(
+        workdir / "overlay.yaml",
+        {
+            "architectures": [{**arch, "gpus": 1}],
+            "resources": {"gpu_mem_gb": 0.01},
+            "channel_modes": ["rgb"],
+        },
+    )
+    with pytest.raises(
+        AssertionError,
+        match=r"needs about [\d.]+ GB per GPU with ddp.*"
+        r"gpu_mem_gb is 0\.01",
+    ):
         snakemake(workdir, "-n", "--configfile", "config/demo.yaml", str(overlay))
 
     # the shipped overlay's 7B entry, with random init (no hub weights here) and one channel
-    (seven_b,) = [a for a in cfg.load([REPO / "config.yaml", REPO / "config/vit7b.yaml"])["architectures"]
-                  if a["name"] == ARCH_7B]
-    overlay = write_overlay(workdir / "overlay.yaml", {
-        "architectures": [{**seven_b, "weights": "none"}], "channel_modes": ["rgb"]})
+    (seven_b,) = [
+        a
+        for a in cfg.load([REPO / "config.yaml", REPO / "config/vit7b.yaml"])["architectures"]
+        if a["name"] == ARCH_7B
+    ]
+    overlay = write_overlay(
+        workdir / "overlay.yaml",
+        {"architectures": [{**seven_b, "weights": "none"}], "channel_modes": ["rgb"]},
+    )
     result = snakemake(workdir, "-n", "-p", "--configfile", "config/demo.yaml", str(overlay))
     assert "--strategy fsdp --activation-checkpointing" in result.stdout
     assert "srun --nodes=2 --ntasks=16 --ntasks-per-node=8" in result.stdout

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from tiff_factory import CHANNELS, make_dataset, official_tables
+
 from workflow_scripts.data import metadata
 from workflow_scripts.errors import InputError
 from workflow_scripts.tables import METADATA_COLUMNS, SORT_KEYS, path_column
@@ -69,13 +69,22 @@ def test_official_tables_give_the_published_bbbc021_subset():
     assert "Week4_27481/G10/s1" not in set(table["image_id"])
     # line 38: Week1/Week1_22123, Week1_150607_B11_s1_w1AF4E7ECE-...tif, taxol at 0.3
     row = table.set_index("image_id").loc["Week1_22123/B11/s1"]
-    assert (row["batch"], row["replicate"], row["compound"], row["concentration"]) == ("Week1", 1, "taxol", 0.3)
+    assert (row["batch"], row["replicate"], row["compound"], row["concentration"]) == (
+        "Week1",
+        1,
+        "taxol",
+        0.3,
+    )
     assert (row["treatment"], row["moa"]) == ("taxol@0.3", "Microtubule stabilizers")
     assert row["path_Actin"] == (
         "/data/bbbc021/Week1/Week1_22123/Week1_150607_B11_s1_w4DE21EDFB-2D22-47B4-9BFD-C7FD61C7335B.tif"
     )
     # Week4 file names have no `Week*_<date>_` prefix
-    assert table.loc[table["batch"] == "Week4", "path_DAPI"].str.contains(r"/Week4_\d+/[A-P]\d\d_s\d_w1").all()
+    assert (
+        table.loc[table["batch"] == "Week4", "path_DAPI"]
+        .str.contains(r"/Week4_\d+/[A-P]\d\d_s\d_w1")
+        .all()
+    )
 
 
 def test_official_tables_round_trip(dataset, tmp_path):
@@ -118,7 +127,9 @@ def test_file_name_well_must_match_well_column(dataset, tmp_path):
 
 def test_channels_must_agree_on_the_site(dataset, tmp_path):
     def edit(raw):
-        raw.loc[5, "Image_FileName_Actin"] = re.sub(r"_s\d_", "_s3_", raw.loc[5, "Image_FileName_Actin"])
+        raw.loc[5, "Image_FileName_Actin"] = re.sub(
+            r"_s\d_", "_s3_", raw.loc[5, "Image_FileName_Actin"]
+        )
 
     image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
     with pytest.raises(InputError, match=r"row 5, column 'Image_FileName_Actin': site s3 differs"):
@@ -130,7 +141,9 @@ def test_unparseable_file_name(dataset, tmp_path):
         raw.loc[0, "Image_FileName_Tubulin"] = "image0001.tif"
 
     image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
-    with pytest.raises(InputError, match=r"row 0, column 'Image_FileName_Tubulin': file name 'image0001.tif'"):
+    with pytest.raises(
+        InputError, match=r"row 0, column 'Image_FileName_Tubulin': file name 'image0001.tif'"
+    ):
         metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
 
 
@@ -148,13 +161,19 @@ def test_moa_table_with_two_moas_for_one_treatment(dataset, tmp_path):
         moa.loc[len(moa)] = ["taxol", 1.0, "Actin disruptors"]
 
     image_csv, moa_csv = official(dataset, tmp_path, edit_moa=edit_moa)
-    with pytest.raises(InputError, match=r"BBBC021_v1_moa.csv: row \d+: taxol at 1 has more than one MoA"):
+    with pytest.raises(
+        InputError, match=r"BBBC021_v1_moa.csv: row \d+: taxol at 1 has more than one MoA"
+    ):
         metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
 
 
 def test_missing_channel_column(dataset, tmp_path):
-    image_csv, moa_csv = official(dataset, tmp_path, edit=lambda raw: raw.pop("Image_PathName_Actin"))
-    with pytest.raises(InputError, match=r"BBBC021_v1_image.csv: missing column\(s\) Image_PathName_Actin"):
+    image_csv, moa_csv = official(
+        dataset, tmp_path, edit=lambda raw: raw.pop("Image_PathName_Actin")
+    )
+    with pytest.raises(
+        InputError, match=r"BBBC021_v1_image.csv: missing column\(s\) Image_PathName_Actin"
+    ):
         metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
 
 
@@ -164,7 +183,9 @@ def test_unknown_channel(dataset, tmp_path):
         metadata.from_official(image_csv, moa_csv, dataset[0], ["DAPI", "GFP"])
 
 
-def seed_tables(table: pd.DataFrame, folder: Path, relative_to: Path | None = None) -> tuple[Path, Path]:
+def seed_tables(
+    table: pd.DataFrame, folder: Path, relative_to: Path | None = None
+) -> tuple[Path, Path]:
     """The seed's two CSVs for `table`: official columns, full paths in Image_FileName_*, MoA and
     integer codes; only the annotated table has Plate and Batch."""
     seed = pd.DataFrame(
@@ -218,7 +239,9 @@ def test_seed_annotated_row_without_moa(dataset, tmp_path):
     raw = pd.read_csv(annotated, index_col=0)
     raw.iloc[4, raw.columns.get_loc("MoA")] = None
     raw.to_csv(annotated)
-    with pytest.raises(InputError, match=r"annotated_fixed.csv: row 4, column 'MoA': no mechanism of action"):
+    with pytest.raises(
+        InputError, match=r"annotated_fixed.csv: row 4, column 'MoA': no mechanism of action"
+    ):
         metadata.from_seed_csv(annotated, dmso, CHANNELS)
 
 
@@ -227,21 +250,48 @@ def test_seed_dmso_table_with_a_treatment(dataset, tmp_path):
     raw = pd.read_csv(dmso, index_col=0)
     raw.iloc[1, raw.columns.get_loc("Image_Metadata_Compound")] = "taxol"
     raw.to_csv(dmso)
-    with pytest.raises(InputError, match=r"DMSO_fixed.csv: row 1, column 'Image_Metadata_Compound': 'taxol'"):
+    with pytest.raises(
+        InputError, match=r"DMSO_fixed.csv: row 1, column 'Image_Metadata_Compound': 'taxol'"
+    ):
         metadata.from_seed_csv(annotated, dmso, CHANNELS)
 
 
 def test_cli_writes_table_and_reports_errors(dataset, tmp_path, capsys):
     image_csv, moa_csv = official(dataset, tmp_path)
     out = tmp_path / "prepared.parquet"
-    argv = ["--source", "official", "--image-table", str(image_csv), "--moa-table", str(moa_csv),
-            "--image-root", str(dataset[0]), "--channels", *CHANNELS, "--out", str(out)]
+    argv = [
+        "--source",
+        "official",
+        "--image-table",
+        str(image_csv),
+        "--moa-table",
+        str(moa_csv),
+        "--image-root",
+        str(dataset[0]),
+        "--channels",
+        *CHANNELS,
+        "--out",
+        str(out),
+    ]
     assert metadata.main(argv) == 0
     pd.testing.assert_frame_equal(without_origin(pd.read_parquet(out)), dataset[1])
 
     missing_root = tmp_path / "missing.parquet"
-    assert metadata.main(["--source", "official", "--image-table", str(image_csv), "--channels", "DAPI",
-                          "--out", str(missing_root)]) == 2
+    assert (
+        metadata.main(
+            [
+                "--source",
+                "official",
+                "--image-table",
+                str(image_csv),
+                "--channels",
+                "DAPI",
+                "--out",
+                str(missing_root),
+            ]
+        )
+        == 2
+    )
     assert "error: --source official needs --moa-table, --image-root" in capsys.readouterr().err
     assert not missing_root.exists()
 
@@ -250,10 +300,26 @@ def test_module_runs_as_a_script(dataset, tmp_path):
     image_csv, moa_csv = official(dataset, tmp_path, edit=lambda raw: raw.pop("Replicate"))
     out = tmp_path / "prepared.parquet"
     result = subprocess.run(
-        [sys.executable, "-m", "workflow_scripts.data.metadata", "--source", "official",
-         "--image-table", str(image_csv), "--moa-table", str(moa_csv), "--image-root", str(tmp_path),
-         "--channels", "DAPI", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "workflow_scripts.data.metadata",
+            "--source",
+            "official",
+            "--image-table",
+            str(image_csv),
+            "--moa-table",
+            str(moa_csv),
+            "--image-root",
+            str(tmp_path),
+            "--channels",
+            "DAPI",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {image_csv}: missing column(s) Replicate"
@@ -302,8 +368,11 @@ def test_a_path_that_leaves_the_image_root_is_refused(dataset, tmp_path, column,
         raw.loc[6, column] = value
 
     image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
-    with pytest.raises(InputError, match=rf"{re.escape(str(image_csv))}: row 6, column '{column}'"
-                                         r": .* leads outside the image root"):
+    with pytest.raises(
+        InputError,
+        match=rf"{re.escape(str(image_csv))}: row 6, column '{column}'"
+        r": .* leads outside the image root",
+    ):
         metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
 
 
@@ -322,6 +391,7 @@ def test_every_row_remembers_its_row_in_the_users_table(dataset, tmp_path):
 
 def test_validation_names_the_users_row_and_column_not_the_prepared_tables(dataset, tmp_path):
     from tiff_factory import SHAPE
+
     from workflow_scripts.data import validate
 
     def edit(raw):
@@ -330,15 +400,25 @@ def test_validation_names_the_users_row_and_column_not_the_prepared_tables(datas
 
     image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
     prepared = tmp_path / "prepared.parquet"
-    argv = ["--source", "official", "--image-table", str(image_csv), "--moa-table", str(moa_csv),
-            "--image-root", str(dataset[0]), "--channels", *CHANNELS, "--out", str(prepared)]
+    argv = [
+        "--source",
+        "official",
+        "--image-table",
+        str(image_csv),
+        "--moa-table",
+        str(moa_csv),
+        "--image-root",
+        str(dataset[0]),
+        "--channels",
+        *CHANNELS,
+        "--out",
+        str(prepared),
+    ]
     assert metadata.main(argv) == 0
     assert pd.read_parquet(prepared)[metadata.SOURCE_ROW].tolist() != list(range(len(dataset[1])))
     with pytest.raises(InputError) as err:
         validate.validate(prepared, CHANNELS, SHAPE, workers=2)
-    assert str(err.value).startswith(
-        f"{image_csv}: row 7 (image_id "
-    ), str(err.value)
+    assert str(err.value).startswith(f"{image_csv}: row 7 (image_id "), str(err.value)
     assert "column 'Image_PathName_Tubulin, Image_FileName_Tubulin'" in str(err.value)
     assert "file not found" in str(err.value)
     # a valid table: the validated table has exactly the documented columns

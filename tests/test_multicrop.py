@@ -56,12 +56,23 @@ def cache_dir(tmp_path_factory):
     for c, name in enumerate(CHANNELS):
         stack = np.stack([noisy_field(rng, (c + 1) * 1500) for _ in range(n_images)])
         np.save(root / f"{name}.npy", stack)
-    table = pd.DataFrame({"image_id": [f"P1/A{i:02d}/s1" for i in range(n_images)],
-                          "is_control": [i in CONTROL_ROWS for i in range(n_images)]})
+    table = pd.DataFrame(
+        {
+            "image_id": [f"P1/A{i:02d}/s1" for i in range(n_images)],
+            "is_control": [i in CONTROL_ROWS for i in range(n_images)],
+        }
+    )
     write_table(table, root / "images.parquet")
-    meta = {"n_images": n_images, "height": HEIGHT, "width": WIDTH, "channels": CHANNELS,
-            "clip_max": CLIP_MAX, "resize_factor": 1.0, "illumination_correction": False,
-            "settings_digest": "test"}
+    meta = {
+        "n_images": n_images,
+        "height": HEIGHT,
+        "width": WIDTH,
+        "channels": CHANNELS,
+        "clip_max": CLIP_MAX,
+        "resize_factor": 1.0,
+        "illumination_correction": False,
+        "settings_digest": "test",
+    }
     (root / "meta.json").write_text(json.dumps(meta))
     return root
 
@@ -102,8 +113,10 @@ def test_box_distribution_matches_albumentations(ratio):
     reference = A.RandomResizedCrop(size=(32, 32), scale=(0.1, 0.2), ratio=ratio)
     reference.set_random_seed(3)
     coords = np.array(
-        [reference.get_params_dependent_on_data({"shape": (HEIGHT, WIDTH)}, {})["crop_coords"]
-         for _ in range(n)]
+        [
+            reference.get_params_dependent_on_data({"shape": (HEIGHT, WIDTH)}, {})["crop_coords"]
+            for _ in range(n)
+        ]
     )
     x0, y0, x1, y1 = coords.T
     theirs = np.stack([y0, x0, y1 - y0, x1 - x0], axis=1)
@@ -143,8 +156,9 @@ def seed_crop(image: np.ndarray, box, size: int) -> np.ndarray:
     """The seed's order: Normalize the whole field (float32), then crop and bicubic-resize."""
     top, left, h, w = box
     seed_float = A.Normalize(mean=0, std=1, max_pixel_value=CLIP_MAX)(image=image)["image"]
-    crop_and_resize = A.Compose([A.Crop(left, top, left + w, top + h),
-                                 A.Resize(size, size, interpolation=cv2.INTER_CUBIC)])
+    crop_and_resize = A.Compose(
+        [A.Crop(left, top, left + w, top + h), A.Resize(size, size, interpolation=cv2.INTER_CUBIC)]
+    )
     return crop_and_resize(image=seed_float)["image"]
 
 
@@ -168,8 +182,9 @@ def test_flipping_the_crop_equals_the_seeds_flip_of_the_field_at_the_mirrored_bo
     equally likely (uniform start), so both orders give the same distribution of crops."""
     image = np.asarray(field(cache_dir))
     top, left, h, w = 17, 41, 48, 48
-    ours = resized_crop([image], (top, left, h, w), 24, clip_max=CLIP_MAX, hflip=True, vflip=True,
-                        clamp=False)
+    ours = resized_crop(
+        [image], (top, left, h, w), 24, clip_max=CLIP_MAX, hflip=True, vflip=True, clamp=False
+    )
     mirrored = (HEIGHT - top - h, WIDTH - left - w, h, w)
     reference = seed_crop(np.ascontiguousarray(image[::-1, ::-1]), mirrored, 24)
     assert np.abs(ours[0].numpy() - reference).max() < 1e-6
@@ -234,8 +249,9 @@ def test_views_use_their_own_scale_ranges():
 def test_crop_spec_reads_settings():
     spec = CropSpec.from_settings({"number": 8, "size": 96, "scale": [0.04, 0.08]})
     assert spec == CropSpec(8, 96, (0.04, 0.08), (1.0, 1.0))  # absent ratio: the seed's
-    spec = CropSpec.from_settings({"number": 8, "size": 96, "scale": [0.04, 0.08],
-                                   "ratio": [0.75, 1.25]})
+    spec = CropSpec.from_settings(
+        {"number": 8, "size": 96, "scale": [0.04, 0.08], "ratio": [0.75, 1.25]}
+    )
     assert spec.ratio == (0.75, 1.25)
 
 
@@ -276,7 +292,9 @@ def test_rgb_stacks_the_cache_channels_in_meta_order(cache_dir):
 def test_sampler_shards_disjoint_equal_and_reshuffles_per_epoch(cache_dir):
     shards = []
     for rank in range(3):  # 10 images over 3 ranks: 3 each, one dropped
-        loader_, sampler = loader(cache_dir, rank=rank, world_size=3, settings={"batch_size_per_gpu": 1})
+        loader_, sampler = loader(
+            cache_dir, rank=rank, world_size=3, settings={"batch_size_per_gpu": 1}
+        )
         sampler.set_epoch(0)
         keys = list(sampler)
         assert {epoch for epoch, _ in keys} == {0}
@@ -303,14 +321,16 @@ def test_loader_batches_follow_the_contract(cache_dir):
         assert all(t.dtype == torch.float32 and -0.25 <= t.min() and t.max() <= 1.25 for t in batch)
 
 
-@pytest.mark.parametrize("images, rows", [("treated", [0, 2, 3, 4, 5, 7, 8, 9]),
-                                          ("all", list(range(10)))])
+@pytest.mark.parametrize(
+    "images, rows", [("treated", [0, 2, 3, 4, 5, 7, 8, 9]), ("all", list(range(10)))]
+)
 def test_training_images_treated_by_default_or_all(cache_dir, images, rows):
     settings = {**SETTINGS, "batch_size_per_gpu": 1}
     if images == "treated":
         del settings["images"]  # absent key: the seed's treated images
-    loader_, sampler = build_train_loader(str(cache_dir), "DAPI", settings, rank=0, world_size=1,
-                                          seed=0, device_type="cpu")
+    loader_, sampler = build_train_loader(
+        str(cache_dir), "DAPI", settings, rank=0, world_size=1, seed=0, device_type="cpu"
+    )
     sampler.set_epoch(0)
     assert sorted(int(loader_.dataset.rows[i]) for _, i in sampler) == rows
     # an image's crops are keyed on its cache row, whatever the row set
@@ -324,8 +344,10 @@ def test_treated_images_need_the_is_control_column(cache_dir, tmp_path):
     broken.mkdir()
     for path in cache_dir.iterdir():
         (broken / path.name).write_bytes(path.read_bytes())
-    write_table(pd.DataFrame({"image_id": [f"P1/A{i:02d}/s1" for i in range(10)]}),
-                broken / "images.parquet")
+    write_table(
+        pd.DataFrame({"image_id": [f"P1/A{i:02d}/s1" for i in range(10)]}),
+        broken / "images.parquet",
+    )
     with pytest.raises(InputError, match="no is_control column"):
         loader(broken, settings={"images": "treated"})
     with pytest.raises(InputError, match="train.images"):
@@ -354,8 +376,10 @@ def test_dataset_pickles_file_names_not_pixels(cache_dir):
     "change, message",
     [
         (lambda d: (d / "Tubulin.npy").unlink(), "Tubulin.npy: not found"),
-        (lambda d: np.save(d / "Tubulin.npy", np.zeros((10, 8, 8), np.uint16)),
-         "Tubulin.npy: uint16 array of shape"),
+        (
+            lambda d: np.save(d / "Tubulin.npy", np.zeros((10, 8, 8), np.uint16)),
+            "Tubulin.npy: uint16 array of shape",
+        ),
         (lambda d: (d / "meta.json").write_text("{}"), "missing key"),
     ],
 )
@@ -392,12 +416,28 @@ def test_preview_cli_writes_a_png_and_rejects_bad_input(cache_dir, tmp_path):
 
 def test_datapath_benchmark_quick_mode_runs(tmp_path):
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(REPO_DIR / "benchmarks" / "bench_datapath.py"), "--quick",
-                    "--json", str(out), "--tmpdir", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO_DIR / "benchmarks" / "bench_datapath.py"),
+            "--quick",
+            "--json",
+            str(out),
+            "--tmpdir",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+    )
     results = json.loads(out.read_text())
-    rows = {(r["path"].split()[0], r["channel"], r["resize_factor"]): r for r in results["single_core"]}
-    assert set(rows) == {(p, c, f) for c in ("DAPI", "rgb")
-                         for p, f in (("seed", 1.0), ("workflow", 1.0), ("workflow", 0.5))}
+    rows = {
+        (r["path"].split()[0], r["channel"], r["resize_factor"]): r for r in results["single_core"]
+    }
+    assert set(rows) == {
+        (p, c, f)
+        for c in ("DAPI", "rgb")
+        for p, f in (("seed", 1.0), ("workflow", 1.0), ("workflow", 0.5))
+    }
     assert all(r["samples_per_s"] > 0 for r in results["single_core"] + results["loader"])
     assert rows[("seed", "DAPI", 1.0)]["ratio"] == 1.0
     assert list(tmp_path.iterdir()) == [out]  # the generated TIFFs and caches are removed

@@ -19,10 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-
 from workflow_copy import (
-    DEMO_CONFIG, REPO, copy_repo, demo_config, snakemake, summary, write_overlay,
+    DEMO_CONFIG,
+    REPO,
+    copy_repo,
+    demo_config,
+    snakemake,
+    summary,
+    write_overlay,
 )
+
 from workflow_scripts.output_lock import LOCK_NAME
 
 # each `$(touch ...)` would create its file in the job's working directory if a shell ran it
@@ -100,7 +106,7 @@ def test_every_shell_placeholder_is_quoted_or_known_safe():
             if line.strip() != "shell:":
                 continue
             indent = len(line) - len(line.lstrip())
-            for body in lines[i + 1:]:
+            for body in lines[i + 1 :]:
                 if body.strip() and len(body) - len(body.lstrip()) <= indent:
                     break
                 for name, quoted in re.findall(r"\{([^{}:]+)(:q)?\}", body):
@@ -134,8 +140,12 @@ def test_a_replaced_raw_tiff_reruns_the_stages_after_it_and_only_those(run):
     rows = summary(run, OUTPUT_DIR, *config_args(run))
     pending = {row.rule for row in rows if row.pending}
     assert pending == {
-        "validate_images", "build_image_cache", "train_" + ARCH.replace(".", "_"),
-        "extract_features", "evaluate_features", "summarize",
+        "validate_images",
+        "build_image_cache",
+        "train_" + ARCH.replace(".", "_"),
+        "extract_features",
+        "evaluate_features",
+        "summarize",
     }, pending
     # the rerun (and a dry run before it) rewrites nothing the user did not change
     upstream = ("generate_demo_data", "prepare_metadata")
@@ -151,9 +161,20 @@ def test_second_run_on_the_same_output_dir_is_refused_naming_the_holder(run):
             f'{{"host": "{socket.gethostname()}", "pid": {holder.pid}, "checkout": "/elsewhere"}}'
         )
         result = subprocess.run(
-            [sys.executable, "-m", "snakemake", "--cores", "1", *config_args(run),
-             "--forcerun", "summarize"],
-            cwd=run, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "--cores",
+                "1",
+                *config_args(run),
+                "--forcerun",
+                "summarize",
+            ],
+            cwd=run,
+            capture_output=True,
+            text=True,
+            timeout=300,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
         assert result.returncode != 0
@@ -173,10 +194,26 @@ def test_after_kill_9_the_plain_command_recovers(run):
     out = run / OUTPUT_DIR
     log = out / "logs" / "build_image_cache.log"
     log.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", *config_args(run),
-           "--forcerun", "build_image_cache", "--until", "build_image_cache"]
-    proc = subprocess.Popen(cmd, cwd=run, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "1",
+        *config_args(run),
+        "--forcerun",
+        "build_image_cache",
+        "--until",
+        "build_image_cache",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=run,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     deadline = time.time() + 240
     while not log.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -185,8 +222,7 @@ def test_after_kill_9_the_plain_command_recovers(run):
     # the job had begun publishing: one output exists, marked incomplete by Snakemake
     (out / "cache" / "images.parquet").write_bytes(b"partial")
     assert (out / LOCK_NAME).exists() and (run / ".snakemake" / "locks").exists()
-    snakemake(run, "--cores", "1", *config_args(run), "--until", "build_image_cache",
-              timeout_s=300)
+    snakemake(run, "--cores", "1", *config_args(run), "--until", "build_image_cache", timeout_s=300)
     assert (out / "cache" / "meta.json").is_file()
     assert not list(out.glob(".cache.*.tmp"))  # the killed build's temp folder is gone
     assert not (out / LOCK_NAME).exists()

@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from workflow_copy import REPO as SOURCE_REPO
 from workflow_copy import (
     DEMO_CONFIG,
     PlannedOutput,
@@ -34,6 +32,7 @@ from workflow_copy import (
     train_rule,
     write_overlay,
 )
+from workflow_copy import REPO as SOURCE_REPO
 
 sys.path.insert(0, str(SOURCE_REPO / "benchmarks"))
 from slurm_plan import local_rules, parse_plan, submissions  # noqa: E402
@@ -164,8 +163,10 @@ def test_training_override_of_one_architecture_retrains_only_it(finished):
     # Epoch 0 is the pretrained backbone: its features do not depend on training.
     expected = paths(
         rows,
-        lambda r: r.rule == "summarize"
-        or (r.arch == SECOND_ARCH and (r.rule == retrained or r.epoch != 0)),
+        lambda r: (
+            r.rule == "summarize"
+            or (r.arch == SECOND_ARCH and (r.rule == retrained or r.epoch != 0))
+        ),
     )
     assert pending(rows) == expected
     assert {r.status for r in rows if r.rule == retrained} == {"params changed"}

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from slurm_cluster import LocalSlurm, unavailable_reason
 from workflow_copy import (
     DEMO_CONFIG,
@@ -144,11 +143,23 @@ def submitted(cluster: LocalSlurm) -> list[dict[str, str]]:
     --comment rule_<group id>_<its rules joined by _>; for those, `rule` is the group's kind
     (GROUP_KINDS) and `wildcards` <arch>_<channel>."""
     rules = sorted(
-        {train_rule(GPU_ARCH), train_rule(CPU_ARCH), "validate_images", "build_image_cache",
-         "extract_pretrained", extract_trained_rule(GPU_ARCH), extract_trained_rule(CPU_ARCH),
-         "evaluate_features", "generate_demo_data", "prepare_metadata",
-         "combine_channel_features", "summarize", "all"},
-        key=len, reverse=True,  # longest first: no rule name is mistaken for a prefix of another
+        {
+            train_rule(GPU_ARCH),
+            train_rule(CPU_ARCH),
+            "validate_images",
+            "build_image_cache",
+            "extract_pretrained",
+            extract_trained_rule(GPU_ARCH),
+            extract_trained_rule(CPU_ARCH),
+            "evaluate_features",
+            "generate_demo_data",
+            "prepare_metadata",
+            "combine_channel_features",
+            "summarize",
+            "all",
+        },
+        key=len,
+        reverse=True,  # longest first: no rule name is mistaken for a prefix of another
     )
     jobs = cluster.jobs()
     for job in jobs:
@@ -301,14 +312,26 @@ def test_training_runs_as_two_srun_tasks_and_matches_torchrun(cluster, tmp_path)
     overlay_path = write_overlay(tmp_path / "overlay.yaml", srun_overlay())
     log_target = f"{SRUN_OUTPUT_DIR}/train/{GPU_ARCH}/rgb/log.jsonl"
     try:
-        snakemake(repo, log_target, "--profile", str(profile), "--configfile", DEMO_CONFIG,
-                  str(overlay_path), timeout_s=PIPELINE_TIMEOUT_S, env=cluster.env)
+        snakemake(
+            repo,
+            log_target,
+            "--profile",
+            str(profile),
+            "--configfile",
+            DEMO_CONFIG,
+            str(overlay_path),
+            timeout_s=PIPELINE_TIMEOUT_S,
+            env=cluster.env,
+        )
     except (AssertionError, subprocess.TimeoutExpired) as err:
         raise AssertionError(f"{err}\n{slurm_logs(repo)}\n{cluster.logs()}") from None
 
-    train_jobs = [j for j in cluster.jobs()
-                  if j.get("Comment", "").startswith(f"rule_{train_rule(GPU_ARCH)}")
-                  and j.get("WorkDir") == str(repo)]
+    train_jobs = [
+        j
+        for j in cluster.jobs()
+        if j.get("Comment", "").startswith(f"rule_{train_rule(GPU_ARCH)}")
+        and j.get("WorkDir") == str(repo)
+    ]
     assert train_jobs and train_jobs[-1]["JobState"] == "COMPLETED"
     assert train_jobs[-1]["NumTasks"] == "2"
     out = repo / SRUN_OUTPUT_DIR / "train" / GPU_ARCH / "rgb"
@@ -320,16 +343,40 @@ def test_training_runs_as_two_srun_tasks_and_matches_torchrun(cluster, tmp_path)
     entry = cfg.architecture(config, GPU_ARCH)
     reference = tmp_path / "reference"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        "-m", "workflow_scripts.train.cli", "--arch", GPU_ARCH, "--channel", "rgb",
-        "--cache-dir", str(repo / SRUN_OUTPUT_DIR / "cache"), "--weights", "none",
-        "--model-kwargs", json.dumps(entry["model_kwargs"]),
-        "--settings", json.dumps(cfg.train_settings(config, GPU_ARCH)),
-        "--out-dir", str(reference / "train"), "--resume-dir", str(reference / "resume"),
-        "--strategy", "fsdp",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "workflow_scripts.train.cli",
+        "--arch",
+        GPU_ARCH,
+        "--channel",
+        "rgb",
+        "--cache-dir",
+        str(repo / SRUN_OUTPUT_DIR / "cache"),
+        "--weights",
+        "none",
+        "--model-kwargs",
+        json.dumps(entry["model_kwargs"]),
+        "--settings",
+        json.dumps(cfg.train_settings(config, GPU_ARCH)),
+        "--out-dir",
+        str(reference / "train"),
+        "--resume-dir",
+        str(reference / "resume"),
+        "--strategy",
+        "fsdp",
     ]
-    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        command,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     expected = load_file(reference / "train" / "epoch_0002.safetensors")
     trained = load_file(out / "epoch_0002.safetensors")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from slurm_cluster import LocalSlurm, unavailable_reason
 from test_slurm import edited_profile, slurm_overlay
 from workflow_copy import DEMO_CONFIG, copy_repo, snakemake, write_overlay
+
 from workflow_scripts import timed
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -40,14 +40,22 @@ def run_experiment(repo: Path, profile: Path, env: dict, name: str, train: dict)
     overlay["train"] = {**overlay["train"], **train}
     config = write_overlay(repo / f"{name}.yaml", overlay)
     targets = [f"results/{name}/cache/meta.json", f"results/{name}/data/validation_report.json"]
-    result = snakemake(repo, "--profile", str(profile), "--configfile", DEMO_CONFIG, str(config),
-                       "--", *targets, timeout_s=420, env=env)
+    result = snakemake(
+        repo,
+        "--profile",
+        str(profile),
+        "--configfile",
+        DEMO_CONFIG,
+        str(config),
+        "--",
+        *targets,
+        timeout_s=420,
+        env=env,
+    )
     return result.stdout + result.stderr
 
 
-def test_second_experiment_takes_the_data_stage_from_the_cache_inside_slurm_jobs(
-    cluster, tmp_path
-):
+def test_second_experiment_takes_the_data_stage_from_the_cache_inside_slurm_jobs(cluster, tmp_path):
     repo = copy_repo(tmp_path / "repo")
     profile = edited_profile(repo, tmp_path / "profile")
     settings = yaml.safe_load((profile / "config.yaml").read_text())

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from workflow_copy import REPO
 
 CHECKS = {
@@ -27,7 +26,15 @@ def test_ruff_would_catch_an_unused_import(tmp_path):
     # the configuration is live: the same command fails on a file that breaks a selected rule
     bad = tmp_path / "bad.py"
     bad.write_text("import os\n")
-    command = [sys.executable, "-m", "ruff", "check", "--no-cache", "--config",
-               str(REPO / "pyproject.toml"), str(bad)]
+    command = [
+        sys.executable,
+        "-m",
+        "ruff",
+        "check",
+        "--no-cache",
+        "--config",
+        str(REPO / "pyproject.toml"),
+        str(bad),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "F401" in result.stdout

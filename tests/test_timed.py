@@ -30,7 +30,10 @@ sys.exit(int(sys.argv[1]))
 def run_wrapper(*command: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "workflow_scripts.timed", *command],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -78,12 +81,14 @@ def test_no_command_is_an_error():
 
 
 def test_read_timing_takes_the_last_line_and_ignores_lookalikes():
-    log = "\n".join([
-        "benchmark: s=1.000 cpu_time=1.00 max_rss=1.0 exit=0",
-        "benchmark: s=oops",
-        "  benchmark: s=2.500 cpu_time=4.25 max_rss=512.5 exit=1  ",
-        "done",
-    ])
+    log = "\n".join(
+        [
+            "benchmark: s=1.000 cpu_time=1.00 max_rss=1.0 exit=0",
+            "benchmark: s=oops",
+            "  benchmark: s=2.500 cpu_time=4.25 max_rss=512.5 exit=1  ",
+            "done",
+        ]
+    )
     assert timed.read_timing(log) == {"s": 2.5, "cpu_time": 4.25, "max_rss": 512.5, "exit": 1}
     assert timed.read_timing("no timing here\n") is None
 

@@ -21,8 +21,9 @@ def test_vit_embedding_is_the_cls_token_and_receives_gradient():
 
 
 def test_convnext_keeps_its_pooled_output():
-    model = build_backbone("convnext_tiny.dinov3_lvd1689m", "none",
-                           {"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)})
+    model = build_backbone(
+        "convnext_tiny.dinov3_lvd1689m", "none", {"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)}
+    )
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 64)
 
 

@@ -81,8 +81,15 @@ def test_unknown_architecture_and_model_kwargs():
 def write_checkpoint(directory, epoch=3, arch=ARCH, model_kwargs=TINY):
     torch.manual_seed(epoch)
     backbone = build_backbone(arch, "none", model_kwargs)
-    meta = {"arch": arch, "channel": "DAPI", "epoch": epoch, "config_digest": "abc",
-            "model_kwargs": model_kwargs, "in_chans": 3, "train_settings": {}}
+    meta = {
+        "arch": arch,
+        "channel": "DAPI",
+        "epoch": epoch,
+        "config_digest": "abc",
+        "model_kwargs": model_kwargs,
+        "in_chans": 3,
+        "train_settings": {},
+    }
     return backbone, save_backbone_checkpoint(directory, backbone, meta)
 
 
@@ -135,7 +142,11 @@ def test_export_links_every_checkpoint_and_is_repeatable(tmp_path):
         exported = export_checkpoints(source, out)
     assert [p.name for p in exported] == ["epoch_0002.safetensors", "epoch_0004.safetensors"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "epoch_0002.json", "epoch_0002.safetensors", "epoch_0004.json", "epoch_0004.safetensors"]
+        "epoch_0002.json",
+        "epoch_0002.safetensors",
+        "epoch_0004.json",
+        "epoch_0004.safetensors",
+    ]
     assert os.path.samefile(source / "epoch_0004.safetensors", out / "epoch_0004.safetensors")
 
 

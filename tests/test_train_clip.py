@@ -18,7 +18,7 @@ def student_with_gradients() -> nn.Module:
     rescaled to a norm drawn from 0 to 6 (some exactly zero), one parameter has none."""
     torch.manual_seed(0)
     model = build_dino_model(build_backbone(ARCH, "none", TINY), HEAD)
-    model(([torch.rand(2, 3, 32, 32)])).square().mean().backward()
+    model([torch.rand(2, 3, 32, 32)]).square().mean().backward()
     params = list(model.parameters())
     targets = torch.rand(len(params)) * 6
     for i, (param, target) in enumerate(zip(params, targets)):

@@ -17,8 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
 from test_train_run import (
     REPO,
     SINGLE_PROCESS,
@@ -27,6 +25,8 @@ from test_train_run import (
     make_cache,
     make_job,
 )
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
 from workflow_scripts.train import loop, sharded_state
 from workflow_scripts.train.checkpoint import load_backbone_checkpoint
 
@@ -56,16 +56,26 @@ def descendants(pid: int) -> list[int]:
 
 
 def job_json(job: loop.TrainJob) -> str:
-    return json.dumps({**job.__dict__, "cache_dir": str(job.cache_dir),
-                       "out_dir": str(job.out_dir), "resume_dir": str(job.resume_dir)})
+    return json.dumps(
+        {
+            **job.__dict__,
+            "cache_dir": str(job.cache_dir),
+            "out_dir": str(job.out_dir),
+            "resume_dir": str(job.resume_dir),
+        }
+    )
 
 
 def torchrun(args: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess:
     """2 processes on the CPU (gloo); fails the test with the ranks' stderr."""
     result = subprocess.run(
-        [*TORCHRUN, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
-             "OMP_NUM_THREADS": "1"})
+        [*TORCHRUN, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 
@@ -82,8 +92,9 @@ def runs(tmp_path_factory):
     cache = make_cache(root / "cache")
     held = {}
     for strategy in ("ddp", "fsdp"):
-        job = replace(make_job(root / strategy, cache, epochs=EPOCHS, checkpoint_every=2),
-                      strategy=strategy)
+        job = replace(
+            make_job(root / strategy, cache, epochs=EPOCHS, checkpoint_every=2), strategy=strategy
+        )
         held[strategy] = (job, run_driver(job, root / strategy))
     return held
 
@@ -113,7 +124,8 @@ def test_two_process_fsdp_equals_ddp(runs):
     assert torch.allclose(ddp["center"], fsdp["center"], rtol=TOLERANCE)
     ddp_losses, fsdp_losses = (
         [json.loads(line)["loss"] for line in (job.out_dir / "log.jsonl").read_text().splitlines()]
-        for job in (ddp_job, fsdp_job))
+        for job in (ddp_job, fsdp_job)
+    )
     assert len(fsdp_losses) == EPOCHS
     assert fsdp_losses == pytest.approx(ddp_losses, abs=1e-5)
     # evaluated-epoch exports: the same single-file safetensors of the teacher backbone
@@ -137,8 +149,9 @@ def test_sharded_state_loads_into_one_process(runs, tmp_path):
     trainer = loop.Trainer(fresh, SINGLE_PROCESS)
     record = sharded_state.read_commit(fsdp_job.resume_dir)
     assert record["epoch"] == EPOCHS and len(record["extra"]["rng"]) == 2
-    sharded_state.load(fsdp_job.resume_dir, record, trainer.student, trainer.teacher,
-                       trainer.optimizer)
+    sharded_state.load(
+        fsdp_job.resume_dir, record, trainer.student, trainer.teacher, trainer.optimizer
+    )
     for part in ("student", "teacher"):
         assert_close(getattr(trainer, part).state_dict(), fsdp[part], 0.0, part)
     optimizer = get_optimizer_state_dict(trainer.student, trainer.optimizer)
@@ -150,8 +163,13 @@ def test_fsdp_killed_and_rerun_is_bitwise_the_same(runs, tmp_path):
     job = replace(reference, out_dir=tmp_path / "train", resume_dir=tmp_path / "resume")
     command = ["-m", "workflow_scripts.train.cli", *cli_args(job), "--strategy", "fsdp"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([*TORCHRUN, *command], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*TORCHRUN, *command],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while 2 not in log_epochs(job.out_dir) and process.poll() is None:
@@ -172,11 +190,11 @@ def test_fsdp_killed_and_rerun_is_bitwise_the_same(runs, tmp_path):
     expected_log = (reference.out_dir / "log.jsonl").read_text().splitlines()
     resumed_log = (job.out_dir / "log.jsonl").read_text().splitlines()
     assert [json.loads(l)["loss"] for l in resumed_log] == [
-        json.loads(l)["loss"] for l in expected_log]
+        json.loads(l)["loss"] for l in expected_log
+    ]
     for epoch in (2, 4, 6):
         name = f"epoch_{epoch:04d}.safetensors"
-        assert_close(load_file(reference.out_dir / name), load_file(job.out_dir / name), 0.0,
-                     name)
+        assert_close(load_file(reference.out_dir / name), load_file(job.out_dir / name), 0.0, name)
     # only the committed epoch's shards are kept
     assert [p.name for p in (job.resume_dir / "sharded").iterdir()] == [f"epoch_{EPOCHS:04d}"]
 
@@ -185,13 +203,30 @@ def test_seven_b_width_depth_two_trains_sharded(tmp_path):
     """ViT-7B's width (4096, SwiGLU 8192) at depth 2 (~340 M parameters), 2 FSDP processes."""
     cache = make_cache(tmp_path / "cache")
     job = replace(
-        make_job(tmp_path, cache, epochs=1, checkpoint_every=1, max_steps_per_epoch=1,
-                 head={"out_dim": 256, "hidden_dim": 256, "bottleneck_dim": 64}),
-        arch="vit_7b_patch16_dinov3.lvd1689m", model_kwargs={"depth": 2}, strategy="fsdp",
+        make_job(
+            tmp_path,
+            cache,
+            epochs=1,
+            checkpoint_every=1,
+            max_steps_per_epoch=1,
+            head={"out_dim": 256, "hidden_dim": 256, "bottleneck_dim": 64},
+        ),
+        arch="vit_7b_patch16_dinov3.lvd1689m",
+        model_kwargs={"depth": 2},
+        strategy="fsdp",
         activation_checkpointing=True,
     )
-    torchrun(["-m", "workflow_scripts.train.cli", *cli_args(job), "--strategy", "fsdp",
-              "--activation-checkpointing"], timeout_s=900)
+    torchrun(
+        [
+            "-m",
+            "workflow_scripts.train.cli",
+            *cli_args(job),
+            "--strategy",
+            "fsdp",
+            "--activation-checkpointing",
+        ],
+        timeout_s=900,
+    )
     exported = load_file(job.out_dir / "epoch_0001.safetensors")
     assert exported["blocks.1.mlp.fc1_g.weight"].shape == (8192, 4096)
     assert "blocks.2.norm1.weight" not in exported

@@ -3,9 +3,9 @@ across processes, and the prototype layer's precision under autocast."""
 
 import pytest
 import torch
+from test_train_run import make_cache, make_job
 from torch import nn
 
-from test_train_run import make_cache, make_job
 from workflow_scripts.errors import InputError
 from workflow_scripts.train import distributed, loop
 from workflow_scripts.train.ema import make_teacher, update_teacher
@@ -85,12 +85,14 @@ def test_several_gpu_processes_get_sync_batch_norm_with_the_same_state():
 
 def test_trainer_refuses_a_batch_norm_head_in_several_cpu_processes(tmp_path):
     job = make_job(tmp_path, make_cache(tmp_path / "cache"), head={"use_bn": True})
-    two_ranks = distributed.DistributedContext(rank=0, world_size=2, local_rank=0,
-                                               device=torch.device("cpu"))
+    two_ranks = distributed.DistributedContext(
+        rank=0, world_size=2, local_rank=0, device=torch.device("cpu")
+    )
     with pytest.raises(InputError, match="use_bn"):
         loop.Trainer(job, two_ranks)
-    alone = distributed.DistributedContext(rank=0, world_size=1, local_rank=0,
-                                           device=torch.device("cpu"))
+    alone = distributed.DistributedContext(
+        rank=0, world_size=1, local_rank=0, device=torch.device("cpu")
+    )
     trainer = loop.Trainer(job, alone)  # one process: BatchNorm as configured
     assert any(isinstance(m, nn.BatchNorm1d) for m in trainer.student.modules())
 
@@ -98,8 +100,9 @@ def test_trainer_refuses_a_batch_norm_head_in_several_cpu_processes(tmp_path):
 # ---------------------------------------------------------------- head precision
 def real_size_head(fp32: bool = True) -> tuple[DINOHead, torch.Tensor]:
     torch.manual_seed(0)
-    head = DINOHead(64, out_dim=8192, hidden_dim=128, bottleneck_dim=256, norm_last_layer=False,
-                    fp32=fp32)
+    head = DINOHead(
+        64, out_dim=8192, hidden_dim=128, bottleneck_dim=256, norm_last_layer=False, fp32=fp32
+    )
     return head, torch.randn(32, 64)
 
 

@@ -9,13 +9,11 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 from scipy.stats import ortho_group
+from test_train_run import make_cache, make_job
 from torch.nn import functional as F
 
 from workflow_scripts.train import health, loop
 from workflow_scripts.train.loss import DINOLoss
-
-from test_train_run import make_job
-from test_train_run import make_cache
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +59,7 @@ def test_embedding_spread_matches_numpy():
     values = np.random.default_rng(0).normal(3.0, 0.5, size=(20, 7))
     std, relative = health.embedding_spread(torch.from_numpy(values))
     assert std == pytest.approx(values.std(axis=0).mean(), rel=1e-12)
-    assert relative == pytest.approx(std / np.sqrt((values ** 2).mean()), rel=1e-12)
+    assert relative == pytest.approx(std / np.sqrt((values**2).mean()), rel=1e-12)
 
 
 def test_loss_splits_into_teacher_entropy_plus_kl():
@@ -76,8 +74,12 @@ def test_loss_splits_into_teacher_entropy_plus_kl():
     meter.observe_teacher(teacher, loss_fn.center, temp)
     targets = health.teacher_probabilities(teacher, loss_fn.center, temp).chunk(n_global)
     log_probs = F.log_softmax(student / 0.1, dim=-1).chunk(n_global + n_local)
-    kls = [F.kl_div(log_probs[v], targets[i], reduction="batchmean")
-           for i in range(n_global) for v in range(n_global + n_local) if v != i]
+    kls = [
+        F.kl_div(log_probs[v], targets[i], reduction="batchmean")
+        for i in range(n_global)
+        for v in range(n_global + n_local)
+        if v != i
+    ]
     meter.observe_loss(float(loss_fn(student, teacher, temp)))
     out = meter.epoch_stats(loss_fn.center)
     assert out["teacher_kl"] == pytest.approx(float(torch.stack(kls).mean()), rel=1e-5)
@@ -126,18 +128,33 @@ def test_meter_reads_the_backbone_output_through_a_hook():
     assert meter._embeddings is None  # hook removed
 
 
-HEALTH_KEYS = {"teacher_entropy", "teacher_batch_entropy", "teacher_mutual_info", "teacher_kl",
-               "center_norm", "cls_std", "cls_relative_std", "cls_effective_rank", "collapse"}
+HEALTH_KEYS = {
+    "teacher_entropy",
+    "teacher_batch_entropy",
+    "teacher_mutual_info",
+    "teacher_kl",
+    "center_norm",
+    "cls_std",
+    "cls_relative_std",
+    "cls_effective_rank",
+    "collapse",
+}
 
 
 def test_training_log_has_health_and_warns_on_a_uniform_teacher(tmp_path, cache, capsys):
     # a teacher temperature of 1000 makes the teacher's targets uniform: a forced collapse
-    job = make_job(tmp_path, cache, epochs=1, max_steps_per_epoch=2,
-                   loss={"teacher_temp": 1000.0, "warmup_teacher_temp": 1000.0})
+    job = make_job(
+        tmp_path,
+        cache,
+        epochs=1,
+        max_steps_per_epoch=2,
+        loss={"teacher_temp": 1000.0, "warmup_teacher_temp": 1000.0},
+    )
     loop.run(job)
     line = json.loads((job.out_dir / "log.jsonl").read_text().splitlines()[0])
     assert HEALTH_KEYS <= set(line)
     assert line["collapse"] == "uniform"
-    assert line["teacher_entropy"] == pytest.approx(math.log(job.settings["head"]["out_dim"]),
-                                                    rel=1e-3)
+    assert line["teacher_entropy"] == pytest.approx(
+        math.log(job.settings["head"]["out_dim"]), rel=1e-3
+    )
     assert "WARNING: epoch 1 looks collapsed (uniform teacher" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import cdist
+from test_train_run import SINGLE_PROCESS, make_cache, make_job
 
 from workflow_scripts import config as cfg
 from workflow_scripts.errors import InputError
@@ -19,8 +20,6 @@ from workflow_scripts.train.optim import (
     param_groups,
     set_lr_and_weight_decay,
 )
-
-from test_train_run import SINGLE_PROCESS, make_cache, make_job
 
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 HEAD = {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}
@@ -42,10 +41,14 @@ def cache(tmp_path_factory):
 def test_layer_lr_scale_is_dinov3s_formula():
     # depth 3: tokens / patch embedding are layer 0, blocks.i layer i + 1, the rest layer 4
     expected = {
-        "backbone.cls_token": 0.9 ** 4, "backbone.reg_token": 0.9 ** 4,
-        "backbone.patch_embed.proj.weight": 0.9 ** 4,
-        "backbone.blocks.0.attn.qkv.weight": 0.9 ** 3, "backbone.blocks.2.mlp.fc2.bias": 0.9,
-        "backbone.norm.weight": 1.0, "head.mlp.0.weight": 1.0, "head.last_layer.weight": 1.0,
+        "backbone.cls_token": 0.9**4,
+        "backbone.reg_token": 0.9**4,
+        "backbone.patch_embed.proj.weight": 0.9**4,
+        "backbone.blocks.0.attn.qkv.weight": 0.9**3,
+        "backbone.blocks.2.mlp.fc2.bias": 0.9,
+        "backbone.norm.weight": 1.0,
+        "head.mlp.0.weight": 1.0,
+        "head.last_layer.weight": 1.0,
     }
     for name, scale in expected.items():
         assert layer_lr_scale(name, 0.9, 3) == pytest.approx(scale), name
@@ -101,8 +104,13 @@ def test_koleo_term_sums_the_global_views_only():
 
 
 def test_koleo_weight_adds_the_term_on_the_students_global_cls(tmp_path, cache):
-    job = make_job(tmp_path, cache, drop_path_rate=0.0, loss={"koleo_weight": 0.5},
-                   optimizer={"warmup_epochs": 0})
+    job = make_job(
+        tmp_path,
+        cache,
+        drop_path_rate=0.0,
+        loss={"koleo_weight": 0.5},
+        optimizer={"warmup_epochs": 0},
+    )
     trainer = loop.Trainer(job, SINGLE_PROCESS)
     batch = next(iter(trainer.loader))
     n_global = trainer.n_global_crops
@@ -121,8 +129,11 @@ def test_koleo_weight_adds_the_term_on_the_students_global_cls(tmp_path, cache):
 
 
 def test_head_warmup_freezes_the_backbone_for_its_epochs(tmp_path, cache):
-    job = make_job(tmp_path, cache, optimizer={"warmup_epochs": 0, "head_warmup_epochs": 1,
-                                               "freeze_last_layer_epochs": 0})
+    job = make_job(
+        tmp_path,
+        cache,
+        optimizer={"warmup_epochs": 0, "head_warmup_epochs": 1, "freeze_last_layer_epochs": 0},
+    )
     trainer = loop.Trainer(job, SINGLE_PROCESS)
     batch = next(iter(trainer.loader))
 
@@ -134,8 +145,9 @@ def test_head_warmup_freezes_the_backbone_for_its_epochs(tmp_path, cache):
     trainer.train_step(batch, epoch=0, step=0)
     moved = changed(before)
     assert moved and all(n.startswith("head.") for n in moved)
-    assert all(torch.equal(teacher_before[n], p)
-               for n, p in trainer.teacher.backbone.state_dict().items())
+    assert all(
+        torch.equal(teacher_before[n], p) for n, p in trainer.teacher.backbone.state_dict().items()
+    )
     before = {n: p.detach().clone() for n, p in trainer.student.named_parameters()}
     trainer.train_step(batch, epoch=1, step=0)
     assert any(n.startswith("backbone.") for n in changed(before))

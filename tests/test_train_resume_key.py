@@ -10,17 +10,27 @@ from workflow_scripts.train.resume_key import resume_key
 
 @pytest.fixture
 def cache(tmp_path):
-    (tmp_path / "meta.json").write_text(json.dumps(
-        {"settings_digest": "abc", "n_images": 3, "height": 8, "width": 8, "channels": ["DAPI"]}))
+    (tmp_path / "meta.json").write_text(
+        json.dumps(
+            {"settings_digest": "abc", "n_images": 3, "height": 8, "width": 8, "channels": ["DAPI"]}
+        )
+    )
     pd.DataFrame({"image_id": ["p/A01/s1", "p/A01/s2", "p/A02/s1"]}).to_parquet(
-        tmp_path / "images.parquet")
+        tmp_path / "images.parquet"
+    )
     return tmp_path
 
 
 def key(cache, **overrides):
-    args = dict(arch="vit_small_patch16_dinov3.lvd1689m", channel="DAPI",
-                settings={"epochs": 4, "num_workers": 0}, model_kwargs={}, weights="none",
-                cache_dir=cache, world_size=1)
+    args = dict(
+        arch="vit_small_patch16_dinov3.lvd1689m",
+        channel="DAPI",
+        settings={"epochs": 4, "num_workers": 0},
+        model_kwargs={},
+        weights="none",
+        cache_dir=cache,
+        world_size=1,
+    )
     return resume_key(**{**args, **overrides})
 
 
@@ -47,5 +57,6 @@ def test_rebuilt_image_cache_changes_the_key(cache):
     assert key(cache) != base
     (cache / "meta.json").write_text(json.dumps(meta))
     pd.DataFrame({"image_id": ["p/A02/s1", "p/A01/s1", "p/A01/s2"]}).to_parquet(
-        cache / "images.parquet")
+        cache / "images.parquet"
+    )
     assert key(cache) != base  # same images, other order: rows of the arrays changed meaning

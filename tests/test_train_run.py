@@ -38,21 +38,42 @@ def make_cache(directory: Path, n_images: int = 12, height: int = 64, width: int
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     sites = [f"P1/B{i // 4 + 2:02d}/s{i % 4 + 1}" for i in range(n_images)]
-    table = pd.DataFrame({
-        "image_id": sites, "plate": "P1", "well": [s.split("/")[1] for s in sites],
-        "site": [i % 4 + 1 for i in range(n_images)], "replicate": 1, "batch": "Week1",
-        # treated: train.images defaults to the treated images
-        "compound": "taxol", "concentration": 1.0, "treatment": "taxol@1",
-        "moa": "Microtubule stabilizers", "is_control": False,
-        **{f"path_{channel}": [f"/images/{s}_{channel}.tif" for s in sites] for channel in CHANNELS},
-    })
+    table = pd.DataFrame(
+        {
+            "image_id": sites,
+            "plate": "P1",
+            "well": [s.split("/")[1] for s in sites],
+            "site": [i % 4 + 1 for i in range(n_images)],
+            "replicate": 1,
+            "batch": "Week1",
+            # treated: train.images defaults to the treated images
+            "compound": "taxol",
+            "concentration": 1.0,
+            "treatment": "taxol@1",
+            "moa": "Microtubule stabilizers",
+            "is_control": False,
+            **{
+                f"path_{channel}": [f"/images/{s}_{channel}.tif" for s in sites]
+                for channel in CHANNELS
+            },
+        }
+    )
     write_table(table, directory / "images.parquet")
     for channel in CHANNELS:
-        np.save(directory / f"{channel}.npy",
-                rng.integers(0, 10000, (n_images, height, width), dtype=np.uint16))
-    meta = {"n_images": n_images, "height": height, "width": width, "channels": CHANNELS,
-            "clip_max": 10000, "resize_factor": 1.0, "illumination_correction": False,
-            "settings_digest": "test"}
+        np.save(
+            directory / f"{channel}.npy",
+            rng.integers(0, 10000, (n_images, height, width), dtype=np.uint16),
+        )
+    meta = {
+        "n_images": n_images,
+        "height": height,
+        "width": width,
+        "channels": CHANNELS,
+        "clip_max": 10000,
+        "resize_factor": 1.0,
+        "illumination_correction": False,
+        "settings_digest": "test",
+    }
     (directory / "meta.json").write_text(json.dumps(meta))
     return directory
 
@@ -67,18 +88,35 @@ def demo_settings(**overrides) -> dict:
 
 def make_job(tmp_path: Path, cache: Path, channel: str = "DAPI", **overrides) -> loop.TrainJob:
     return loop.TrainJob(
-        arch=ARCH, channel=channel, cache_dir=cache, weights="none", model_kwargs=TINY,
-        settings=demo_settings(**overrides), out_dir=tmp_path / "train",
+        arch=ARCH,
+        channel=channel,
+        cache_dir=cache,
+        weights="none",
+        model_kwargs=TINY,
+        settings=demo_settings(**overrides),
+        out_dir=tmp_path / "train",
         resume_dir=tmp_path / "resume",
     )
 
 
 def cli_args(job: loop.TrainJob) -> list[str]:
     return [
-        "--arch", job.arch, "--channel", job.channel, "--cache-dir", str(job.cache_dir),
-        "--weights", job.weights, "--model-kwargs", json.dumps(job.model_kwargs),
-        "--settings", json.dumps(job.settings), "--out-dir", str(job.out_dir),
-        "--resume-dir", str(job.resume_dir),
+        "--arch",
+        job.arch,
+        "--channel",
+        job.channel,
+        "--cache-dir",
+        str(job.cache_dir),
+        "--weights",
+        job.weights,
+        "--model-kwargs",
+        json.dumps(job.model_kwargs),
+        "--settings",
+        json.dumps(job.settings),
+        "--out-dir",
+        str(job.out_dir),
+        "--resume-dir",
+        str(job.resume_dir),
     ]
 
 
@@ -206,8 +244,15 @@ def test_cli_rejects_bad_settings_with_exit_2(tmp_path, cache, capsys):
 
 def run_subprocess(args, **kwargs):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT_S, **kwargs)
+    return subprocess.run(
+        args,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+        **kwargs,
+    )
 
 
 @pytest.mark.slow
@@ -215,7 +260,8 @@ def test_two_process_ddp_ranks_end_identical(tmp_path, cache):
     job = make_job(tmp_path, cache, epochs=1)
     driver = tmp_path / "driver.py"
     # Trainer.fit as the CLI runs it, then every rank saves what it holds for comparison
-    driver.write_text(textwrap.dedent(f"""
+    driver.write_text(
+        textwrap.dedent(f"""
         import json, sys, torch
         from pathlib import Path
         from workflow_scripts.train import distributed, loop
@@ -232,11 +278,27 @@ def test_two_process_ddp_ranks_end_identical(tmp_path, cache):
                    Path({str(tmp_path)!r}) / f"rank{{context.rank}}.pt")
         del trainer
         distributed.teardown()
-    """))
-    job_json = json.dumps({**job.__dict__, "cache_dir": str(cache), "out_dir": str(job.out_dir),
-                           "resume_dir": str(job.resume_dir)})
-    result = run_subprocess([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             "--nproc-per-node=2", str(driver), job_json])
+    """)
+    )
+    job_json = json.dumps(
+        {
+            **job.__dict__,
+            "cache_dir": str(cache),
+            "out_dir": str(job.out_dir),
+            "resume_dir": str(job.resume_dir),
+        }
+    )
+    result = run_subprocess(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            str(driver),
+            job_json,
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for part in ("student", "teacher"):
@@ -259,12 +321,14 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, cache, capsys):
     loop.run(reference)
     assert log_epochs(reference.out_dir) == list(range(1, 9))
 
-    job = replace(reference, out_dir=tmp_path / "killed" / "train",
-                  resume_dir=tmp_path / "killed" / "resume")
+    job = replace(
+        reference, out_dir=tmp_path / "killed" / "train", resume_dir=tmp_path / "killed" / "resume"
+    )
     command = [sys.executable, "-m", "workflow_scripts.train.cli", *cli_args(job)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
         while 2 not in log_epochs(job.out_dir) and process.poll() is None:
@@ -284,7 +348,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, cache, capsys):
     reference_log = (reference.out_dir / "log.jsonl").read_text().splitlines()
     resumed_log = (job.out_dir / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["loss"] for line in resumed_log] == [
-        json.loads(line)["loss"] for line in reference_log]
+        json.loads(line)["loss"] for line in reference_log
+    ]
     for epoch in (2, 4, 6, 8):
         expected = load_file(reference.out_dir / f"epoch_{epoch:04d}.safetensors")
         resumed = load_file(job.out_dir / f"epoch_{epoch:04d}.safetensors")
@@ -298,5 +363,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, cache, capsys):
     assert "resuming after epoch 8" in capsys.readouterr().err
     assert log_epochs(job.out_dir) == list(range(1, 9))
     assert sorted(p.name for p in job.out_dir.glob("epoch_*.safetensors")) == [
-        "epoch_0002.safetensors", "epoch_0004.safetensors", "epoch_0006.safetensors",
-        "epoch_0008.safetensors"]
+        "epoch_0002.safetensors",
+        "epoch_0004.safetensors",
+        "epoch_0006.safetensors",
+        "epoch_0008.safetensors",
+    ]

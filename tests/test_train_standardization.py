@@ -11,7 +11,12 @@ from workflow_scripts.train.backbone import input_standardization
 @pytest.fixture(scope="module")
 def tiny():
     return timm.create_model(
-        "vit_small_patch16_dinov3", pretrained=False, num_classes=0, depth=1, embed_dim=32, num_heads=2
+        "vit_small_patch16_dinov3",
+        pretrained=False,
+        num_classes=0,
+        depth=1,
+        embed_dim=32,
+        num_heads=2,
     )
 
 

@@ -116,11 +116,20 @@ def test_build_schedules_per_iteration_and_linear_lr_scaling():
     settings = {
         "epochs": 4,
         "batch_size_per_gpu": 32,
-        "optimizer": {"lr": 1e-3, "min_lr": 1e-5, "lr_scaling": "linear", "warmup_epochs": 1,
-                      "weight_decay": 0.04, "weight_decay_end": 0.4},
+        "optimizer": {
+            "lr": 1e-3,
+            "min_lr": 1e-5,
+            "lr_scaling": "linear",
+            "warmup_epochs": 1,
+            "weight_decay": 0.04,
+            "weight_decay_end": 0.4,
+        },
         "teacher_momentum": {"start": 0.99, "end": 1.0},
-        "loss": {"warmup_teacher_temp": 0.04, "teacher_temp": 0.07,
-                 "warmup_teacher_temp_epochs": 2},
+        "loss": {
+            "warmup_teacher_temp": 0.04,
+            "teacher_temp": 0.07,
+            "warmup_teacher_temp_epochs": 2,
+        },
     }
     schedules = build_schedules(settings, steps_per_epoch=5, world_size=4)
     peak = 1e-3 * 32 * 4 / 256

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-
 from tiff_factory import CHANNELS, SHAPE, make_dataset, write_tiff
+
 from workflow_scripts.data import validate
 from workflow_scripts.errors import InputError
 
@@ -63,8 +63,14 @@ def where(row: int, column: str) -> str:
 CONTROL_ROW, TREATED_ROW = 0, 5  # rows of the sorted good table: B02 is DMSO, D04 is taxol@1
 
 BAD_INPUTS = {
-    "missing column": (lambda t, p: t.drop(columns=["moa"]), r"images.parquet: missing column\(s\) moa"),
-    "missing path column": (lambda t, p: t.drop(columns=["path_Actin"]), r"missing column\(s\) path_Actin"),
+    "missing column": (
+        lambda t, p: t.drop(columns=["moa"]),
+        r"images.parquet: missing column\(s\) moa",
+    ),
+    "missing path column": (
+        lambda t, p: t.drop(columns=["path_Actin"]),
+        r"missing column\(s\) path_Actin",
+    ),
     "empty table": (lambda t, p: t.iloc[:0], r"images.parquet: the table has no rows"),
     "missing file": (
         set_value(TREATED_ROW, "path_Tubulin", "/nonexistent/G10_s1_w2.tif"),
@@ -80,16 +86,26 @@ BAD_INPUTS = {
         where(TREATED_ROW, "path_DAPI") + r": \S+text.tif cannot be read as a TIFF",
     ),
     "8-bit TIFF": (
-        set_file(TREATED_ROW, "path_Actin", "8bit.tif", lambda p: write_tiff(p, np.ones(SHAPE, np.uint8))),
-        where(TREATED_ROW, "path_Actin") + r": \S+ has pixel type uint8, expected 16-bit unsigned integers",
+        set_file(
+            TREATED_ROW, "path_Actin", "8bit.tif", lambda p: write_tiff(p, np.ones(SHAPE, np.uint8))
+        ),
+        where(TREATED_ROW, "path_Actin")
+        + r": \S+ has pixel type uint8, expected 16-bit unsigned integers",
     ),
     "float TIFF": (
-        set_file(TREATED_ROW, "path_Actin", "float.tif", lambda p: write_tiff(p, np.ones(SHAPE, np.float32))),
+        set_file(
+            TREATED_ROW,
+            "path_Actin",
+            "float.tif",
+            lambda p: write_tiff(p, np.ones(SHAPE, np.float32)),
+        ),
         r"has pixel type float32, expected 16-bit",
     ),
     "RGB TIFF": (
         set_file(
-            TREATED_ROW, "path_Actin", "rgb.tif",
+            TREATED_ROW,
+            "path_Actin",
+            "rgb.tif",
             lambda p: tifffile.imwrite(p, np.ones((*SHAPE, 3), np.uint16), photometric="rgb"),
         ),
         where(TREATED_ROW, "path_Actin")
@@ -97,16 +113,24 @@ BAD_INPUTS = {
     ),
     "channel stack": (
         set_file(
-            TREATED_ROW, "path_Actin", "stack.tif",
-            lambda p: tifffile.imwrite(p, np.ones((3, *SHAPE), np.uint16), photometric="minisblack"),
+            TREATED_ROW,
+            "path_Actin",
+            "stack.tif",
+            lambda p: tifffile.imwrite(
+                p, np.ones((3, *SHAPE), np.uint16), photometric="minisblack"
+            ),
         ),
         r"holds an image of shape \(3, 24, 32\), expected a single-channel",
     ),
     "wrong size": (
         set_file(
-            TREATED_ROW, "path_Tubulin", "small.tif", lambda p: write_tiff(p, np.ones((20, 32), np.uint16))
+            TREATED_ROW,
+            "path_Tubulin",
+            "small.tif",
+            lambda p: write_tiff(p, np.ones((20, 32), np.uint16)),
         ),
-        where(TREATED_ROW, "path_Tubulin") + r": \S+ is 20x32 pixels, expected 24x32 \(height x width",
+        where(TREATED_ROW, "path_Tubulin")
+        + r": \S+ is 20x32 pixels, expected 24x32 \(height x width",
     ),
     "NaN concentration": (
         set_value(TREATED_ROW, "concentration", np.nan),
@@ -118,7 +142,9 @@ BAD_INPUTS = {
         where(TREATED_ROW, "concentration") + r": 0.0 is not a valid concentration",
     ),
     "non-numeric concentration": (
-        lambda t, p: set_value(TREATED_ROW, "concentration", "1 uM")(t.astype({"concentration": str}), p),
+        lambda t, p: set_value(TREATED_ROW, "concentration", "1 uM")(
+            t.astype({"concentration": str}), p
+        ),
         where(TREATED_ROW, "concentration") + r": '1 uM' is not a number",
     ),
     "missing value": (
@@ -136,7 +162,8 @@ BAD_INPUTS = {
     ),
     "treatment name inconsistent": (
         set_value(TREATED_ROW, "treatment", "taxol@3"),
-        where(TREATED_ROW, "treatment") + r": 'taxol@3' does not match compound 'taxol' at concentration 1 "
+        where(TREATED_ROW, "treatment")
+        + r": 'taxol@3' does not match compound 'taxol' at concentration 1 "
         r"\(expected 'taxol@1'\)",
     ),
     "treatment with two concentrations": (
@@ -165,7 +192,9 @@ BAD_INPUTS = {
         where(24, "image_id") + r": duplicate of row 3",
     ),
     "same file twice": (
-        lambda t, p: t.assign(path_Actin=t["path_Actin"].where(t.index != 7, t.loc[7, "path_DAPI"])),
+        lambda t, p: t.assign(
+            path_Actin=t["path_Actin"].where(t.index != 7, t.loc[7, "path_DAPI"])
+        ),
         where(7, "path_Actin") + r": file \S+ is also used by row 7, column 'path_DAPI'",
     ),
     "single batch": (
@@ -174,7 +203,8 @@ BAD_INPUTS = {
     ),
     "plate in two batches": (
         set_value(TREATED_ROW, "batch", "Week2"),
-        where(TREATED_ROW, "batch") + r": plate 'Week1_22123' is in batch 'Week2' here but in 'Week1' in row 0",
+        where(TREATED_ROW, "batch")
+        + r": plate 'Week1_22123' is in batch 'Week2' here but in 'Week1' in row 0",
     ),
 }
 
@@ -201,7 +231,10 @@ def test_all_file_problems_are_counted(good, tmp_path):
     table.loc[4, "path_DAPI"] = "/nonexistent/3.tif"
     path = tmp_path / "images.parquet"
     table.to_parquet(path, index=False)
-    message = where(4, "path_DAPI") + r": /nonexistent/3.tif file not found \(2 more image file\(s\) failed"
+    message = (
+        where(4, "path_DAPI")
+        + r": /nonexistent/3.tif file not found \(2 more image file\(s\) failed"
+    )
     with pytest.raises(InputError, match=message):
         validate.validate(path, CHANNELS, SHAPE, workers=2)
 
@@ -209,19 +242,51 @@ def test_all_file_problems_are_counted(good, tmp_path):
 def test_good_input_writes_table_and_reports(good, tmp_path):
     table_path = tmp_path / "prepared.parquet"
     good.to_parquet(table_path, index=False)
-    out, report, report_md = tmp_path / "images.parquet", tmp_path / "report.json", tmp_path / "report.md"
-    argv = ["--table", str(table_path), "--channels", *CHANNELS, "--image-shape", *map(str, SHAPE),
-            "--out", str(out), "--report", str(report), "--report-md", str(report_md)]
+    out, report, report_md = (
+        tmp_path / "images.parquet",
+        tmp_path / "report.json",
+        tmp_path / "report.md",
+    )
+    argv = [
+        "--table",
+        str(table_path),
+        "--channels",
+        *CHANNELS,
+        "--image-shape",
+        *map(str, SHAPE),
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+        "--report-md",
+        str(report_md),
+    ]
     assert validate.main(argv) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out), good)
     counts = json.loads(report.read_text())
-    assert counts["n_images"] == 24 and counts["n_control_images"] == 6 and counts["n_treated_images"] == 18
+    assert (
+        counts["n_images"] == 24
+        and counts["n_control_images"] == 6
+        and counts["n_treated_images"] == 18
+    )
     assert (counts["n_treatments"], counts["n_compounds"], counts["n_moas"]) == (3, 2, 2)
     assert (counts["n_plates"], counts["n_batches"]) == (3, 2)
-    assert counts["per_moa"]["Microtubule stabilizers"] == {"images": 12, "treatments": 2, "compounds": 1}
+    assert counts["per_moa"]["Microtubule stabilizers"] == {
+        "images": 12,
+        "treatments": 2,
+        "compounds": 1,
+    }
     assert counts["images_per_batch"] == {"Week1": 16, "Week2": 8}
-    assert counts["control_images_per_plate"] == {"Week1_22123": 2, "Week1_22141": 2, "Week2_24121": 2}
-    assert (counts["image_height"], counts["image_width"], counts["image_dtype"]) == (24, 32, "uint16")
+    assert counts["control_images_per_plate"] == {
+        "Week1_22123": 2,
+        "Week1_22141": 2,
+        "Week2_24121": 2,
+    }
+    assert (counts["image_height"], counts["image_width"], counts["image_dtype"]) == (
+        24,
+        32,
+        "uint16",
+    )
     markdown = report_md.read_text()
     assert "| Microtubule stabilizers | 12 | 2 | 1 |" in markdown
     assert "| Week2_24121 | 8 | 2 |" in markdown
@@ -234,10 +299,26 @@ def test_cli_failure_leaves_no_output(good, tmp_path):
     table.to_parquet(table_path, index=False)
     outputs = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "workflow_scripts.data.validate", "--table", str(table_path),
-         "--channels", *CHANNELS, "--image-shape", *map(str, SHAPE), "--out", str(outputs / "images.parquet"),
-         "--report", str(outputs / "report.json"), "--report-md", str(outputs / "report.md")],
-        cwd=REPO, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "workflow_scripts.data.validate",
+            "--table",
+            str(table_path),
+            "--channels",
+            *CHANNELS,
+            "--image-shape",
+            *map(str, SHAPE),
+            "--out",
+            str(outputs / "images.parquet"),
+            "--report",
+            str(outputs / "report.json"),
+            "--report-md",
+            str(outputs / "report.md"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

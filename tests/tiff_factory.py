@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,9 @@ SITES = (1, 2)
 Pixels = Callable[[str, str, int, str, np.random.Generator], np.ndarray]
 
 
-def random_pixels(plate: str, well: str, site: int, channel: str, rng: np.random.Generator) -> np.ndarray:
+def random_pixels(
+    plate: str, well: str, site: int, channel: str, rng: np.random.Generator
+) -> np.ndarray:
     return rng.integers(100, 3000, size=SHAPE, dtype=np.uint16)
 
 
@@ -74,7 +76,9 @@ def make_dataset(
                     }
                     for ch in channels:
                         path = root / batch / plate / file_name(well, site, ch)
-                        row[path_column(ch)] = str(write_tiff(path, pixels(plate, well, site, ch, rng)))
+                        row[path_column(ch)] = str(
+                            write_tiff(path, pixels(plate, well, site, ch, rng))
+                        )
                     rows.append(row)
     table = pd.DataFrame(rows, columns=METADATA_COLUMNS + [path_column(ch) for ch in channels])
     return table.sort_values(SORT_KEYS).reset_index(drop=True)

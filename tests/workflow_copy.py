@@ -19,8 +19,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 # outputs and caches (.gitignore) stay behind
 NOT_COPIED = shutil.ignore_patterns(
-    ".git", ".snakemake", "results", "weights", "build",
-    "__pycache__", ".pytest_cache", "*.egg-info", ".whl", ".gl",
+    ".git",
+    ".snakemake",
+    "results",
+    "weights",
+    "build",
+    "__pycache__",
+    ".pytest_cache",
+    "*.egg-info",
+    ".whl",
+    ".gl",
 )
 DEMO_CONFIG = "config/demo.yaml"
 
@@ -103,7 +111,7 @@ def summary(workdir: Path, output_dir: str, *args: str) -> list[PlannedOutput]:
             continue
         path, _date, rule, _log, status, plan = fields
         assert path.startswith(prefix), f"output outside output_dir: {path}"
-        rows.append(PlannedOutput(rule, path[len(prefix):], status, plan == "update pending"))
+        rows.append(PlannedOutput(rule, path[len(prefix) :], status, plan == "update pending"))
     assert rows, f"no outputs in --summary:\n{out}"
     return rows
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE = "workflow_scripts"
@@ -40,7 +40,7 @@ def _imported_modules(path: Path) -> set[str]:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_files(module: str) -> tuple[str, ...]:
     """Sorted source files of `module`, the packages on its path and all it imports, transitively."""
     seen: set[str] = set()

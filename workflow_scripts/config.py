@@ -9,8 +9,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -130,8 +131,10 @@ def check_meaning(config: dict) -> None:
             )
         for key, value in (
             ("optimizer.warmup_epochs", settings["optimizer"].get("warmup_epochs")),
-            ("loss.warmup_teacher_temp_epochs",
-             settings.get("loss", {}).get("warmup_teacher_temp_epochs")),
+            (
+                "loss.warmup_teacher_temp_epochs",
+                settings.get("loss", {}).get("warmup_teacher_temp_epochs"),
+            ),
         ):
             if value is not None and value > settings["epochs"]:
                 raise InputError(

@@ -17,8 +17,8 @@ import argparse
 import ast
 import importlib.metadata as metadata
 import re
-import textwrap
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +105,16 @@ def distributions_needed(modules: tuple[str, ...], pins: dict[str, str]) -> set[
     for name in third_party_imports(files):
         dists = providers.get(name)
         if not dists:
-            raise ValueError(f"import {name!r} ({', '.join(modules)}) comes from no installed "
-                             "distribution: install requirements.txt first")
+            raise ValueError(
+                f"import {name!r} ({', '.join(modules)}) comes from no installed "
+                "distribution: install requirements.txt first"
+            )
         for dist in dists:
             if canonical(dist) not in pins:
-                raise ValueError(f"import {name!r} ({', '.join(modules)}) needs {dist}, which "
-                                 "requirements.txt does not pin")
+                raise ValueError(
+                    f"import {name!r} ({', '.join(modules)}) needs {dist}, which "
+                    "requirements.txt does not pin"
+                )
             needed.add(canonical(dist))
     pending = list(needed)
     while pending:
@@ -139,8 +143,15 @@ def render_envs(repo: Path = REPO_DIR) -> dict[str, str]:
         dists = sorted(distributions_needed(modules, pins))
         rules = ", ".join(sorted(use.rule.split(":")[1] for use in uses))
         header = textwrap.wrap(HEADER.format(rules=rules), width=98)
-        lines = [f"# {line}" for line in header] + ["channels:", "  - conda-forge", "  - nodefaults",
-                 "dependencies:", f"  - python={PYTHON}", "  - pip", "  - pip:"]
+        lines = [f"# {line}" for line in header] + [
+            "channels:",
+            "  - conda-forge",
+            "  - nodefaults",
+            "dependencies:",
+            f"  - python={PYTHON}",
+            "  - pip",
+            "  - pip:",
+        ]
         lines += [f"      - {pins[d]}" for d in dists]
         texts[env] = "\n".join(lines) + "\n"
     return texts
@@ -159,7 +170,8 @@ def drift(repo: Path = REPO_DIR, envs_dir: Path | None = None) -> list[str]:
             have = set(path.read_text().splitlines())
             want = set(text.splitlines())
             diff = sorted(f"-{x.strip()}" for x in have - want) + sorted(
-                f"+{x.strip()}" for x in want - have)
+                f"+{x.strip()}" for x in want - have
+            )
             problems.append(f"{path}: differs from requirements.txt/rules: {' '.join(diff)}")
     for path in sorted(envs_dir.glob("*.yaml")):
         if path.name not in expected:

@@ -6,7 +6,7 @@ import errno
 import functools
 import json
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class InputError(Exception):
@@ -41,8 +41,10 @@ def disk_full(err: BaseException) -> bool:
     if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(err)
-    return "No space left on device" in text or "Disk quota exceeded" in text or (
-        isinstance(err, RuntimeError) and "unexpected pos" in text
+    return (
+        "No space left on device" in text
+        or "Disk quota exceeded" in text
+        or (isinstance(err, RuntimeError) and "unexpected pos" in text)
     )
 
 

@@ -80,7 +80,9 @@ def parse_settings(settings: dict) -> tuple[IlluminationSettings | None, float, 
             f"not {clip_max!r}"
         )
     if not isinstance(enabled, bool):
-        raise InputError("--settings: key 'preprocess.illumination_correction' must be true or false")
+        raise InputError(
+            "--settings: key 'preprocess.illumination_correction' must be true or false"
+        )
     illumination = None
     if enabled:
         section = get(settings, "illumination")
@@ -133,7 +135,9 @@ class ImageReader:
             raise self.error(row, f"cannot be read ({type(err).__name__}: {err})") from err
         if image.dtype != CACHE_DTYPE or image.ndim != 2 or self.shape not in (None, image.shape):
             expected = f"uint16 of shape {self.shape}" if self.shape else "a 2-D uint16 image"
-            raise self.error(row, f"is a {image.dtype} image of shape {image.shape}, expected {expected}")
+            raise self.error(
+                row, f"is a {image.dtype} image of shape {image.shape}, expected {expected}"
+            )
         return image
 
     def error(self, row: int, problem: str) -> InputError:
@@ -181,7 +185,9 @@ def write_cache(
                     try:
                         function = illumination_function(raw, illumination)
                     except ValueError as err:
-                        raise InputError(f"{table_path}: plate {plate}, channel {ch}: {err}") from err
+                        raise InputError(
+                            f"{table_path}: plate {plate}, channel {ch}: {err}"
+                        ) from err
                     np.save(folder / ILLUMINATION_DIR / f"{plate}_{ch}.npy", function)
                 finish = partial(prepare, function=function, shape=shape, clip_max=clip_max)
                 for row, image in zip(rows, pool.map(finish, raw)):
@@ -301,8 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", required=True, help="validated image table (.parquet)")
     parser.add_argument("--channels", nargs="+", required=True)
-    parser.add_argument("--settings", required=True, help="config.yaml's preprocess section as JSON")
-    parser.add_argument("--workers", type=int, default=4, help="threads reading and preparing images")
+    parser.add_argument(
+        "--settings", required=True, help="config.yaml's preprocess section as JSON"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=4, help="threads reading and preparing images"
+    )
     parser.add_argument("--out-dir", required=True, help="cache folder")
     args = parser.parse_args(argv)
     settings = json_object_option(args.settings, "--settings")

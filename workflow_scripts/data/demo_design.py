@@ -236,7 +236,9 @@ def moa_table(settings: dict[str, Any]) -> pd.DataFrame:
     """BBBC021_v1_moa.csv rows of the demo: its treatments, the plate control and DMSO 0.0."""
     design = treatments(settings)[["compound", "concentration", "moa"]]
     extra = pd.DataFrame(
-        [dict(zip(["compound", "concentration", "moa"], PLATE_CONTROL)),
-         {"compound": CONTROL_COMPOUND, "concentration": 0.0, "moa": CONTROL_COMPOUND}]
+        [
+            dict(zip(["compound", "concentration", "moa"], PLATE_CONTROL)),
+            {"compound": CONTROL_COMPOUND, "concentration": 0.0, "moa": CONTROL_COMPOUND},
+        ]
     )
     return pd.concat([design, extra], ignore_index=True)

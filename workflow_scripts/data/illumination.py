@@ -25,11 +25,15 @@ class IlluminationSettings:
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
-            raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, not {self.statistic!r}")
+            raise ValueError(
+                f"statistic must be one of {', '.join(STATISTICS)}, not {self.statistic!r}"
+            )
         if self.smoothing_sigma < 0:
             raise ValueError(f"smoothing_sigma must be >= 0, not {self.smoothing_sigma}")
         if not 0 <= self.robust_floor_quantile < 1:
-            raise ValueError(f"robust_floor_quantile must be in [0, 1), not {self.robust_floor_quantile}")
+            raise ValueError(
+                f"robust_floor_quantile must be in [0, 1), not {self.robust_floor_quantile}"
+            )
 
 
 def illumination_function(images: np.ndarray, settings: IlluminationSettings) -> np.ndarray:

@@ -68,7 +68,7 @@ def refresh(manifest: str | os.PathLike) -> bool:
         return False
     if not text.startswith(HEADER):
         return False
-    paths = [line.split("\t", 1)[0] for line in text[len(HEADER):].splitlines()]
+    paths = [line.split("\t", 1)[0] for line in text[len(HEADER) :].splitlines()]
     current = manifest_text(paths)
     if current == text:
         return False

@@ -126,9 +126,7 @@ def parse_well_site(
     return parsed[1].astype(int)
 
 
-def site_numbers(
-    raw: pd.DataFrame, channels: list[str], table: str | os.PathLike
-) -> pd.Series:
+def site_numbers(raw: pd.DataFrame, channels: list[str], table: str | os.PathLike) -> pd.Series:
     """Sites parsed from every channel's file name; the channels must agree on each row."""
     sites = [
         parse_well_site(raw[file_name_column(ch)], raw[WELL], table, file_name_column(ch))
@@ -190,7 +188,9 @@ def require_values(raw: pd.DataFrame, columns: list[str], table: str | os.PathLi
     for column in columns:
         missing = raw[column].isna()
         if missing.any():
-            raise InputError(f"{table}: row {raw.index[missing][0]}, column '{column}': missing value")
+            raise InputError(
+                f"{table}: row {raw.index[missing][0]}, column '{column}': missing value"
+            )
 
 
 def numeric_concentration(raw: pd.DataFrame, table: str | os.PathLike) -> pd.Series:
@@ -273,12 +273,16 @@ def from_official(
     require_values(raw, [COMPOUND, CONCENTRATION], image_table)
     raw[CONCENTRATION] = numeric_concentration(raw, image_table)
     raw["concentration_key"] = concentration_key(raw[CONCENTRATION])
-    joined = raw.reset_index().merge(
-        moa.rename(columns={"compound": COMPOUND}),
-        on=[COMPOUND, "concentration_key"],
-        how="left",
-        validate="many_to_one",
-    ).set_index("index")
+    joined = (
+        raw.reset_index()
+        .merge(
+            moa.rename(columns={"compound": COMPOUND}),
+            on=[COMPOUND, "concentration_key"],
+            how="left",
+            validate="many_to_one",
+        )
+        .set_index("index")
+    )
     is_control = joined[COMPOUND] == CONTROL_COMPOUND
     kept = joined[is_control | joined["moa"].notna()]
     require_values(kept, [path_name_column(ch) for ch in channels], image_table)
@@ -292,7 +296,9 @@ def from_official(
     batch = kept[path_name_column(channels[0])].astype(str).str.split("/").str[0]
     moa_labels = kept["moa"].where(~is_control[kept.index], CONTROL_COMPOUND)
     table = finish(
-        assemble(kept, moa=moa_labels, batch=batch, paths=paths, channels=channels, table=image_table)
+        assemble(
+            kept, moa=moa_labels, batch=batch, paths=paths, channels=channels, table=image_table
+        )
     )
     table.attrs[SOURCE_COLUMNS_ATTR] = source_columns(channels, official=True)
     return table
@@ -301,9 +307,9 @@ def from_official(
 def _seed_paths(raw: pd.DataFrame, channels: list[str], table: Path) -> dict[str, pd.Series]:
     folder = Path(os.path.abspath(table)).parent
     return {
-        ch: raw[file_name_column(ch)].astype(str).map(
-            lambda p: p if os.path.isabs(p) else os.path.normpath(folder / p)
-        )
+        ch: raw[file_name_column(ch)]
+        .astype(str)
+        .map(lambda p: p if os.path.isabs(p) else os.path.normpath(folder / p))
         for ch in channels
     }
 
@@ -331,7 +337,9 @@ def read_seed_table(path: str | os.PathLike, channels: list[str], controls: bool
         unannotated = raw[SEED_MOA].isna() & ~is_control
         if unannotated.any():
             row = raw.index[unannotated][0]
-            raise InputError(f"{path}: row {row}, column '{SEED_MOA}': no mechanism of action given")
+            raise InputError(
+                f"{path}: row {row}, column '{SEED_MOA}': no mechanism of action given"
+            )
         moa = raw[SEED_MOA].where(~is_control, CONTROL_COMPOUND)
     batch = raw[PLATE].astype(str).str.split("_").str[0]
     paths = _seed_paths(raw, channels, Path(path))

@@ -264,8 +264,12 @@ def check_images(
     if failed:
         i = failed[0]
         row, ch = jobs[i]
-        more = f" ({len(failed) - 1} more image file(s) failed the check)" if len(failed) > 1 else ""
-        raise InputError(f"{where(table, df, row, path_column(ch))}: {paths[i]} {problems[i]}{more}")
+        more = (
+            f" ({len(failed) - 1} more image file(s) failed the check)" if len(failed) > 1 else ""
+        )
+        raise InputError(
+            f"{where(table, df, row, path_column(ch))}: {paths[i]} {problems[i]}{more}"
+        )
 
 
 def build_report(
@@ -299,7 +303,8 @@ def build_report(
         "images_per_batch": {k: int(v) for k, v in df["batch"].value_counts().sort_index().items()},
         "images_per_plate": {k: int(v) for k, v in df["plate"].value_counts().sort_index().items()},
         "control_images_per_plate": {
-            k: int(v) for k, v in df.loc[df["is_control"], "plate"].value_counts().sort_index().items()
+            k: int(v)
+            for k, v in df.loc[df["is_control"], "plate"].value_counts().sort_index().items()
         },
     }
 
@@ -375,8 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", required=True, help="prepared image table (.parquet)")
     parser.add_argument("--channels", nargs="+", required=True)
-    parser.add_argument("--image-shape", nargs=2, type=int, required=True, metavar=("HEIGHT", "WIDTH"))
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="threads reading headers")
+    parser.add_argument(
+        "--image-shape", nargs=2, type=int, required=True, metavar=("HEIGHT", "WIDTH")
+    )
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help="threads reading headers"
+    )
     parser.add_argument("--out", required=True, help="validated image table (.parquet)")
     parser.add_argument("--report", required=True, help="JSON report")
     parser.add_argument("--report-md", required=True, help="markdown report")

@@ -31,7 +31,9 @@ def combine_features(tables: list[pd.DataFrame], names: list[str]) -> pd.DataFra
                 f"features of {name}: metadata columns {other} differ from those of {names[0]} {metadata}"
             )
         if len(table) != len(first):
-            raise InputError(f"features of {name}: {len(table)} rows, but {names[0]} has {len(first)}")
+            raise InputError(
+                f"features of {name}: {len(table)} rows, but {names[0]} has {len(first)}"
+            )
         left, right = table[metadata].reset_index(drop=True), first[metadata].reset_index(drop=True)
         unequal = np.argwhere(~(left.eq(right) | (left.isna() & right.isna())).to_numpy())
         if len(unequal):

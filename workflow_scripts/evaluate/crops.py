@@ -220,8 +220,10 @@ def describe_scales(scales: dict) -> str:
     local_lo, local_hi = scales["train_local"]
     eval_y, eval_x = scales["evaluation"]
     sizes = ", ".join(f"{w} x {h}" for h, w in scales["evaluation_model_sizes"])
-    evaluation = f"{eval_x:.2f}" if math.isclose(eval_y, eval_x, rel_tol=0.02) else (
-        f"{eval_y:.2f} (y) / {eval_x:.2f} (x)"
+    evaluation = (
+        f"{eval_x:.2f}"
+        if math.isclose(eval_y, eval_x, rel_tol=0.02)
+        else (f"{eval_y:.2f} (y) / {eval_x:.2f} (x)")
     )
     field_h, field_w = scales["cached_field"]
     return (

@@ -47,7 +47,15 @@ from workflow_scripts.evaluate.pipeline import TABLE_KEYS, evaluate_table
 from workflow_scripts.tables import FEATURE_PREFIX, METADATA_COLUMNS, read_table, write_table
 
 LABEL = re.compile(r"[^/]+/[^/]+/\d+")
-EVALUATION_COLUMNS = ("compound", "concentration", "treatment", "moa", "plate", "batch", "is_control")
+EVALUATION_COLUMNS = (
+    "compound",
+    "concentration",
+    "treatment",
+    "moa",
+    "plate",
+    "batch",
+    "is_control",
+)
 # Identify an image or well, so that a row given twice is found (never features).
 IDENTITY_COLUMNS = ("image_id", "well", "site")
 
@@ -72,7 +80,9 @@ def select_feature_columns(df: pd.DataFrame, pattern: str, source: str) -> list[
     try:
         regex = re.compile(pattern)
     except re.error as err:
-        raise InputError(f"--feature-columns: '{pattern}' is not a valid regular expression ({err})") from err
+        raise InputError(
+            f"--feature-columns: '{pattern}' is not a valid regular expression ({err})"
+        ) from err
     never = set(METADATA_COLUMNS) | set(EVALUATION_COLUMNS) | set(IDENTITY_COLUMNS)
     columns = [c for c in df.columns if regex.search(str(c)) and c not in never]
     if not columns:
@@ -92,7 +102,8 @@ def apply_metadata_map(df: pd.DataFrame, renames: dict[str, str], source: str) -
 @cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
     parser.add_argument("--features", required=True, help="feature table (.parquet or .csv)")
@@ -107,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"--label: '{args.label}' is not arch/channel/NNNN")
     settings = json_object_option(args.settings, "--settings")
     source = str(args.features)
-    df = apply_metadata_map(read_table(args.features), parse_metadata_map(args.metadata_map), source)
+    df = apply_metadata_map(
+        read_table(args.features), parse_metadata_map(args.metadata_map), source
+    )
     columns = select_feature_columns(df, args.feature_columns, source)
     result = evaluate_table(df, settings, columns, source=source)
 

@@ -67,8 +67,8 @@ from workflow_scripts.tables import feature_names, write_table
 from workflow_scripts.train.backbone import build_backbone, input_standardization
 from workflow_scripts.train.checkpoint import load_backbone_checkpoint, meta_path
 from workflow_scripts.train.multicrop import INTERPOLATIONS, limit_opencv_threads, resized_crop
-from workflow_scripts.train.rng import seed_everything
 from workflow_scripts.train.precision import Precision
+from workflow_scripts.train.rng import seed_everything
 
 EMBEDDINGS = ("cls", "mean_patch", "cls+mean_patch")
 # How images are prepared, as training prepared them (train.<key>), with the config defaults
@@ -103,7 +103,10 @@ class CropDataset(Dataset):
             if crop.out_height != crop.out_width:
                 raise ValueError(f"resized crops are square, not {crop}")
             return resized_crop(
-                channels, crop.box, crop.out_height, clip_max=self.clip_max,
+                channels,
+                crop.box,
+                crop.out_height,
+                clip_max=self.clip_max,
                 interpolation=self.interpolation,
             )
         rows = slice(crop.top, crop.top + crop.height)
@@ -122,7 +125,9 @@ class CropDataset(Dataset):
 
 def check_embedding(model: nn.Module, embedding: str) -> None:
     if embedding not in EMBEDDINGS:
-        raise InputError(f"settings key 'embedding': '{embedding}' is not one of {', '.join(EMBEDDINGS)}")
+        raise InputError(
+            f"settings key 'embedding': '{embedding}' is not one of {', '.join(EMBEDDINGS)}"
+        )
     if embedding != "cls" and getattr(model, "cls_token", None) is None:
         raise InputError(
             f"settings key 'embedding': '{embedding}' needs a ViT's tokens, but this "
@@ -303,23 +308,29 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint", nargs="+", help="epoch_NNNN.safetensors of a training run, one per --epoch"
     )
     source.add_argument("--weights", help="epoch 0: none (random init) or a weights file")
-    parser.add_argument("--model-kwargs", default="{}", help="extra timm.create_model kwargs (JSON)")
+    parser.add_argument(
+        "--model-kwargs", default="{}", help="extra timm.create_model kwargs (JSON)"
+    )
     parser.add_argument(
         "--input-standardization",
         help="train.input_standardization (none | pretrained); a checkpoint's recorded value is "
         "used and must agree; epoch 0 default: none",
     )
     parser.add_argument(
-        "--interpolation", choices=list(INTERPOLATIONS),
+        "--interpolation",
+        choices=list(INTERPOLATIONS),
         help="train.interpolation of the crop resize; a checkpoint's recorded value is used and "
         "must agree; epoch 0 default: bicubic",
     )
     parser.add_argument(
-        "--init-seed", type=int, default=0,
+        "--init-seed",
+        type=int,
+        default=0,
         help="epoch 0 with --weights none: train.seed, so the random init equals training's start",
     )
     parser.add_argument(
-        "--settings", required=True,
+        "--settings",
+        required=True,
         help="JSON: " + ", ".join(SETTINGS_KEYS) + " and seed_windows (crops seed) or "
         "crop_grid, input_size (crops grid)",
     )
@@ -327,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument(
-        "--epoch", type=int, nargs="+", required=True,
+        "--epoch",
+        type=int,
+        nargs="+",
+        required=True,
         help="epoch(s); several need one --checkpoint and one --out each, in the same order",
     )
     parser.add_argument(
@@ -361,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     written: list[str] = []
     try:
         for epoch, checkpoint, out in jobs:
-            one_epoch = argparse.Namespace(**{**vars(args), "epoch": epoch,
-                                              "checkpoint": checkpoint})
+            one_epoch = argparse.Namespace(
+                **{**vars(args), "epoch": epoch, "checkpoint": checkpoint}
+            )
             model, preprocessing = load_model(one_epoch, model_kwargs)
             start = time.perf_counter()
             features = extract_features(

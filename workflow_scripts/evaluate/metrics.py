@@ -85,7 +85,9 @@ def nscb_protocol(table: pd.DataFrame) -> Protocol:
 
 def cosine_similarity(profiles: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(profiles, axis=1, keepdims=True)
-    unit = np.divide(profiles, norms, out=np.zeros_like(profiles, dtype=np.float64), where=norms > 0)
+    unit = np.divide(
+        profiles, norms, out=np.zeros_like(profiles, dtype=np.float64), where=norms > 0
+    )
     return unit @ unit.T
 
 
@@ -177,7 +179,9 @@ def evaluate_profiles(
     same_moa = moa[:, None] == moa[None, :]
     rng = np.random.default_rng(map_settings["seed"]) if map_settings["enabled"] else None
     metrics: dict = {"nscb_excluded_moas": single_batch_moas(table)}
-    per_moa: dict = {m: {"n_treatments": int(n)} for m, n in table["moa"].value_counts().sort_index().items()}
+    per_moa: dict = {
+        m: {"n_treatments": int(n)} for m, n in table["moa"].value_counts().sort_index().items()
+    }
     predictions = []
     for protocol in (nsc_protocol(table), nscb_protocol(table)):
         name = protocol.name
@@ -188,16 +192,18 @@ def evaluate_profiles(
         queries = np.flatnonzero(protocol.queries)
         metrics[name] = float(correct[queries].mean()) if len(queries) else None
         metrics[f"n_treatments_{name}"] = len(queries)
-        metrics[f"{name}_queries_without_candidates"] = table["treatment"].to_numpy()[
-            queries[~has_candidate[queries]]
-        ].tolist()
+        metrics[f"{name}_queries_without_candidates"] = (
+            table["treatment"].to_numpy()[queries[~has_candidate[queries]]].tolist()
+        )
         for m, stats in per_moa.items():
             in_moa = queries[moa[queries] == m]
             stats[name] = float(correct[in_moa].mean()) if len(in_moa) else None
 
         positives = protocol.candidates & same_moa
         ap = average_precision(order, positives) if rng is not None else np.full(len(table), np.nan)
-        metrics.update(mean_average_precision(ap, protocol, positives, moa, per_moa, map_settings, rng))
+        metrics.update(
+            mean_average_precision(ap, protocol, positives, moa, per_moa, map_settings, rng)
+        )
         predictions.append(prediction_rows(table, protocol, neighbour, similarity, correct, ap))
     metrics["per_moa"] = per_moa
     nsc_rows = predictions[0]
@@ -227,13 +233,18 @@ def mean_average_precision(
     test = permutations > 0 and len(scored) > 0
     if test:
         null = query_nulls(
-            protocol.candidates[scored].sum(axis=1), positives[scored].sum(axis=1), permutations,
-            rng, map_settings.get("null_model", "shared"),
+            protocol.candidates[scored].sum(axis=1),
+            positives[scored].sum(axis=1),
+            permutations,
+            rng,
+            map_settings.get("null_model", "shared"),
         )
     result: dict = {
         f"map_{name}": float(ap[scored].mean()) if len(scored) else None,
         f"n_queries_map_{name}": len(scored),
-        f"map_{name}_p": permutation_p_value(ap[scored].mean(), null.mean(axis=0)) if test else None,
+        f"map_{name}_p": permutation_p_value(ap[scored].mean(), null.mean(axis=0))
+        if test
+        else None,
     }
     moa_names, p_values = [], []
     for m, stats in per_moa.items():
@@ -242,7 +253,9 @@ def mean_average_precision(
             continue
         stats[f"map_{name}"] = float(ap[scored][in_moa].mean())
         if test:
-            stats[f"map_{name}_p"] = permutation_p_value(stats[f"map_{name}"], null[in_moa].mean(axis=0))
+            stats[f"map_{name}_p"] = permutation_p_value(
+                stats[f"map_{name}"], null[in_moa].mean(axis=0)
+            )
             moa_names.append(m)
             p_values.append(stats[f"map_{name}_p"])
     if p_values:
@@ -281,7 +294,9 @@ def prediction_rows(
     )
 
 
-def confusion_matrix(true_moa: pd.Series, predicted_moa: pd.Series, moas: list[str]) -> pd.DataFrame:
+def confusion_matrix(
+    true_moa: pd.Series, predicted_moa: pd.Series, moas: list[str]
+) -> pd.DataFrame:
     """Counts: rows = the query's MoA, columns = the nearest neighbour's MoA (queries without a
     neighbour are not counted)."""
     counts = pd.crosstab(true_moa.rename("moa"), predicted_moa.rename("predicted"))

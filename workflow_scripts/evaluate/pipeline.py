@@ -71,8 +71,10 @@ def evaluate_table(
     )
     for reason, names in hygiene["dropped"].items():
         if names:
-            notes.append(f"dropped {len(names)} of {len(columns)} features: {reason} "
-                         f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
+            notes.append(
+                f"dropped {len(names)} of {len(columns)} features: {reason} "
+                f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+            )
     if statistics is not None:
         values = normalize_per_plate(values, plates, statistics)
         notes.append(f"normalised per plate against its DMSO rows: {method}")
@@ -82,8 +84,12 @@ def evaluate_table(
     if tvn["enabled"]:
         notes += dmso_warnings(metadata, len(used), tvn["scope"])
         values, report = whiten(
-            values, is_control, metadata["batch"].to_numpy(), scope=tvn["scope"],
-            max_components=tvn["max_components"], eps=tvn["eps"],
+            values,
+            is_control,
+            metadata["batch"].to_numpy(),
+            scope=tvn["scope"],
+            max_components=tvn["max_components"],
+            eps=tvn["eps"],
         )
         notes.append(
             f"TVN ({tvn['scope']}): kept {report['components']} of {report['possible']} possible "
@@ -122,8 +128,10 @@ def dmso_warnings(metadata: pd.DataFrame, n_features: int, scope: str) -> list[s
     groups = (
         [("all batches", int(is_control.sum()))]
         if scope == "global"
-        else [(f"batch '{b}'", int(n)) for b, n in
-              metadata.loc[is_control, "batch"].value_counts().sort_index().items()]
+        else [
+            (f"batch '{b}'", int(n))
+            for b, n in metadata.loc[is_control, "batch"].value_counts().sort_index().items()
+        ]
     )
     return [
         f"warning: TVN on {where}: {n} DMSO rows support at most {n - 1} whitened dimensions of "
@@ -140,8 +148,7 @@ def settings_schema() -> dict:
     """config.schema.yaml's `evaluate` properties: one definition of valid settings."""
     with open(SCHEMA_PATH) as fh:
         schema = yaml.safe_load(fh)
-    return {"definitions": schema.get("definitions", {}),
-            **schema["properties"]["evaluate"]}
+    return {"definitions": schema.get("definitions", {}), **schema["properties"]["evaluate"]}
 
 
 def check_settings(settings: dict) -> dict:
@@ -151,7 +158,9 @@ def check_settings(settings: dict) -> dict:
 
     for key, section in settings.items():
         if key not in DEFAULT_SETTINGS:
-            raise InputError(f"settings key '{key}' is unknown (known: {', '.join(DEFAULT_SETTINGS)})")
+            raise InputError(
+                f"settings key '{key}' is unknown (known: {', '.join(DEFAULT_SETTINGS)})"
+            )
         if not isinstance(section, dict):
             raise InputError(f"settings key '{key}' must be a mapping")
         for sub in section:
@@ -254,8 +263,11 @@ def check_duplicates(df: pd.DataFrame, source: str) -> None:
     if repeated.any():
         row = first_position(repeated)
         first = int(np.flatnonzero(hashes == hashes[row])[0])
-        shown = "" if what == "row" else " (" + ", ".join(
-            f"{k}={df[k].iloc[row]!r}" for k in keys) + ")"
+        shown = (
+            ""
+            if what == "row"
+            else " (" + ", ".join(f"{k}={df[k].iloc[row]!r}" for k in keys) + ")"
+        )
         raise InputError(f"{source}: rows {first} and {row} are the same {what}{shown}")
 
 

@@ -61,8 +61,13 @@ ORACLE = "oracle: selected on the evaluation metric itself (optimistic)"
 RUN_KEYS = ("arch", "channel", "epoch")
 COUNT_KEYS = ("n_treatments_nsc", "n_treatments_nscb", "n_images", "feature_dim", "tvn_components")
 # What the evaluation of each table did (absent from older metrics.json files: left empty).
-EVALUATION_COLUMNS = ("n_dmso", "features_used", "features_dropped", "normalization",
-                      "tvn_possible")
+EVALUATION_COLUMNS = (
+    "n_dmso",
+    "features_used",
+    "features_dropped",
+    "normalization",
+    "tvn_possible",
+)
 
 METRICS_EXPLAINED = """
 <p>Each run embeds every image (median over fixed crops), whitens the embeddings with the
@@ -137,8 +142,18 @@ def evaluation_columns(metrics: dict) -> dict:
 def evaluation_html(runs: pd.DataFrame) -> str:
     """Per run: DMSO rows, features used / dropped, normalisation, TVN components kept of those
     the DMSO set could support."""
-    columns = ["arch", "channel", "epoch", "n_dmso", "feature_dim", "features_used",
-               "features_dropped", "normalization", "tvn_components", "tvn_possible"]
+    columns = [
+        "arch",
+        "channel",
+        "epoch",
+        "n_dmso",
+        "feature_dim",
+        "features_used",
+        "features_dropped",
+        "normalization",
+        "tvn_components",
+        "tvn_possible",
+    ]
     shown = runs[[c for c in columns if c in runs.columns]]
     table = shown.to_html(index=False, na_rep="–", border=0)
     return (
@@ -199,9 +214,18 @@ HEALTH_PANELS = {
     "cls_relative_std": "CLS std across crops / RMS (log)",
     "cls_effective_rank": "CLS effective rank",
 }
-HEALTH_COLUMNS = ("loss", "teacher_entropy", "teacher_batch_entropy", "teacher_mutual_info",
-                  "teacher_kl", "center_norm", "cls_std", "cls_relative_std",
-                  "cls_effective_rank", "collapse")
+HEALTH_COLUMNS = (
+    "loss",
+    "teacher_entropy",
+    "teacher_batch_entropy",
+    "teacher_mutual_info",
+    "teacher_kl",
+    "center_norm",
+    "cls_std",
+    "cls_relative_std",
+    "cls_effective_rank",
+    "collapse",
+)
 
 
 def read_training_logs(paths: list[Path]) -> pd.DataFrame:
@@ -223,8 +247,14 @@ def read_training_logs(paths: list[Path]) -> pd.DataFrame:
                 raise InputError(
                     f"{path}: line {number} is not a training-log entry ({err})"
                 ) from err
-            rows.append({"arch": path.parent.parent.name, "channel": path.parent.name,
-                         "epoch": epoch, **{key: entry.get(key) for key in HEALTH_COLUMNS}})
+            rows.append(
+                {
+                    "arch": path.parent.parent.name,
+                    "channel": path.parent.name,
+                    "epoch": epoch,
+                    **{key: entry.get(key) for key in HEALTH_COLUMNS},
+                }
+            )
     health = pd.DataFrame(rows, columns=["arch", "channel", "epoch", *HEALTH_COLUMNS])
     for key in HEALTH_COLUMNS:
         if key != "collapse":
@@ -237,15 +267,18 @@ def add_collapse_flags(runs: pd.DataFrame, health: pd.DataFrame) -> pd.DataFrame
     (epoch 0 and runs without a log: empty); `combined`: `channel:kind` of each collapsed one."""
     verdicts = {
         (row.arch, row.channel, row.epoch): row.collapse
-        for row in health.itertuples() if isinstance(row.collapse, str)
+        for row in health.itertuples()
+        if isinstance(row.collapse, str)
     }
     channels_of = health.groupby("arch")["channel"].unique().to_dict()
 
     def flag(run) -> str:
         if run["channel"] == "combined":
-            parts = [f"{ch}:{verdicts[(run['arch'], ch, run['epoch'])]}"
-                     for ch in channels_of.get(run["arch"], [])
-                     if (run["arch"], ch, run["epoch"]) in verdicts]
+            parts = [
+                f"{ch}:{verdicts[(run['arch'], ch, run['epoch'])]}"
+                for ch in channels_of.get(run["arch"], [])
+                if (run["arch"], ch, run["epoch"]) in verdicts
+            ]
             return " ".join(parts)
         return verdicts.get((run["arch"], run["channel"], run["epoch"]), "")
 
@@ -260,11 +293,22 @@ def plot_training_health(health: pd.DataFrame) -> bytes:
     for ax, (key, title) in zip(axes.flat, HEALTH_PANELS.items()):
         for (arch, channel), group in health.groupby(["arch", "channel"], sort=True):
             group = group.dropna(subset=[key])
-            (line,) = ax.plot(group["epoch"], group[key], marker="o", markersize=3,
-                              label=f"{arch.split('.')[0]}/{channel}")
+            (line,) = ax.plot(
+                group["epoch"],
+                group[key],
+                marker="o",
+                markersize=3,
+                label=f"{arch.split('.')[0]}/{channel}",
+            )
             collapsed = group[group["collapse"].notna()]
-            ax.plot(collapsed["epoch"], collapsed[key], marker="x", markersize=9,
-                    color=line.get_color(), linestyle="none")
+            ax.plot(
+                collapsed["epoch"],
+                collapsed[key],
+                marker="x",
+                markersize=9,
+                color=line.get_color(),
+                linestyle="none",
+            )
         if key == "cls_relative_std" and (health[key] > 0).any():
             ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
@@ -281,22 +325,32 @@ def training_health_html(health: pd.DataFrame, figure: str) -> str:
     for (arch, channel), group in health.groupby(["arch", "channel"], sort=True):
         last = group.sort_values("epoch").iloc[-1]
         collapsed = group[group["collapse"].notna()]
-        rows.append({
-            "arch": arch, "channel": channel, "last_epoch": int(last["epoch"]),
-            "teacher_entropy": last["teacher_entropy"], "teacher_kl": last["teacher_kl"],
-            "teacher_mutual_info": last["teacher_mutual_info"],
-            "cls_relative_std": last["cls_relative_std"],
-            "cls_effective_rank": last["cls_effective_rank"],
-            "collapsed_epochs": ", ".join(f"{e} ({k})" for e, k in
-                                          zip(collapsed["epoch"], collapsed["collapse"])) or "none",
-        })
-    table = pd.DataFrame(rows).to_html(index=False, na_rep="–", border=0,
-                                       float_format=lambda v: f"{v:.3g}")
+        rows.append(
+            {
+                "arch": arch,
+                "channel": channel,
+                "last_epoch": int(last["epoch"]),
+                "teacher_entropy": last["teacher_entropy"],
+                "teacher_kl": last["teacher_kl"],
+                "teacher_mutual_info": last["teacher_mutual_info"],
+                "cls_relative_std": last["cls_relative_std"],
+                "cls_effective_rank": last["cls_effective_rank"],
+                "collapsed_epochs": ", ".join(
+                    f"{e} ({k})" for e, k in zip(collapsed["epoch"], collapsed["collapse"])
+                )
+                or "none",
+            }
+        )
+    table = pd.DataFrame(rows).to_html(
+        index=False, na_rep="–", border=0, float_format=lambda v: f"{v:.3g}"
+    )
     warning = ""
     if health["collapse"].notna().any():
-        warning = ("<p><b>Warning: some runs look collapsed</b> (the teacher's distribution is "
-                   "the same for every crop); their later epochs cannot be expected to beat "
-                   "epoch 0.</p>")
+        warning = (
+            "<p><b>Warning: some runs look collapsed</b> (the teacher's distribution is "
+            "the same for every crop); their later epochs cannot be expected to beat "
+            "epoch 0.</p>"
+        )
     return f"""<h2>Training health</h2>
 <p>DINO can collapse silently: the teacher's output stops depending on the image (uniform or
 one-hot), the loss settles at H(teacher) and KL(teacher&#8214;student) goes to 0. The mutual
@@ -324,11 +378,17 @@ def plot_metric_vs_epoch(
     for ax, arch in zip(axes[0], archs):
         for channel, group in runs[runs["arch"] == arch].groupby("channel", sort=True):
             group = group.dropna(subset=[metric]).sort_values("epoch")
-            (line,) = ax.plot(group["epoch"], group[metric], marker="o", markersize=3, label=channel)
+            (line,) = ax.plot(
+                group["epoch"], group[metric], marker="o", markersize=3, label=channel
+            )
             pretrained = group[group["epoch"] == 0]
             ax.plot(
-                pretrained["epoch"], pretrained[metric],
-                marker="*", markersize=13, color=line.get_color(), linestyle="none",
+                pretrained["epoch"],
+                pretrained[metric],
+                marker="*",
+                markersize=13,
+                color=line.get_color(),
+                linestyle="none",
             )
         draw_baselines(ax, baselines, metric)
         ax.set_title(arch, fontsize=9)
@@ -349,8 +409,15 @@ def plot_confusion(confusion: pd.DataFrame, title: str) -> bytes:
     ax.set_yticks(range(counts.shape[0]), confusion.index, fontsize=8)
     for (i, j), value in np.ndenumerate(counts):
         if value:
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                    color="white" if value > counts.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(value),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value > counts.max() / 2 else "black",
+            )
     ax.set_xlabel("MoA of the nearest neighbour")
     ax.set_ylabel("MoA of the query treatment")
     ax.set_title(title, fontsize=9)
@@ -389,7 +456,8 @@ def validation_html(report: dict) -> str:
 
 def key_value_table(mapping: dict) -> str:
     rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in mapping.items()
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in mapping.items()
     )
     return f"<table>{rows}</table>"
 
@@ -450,6 +518,7 @@ is scored on; it overstates what that epoch would score on new compounds.</p>{or
 </body></html>
 """
 
+
 # ------------------------------------------------------------------ epoch 0 names, baselines
 BASELINE_CHANNEL = "baseline"  # the channel part of a baseline's label: name/baseline/0000
 EPOCH0_UNKNOWN = "before fine-tuning"
@@ -498,8 +567,13 @@ def draw_baselines(ax: plt.Axes, baselines: pd.DataFrame | None, metric: str) ->
     if baselines is None:
         return
     for i, (_, row) in enumerate(baselines.dropna(subset=[metric]).iterrows()):
-        ax.axhline(row[metric], color=f"C{7 + i % 3}", linestyle="--", linewidth=1.2,
-                   label=f"{row['arch']} (baseline)")
+        ax.axhline(
+            row[metric],
+            color=f"C{7 + i % 3}",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"{row['arch']} (baseline)",
+        )
 
 
 def headline_pivot(best: pd.DataFrame, baselines: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -577,15 +651,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation-report", required=True, help="data validation report (JSON)")
     parser.add_argument("--out-dir", required=True)
     parser.add_argument(
-        "--baseline-metrics", nargs="*", default=[],
+        "--baseline-metrics",
+        nargs="*",
+        default=[],
         help="metrics.json of external baselines (label name/baseline/NNNN)",
     )
     parser.add_argument(
         "--weights", default="", help="arch=weights,...: 'none' names epoch 0 random init"
     )
     parser.add_argument("--pixel-scales", default="{}", help="JSON {arch: sentence}")
-    parser.add_argument("--train-logs", nargs="*", default=[],
-                        help="train/{arch}/{channel}/log.jsonl files (training health)")
+    parser.add_argument(
+        "--train-logs",
+        nargs="*",
+        default=[],
+        help="train/{arch}/{channel}/log.jsonl files (training health)",
+    )
     args = parser.parse_args(argv)
 
     runs = mark_runs(read_runs([Path(p) for p in args.metrics]), parse_weights(args.weights))

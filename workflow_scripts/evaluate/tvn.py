@@ -52,7 +52,7 @@ class Whitening:
     def n_components(self) -> int:
         return self.projection.shape[1]
 
-    def truncated(self, n_components: int) -> "Whitening":
+    def truncated(self, n_components: int) -> Whitening:
         return Whitening(self.mean, self.projection[:, :n_components], self.possible, self.rank)
 
     def transform(self, features: np.ndarray) -> np.ndarray:

@@ -83,7 +83,9 @@ def weights_mismatch(source: str, arch: str, model_kwargs: dict, err: RuntimeErr
     """load_state_dict(strict=True) failed: name the file and the architecture it should fit."""
     # the error lists every mismatching key; the first lines suffice
     detail = " ".join(str(err).split())[:400]
-    return InputError(f"{source} does not fit architecture {arch} (model_kwargs {model_kwargs}): {detail}")
+    return InputError(
+        f"{source} does not fit architecture {arch} (model_kwargs {model_kwargs}): {detail}"
+    )
 
 
 def _create(arch: str, **kwargs) -> nn.Module:
@@ -114,7 +116,7 @@ class InputNormalization(nn.Module):
         return (images - self.mean) / self.std
 
     @classmethod
-    def for_backbone(cls, model: nn.Module) -> "InputNormalization":
+    def for_backbone(cls, model: nn.Module) -> InputNormalization:
         return cls(*input_mean_std(model))
 
 

@@ -51,7 +51,8 @@ def save_backbone_checkpoint(
 
 
 def save_weights(
-    model: nn.Module | dict[str, torch.Tensor], path: str | os.PathLike,
+    model: nn.Module | dict[str, torch.Tensor],
+    path: str | os.PathLike,
     metadata: dict[str, str] | None = None,
 ) -> None:
     """The model's state_dict (or a state dict, e.g. gathered from FSDP shards) as safetensors
@@ -106,7 +107,9 @@ def load_backbone_checkpoint(
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
-        raise weights_mismatch(f"checkpoint {path}", meta["arch"], meta["model_kwargs"], err) from err
+        raise weights_mismatch(
+            f"checkpoint {path}", meta["arch"], meta["model_kwargs"], err
+        ) from err
     return model.eval(), meta
 
 

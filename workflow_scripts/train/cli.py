@@ -22,7 +22,6 @@ from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.train.loop import TrainJob, run
 
 
-
 def check_device(gpus: int | None, allow_cpu_fallback: bool) -> None:
     """GPUs were asked for but none is visible: stop, unless CPU training was allowed. Without
     this, `gpus: 2` on a machine without CUDA silently trains on 2 CPU processes."""
@@ -46,8 +45,10 @@ def validate_settings(settings: dict) -> dict:
     try:
         import jsonschema
     except ImportError:
-        print("note: jsonschema is not installed: --settings checked for missing keys only",
-              file=sys.stderr)
+        print(
+            "note: jsonschema is not installed: --settings checked for missing keys only",
+            file=sys.stderr,
+        )
     else:
         with open(config_module.SCHEMA_PATH) as fh:
             schema = yaml.safe_load(fh)
@@ -78,44 +79,76 @@ def _missing_keys(reference: dict, settings: dict, prefix: str = "") -> list[str
 @cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", required=True,
-                        help="timm model name, e.g. vit_small_patch16_dinov3.lvd1689m")
-    parser.add_argument("--channel", required=True,
-                        help="a cache channel (DAPI, Tubulin, Actin) or rgb")
-    parser.add_argument("--cache-dir", required=True, type=Path,
-                        help="image cache (docs/formats.md)")
-    parser.add_argument("--weights", required=True,
-                        help="none (random init) | hub (timm download) | path to a weights file")
+    parser.add_argument(
+        "--arch", required=True, help="timm model name, e.g. vit_small_patch16_dinov3.lvd1689m"
+    )
+    parser.add_argument(
+        "--channel", required=True, help="a cache channel (DAPI, Tubulin, Actin) or rgb"
+    )
+    parser.add_argument(
+        "--cache-dir", required=True, type=Path, help="image cache (docs/formats.md)"
+    )
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="none (random init) | hub (timm download) | path to a weights file",
+    )
     parser.add_argument("--model-kwargs", default="{}", help="JSON: extra timm.create_model kwargs")
-    parser.add_argument("--settings", required=True,
-                        help="JSON: the config train section with the architecture's overrides")
-    parser.add_argument("--out-dir", required=True, type=Path,
-                        help="evaluated-epoch checkpoints and log.jsonl")
-    parser.add_argument("--resume-dir", required=True, type=Path,
-                        help="resume state and epoch copies; survives Snakemake reruns")
-    parser.add_argument("--gpus", type=int, default=None,
-                        help="GPUs the job was given (architectures[].gpus); > 0 needs CUDA")
-    parser.add_argument("--allow-cpu-fallback", type=int, choices=[0, 1], default=0,
-                        help="1: with --gpus > 0 and no CUDA device, train on CPU anyway")
-    parser.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp",
-                        help="ddp (replicated) or fsdp (FSDP2, sharded per block); see "
-                             "workflow_scripts/train/memory_plan.py")
-    parser.add_argument("--activation-checkpointing", action="store_true",
-                        help="recompute each block in backward (saves activation memory)")
+    parser.add_argument(
+        "--settings",
+        required=True,
+        help="JSON: the config train section with the architecture's overrides",
+    )
+    parser.add_argument(
+        "--out-dir", required=True, type=Path, help="evaluated-epoch checkpoints and log.jsonl"
+    )
+    parser.add_argument(
+        "--resume-dir",
+        required=True,
+        type=Path,
+        help="resume state and epoch copies; survives Snakemake reruns",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs the job was given (architectures[].gpus); > 0 needs CUDA",
+    )
+    parser.add_argument(
+        "--allow-cpu-fallback",
+        type=int,
+        choices=[0, 1],
+        default=0,
+        help="1: with --gpus > 0 and no CUDA device, train on CPU anyway",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=["ddp", "fsdp"],
+        default="ddp",
+        help="ddp (replicated) or fsdp (FSDP2, sharded per block); see "
+        "workflow_scripts/train/memory_plan.py",
+    )
+    parser.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each block in backward (saves activation memory)",
+    )
     args = parser.parse_args(argv)
     check_device(args.gpus, bool(args.allow_cpu_fallback))
-    run(TrainJob(
-        arch=args.arch,
-        channel=args.channel,
-        cache_dir=args.cache_dir,
-        weights=args.weights,
-        model_kwargs=json_object_option(args.model_kwargs, "--model-kwargs"),
-        settings=validate_settings(json_object_option(args.settings, "--settings")),
-        out_dir=args.out_dir,
-        resume_dir=args.resume_dir,
-        strategy=args.strategy,
-        activation_checkpointing=args.activation_checkpointing,
-    ))
+    run(
+        TrainJob(
+            arch=args.arch,
+            channel=args.channel,
+            cache_dir=args.cache_dir,
+            weights=args.weights,
+            model_kwargs=json_object_option(args.model_kwargs, "--model-kwargs"),
+            settings=validate_settings(json_object_option(args.settings, "--settings")),
+            out_dir=args.out_dir,
+            resume_dir=args.resume_dir,
+            strategy=args.strategy,
+            activation_checkpointing=args.activation_checkpointing,
+        )
+    )
     return 0
 
 

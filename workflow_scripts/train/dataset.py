@@ -14,8 +14,8 @@ Preview what the model sees (one PNG of all crops of one image):
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -64,7 +64,10 @@ class MultiCropDataset(Dataset):
     """Item (epoch, index) -> list of global then local crops of cache row `rows[index]`."""
 
     def __init__(
-        self, arrays: list[np.ndarray], transform: MultiCrop, seed: int,
+        self,
+        arrays: list[np.ndarray],
+        transform: MultiCrop,
+        seed: int,
         rows: np.ndarray | None = None,
     ) -> None:
         self.arrays = arrays  # (N, H, W) uint16 per channel, in model channel order
@@ -151,8 +154,11 @@ def save_preview(crops: list[torch.Tensor], path: Path, title: str) -> None:
 
     widths = [crop.shape[-1] for crop in crops]
     fig, axes = plt.subplots(
-        1, len(crops), figsize=(sum(widths) / 60, max(widths) / 60 + 0.6),
-        gridspec_kw={"width_ratios": widths}, squeeze=False,
+        1,
+        len(crops),
+        figsize=(sum(widths) / 60, max(widths) / 60 + 0.6),
+        gridspec_kw={"width_ratios": widths},
+        squeeze=False,
     )
     for ax, crop in zip(axes[0], crops):
         ax.imshow(crop.permute(1, 2, 0).numpy(), vmin=0, vmax=1)
@@ -166,12 +172,19 @@ def save_preview(crops: list[torch.Tensor], path: Path, title: str) -> None:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Save the training crops of one cache image as PNG.")
+    parser = argparse.ArgumentParser(
+        description="Save the training crops of one cache image as PNG."
+    )
     parser.add_argument("--cache-dir", required=True)
     parser.add_argument("--channel", required=True, help="a cache channel, or rgb")
-    parser.add_argument("--config", action="append", help="config file(s), later overlay earlier "
-                        "(default: config.yaml)")
-    parser.add_argument("--arch", help="architecture whose train settings apply (default: the first)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        help="config file(s), later overlay earlier (default: config.yaml)",
+    )
+    parser.add_argument(
+        "--arch", help="architecture whose train settings apply (default: the first)"
+    )
     parser.add_argument("--index", type=int, default=0, help="cache row")
     parser.add_argument("--epoch", type=int, default=0)
     parser.add_argument("--out", required=True, help="PNG path")

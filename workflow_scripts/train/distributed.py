@@ -79,7 +79,9 @@ def slurm_rendezvous(env: dict[str, str]) -> dict[str, str]:
         try:
             hosts = subprocess.run(
                 ["scontrol", "show", "hostnames", nodelist],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout.split()
         except (OSError, subprocess.CalledProcessError) as err:
             raise InputError(

@@ -57,8 +57,11 @@ class DINOHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device_type = x.device.type
-        if (self.fp32 and torch.amp.is_autocast_available(device_type)
-                and torch.is_autocast_enabled(device_type)):
+        if (
+            self.fp32
+            and torch.amp.is_autocast_available(device_type)
+            and torch.is_autocast_enabled(device_type)
+        ):
             with torch.autocast(device_type, enabled=False):
                 return self.prototype_logits(self.mlp(x.float()))
         return self.prototype_logits(self.mlp(x))

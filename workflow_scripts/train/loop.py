@@ -41,7 +41,6 @@ from workflow_scripts.train.health import HealthMeter
 from workflow_scripts.train.koleo import GlobalCropEmbeddings, koleo_term
 from workflow_scripts.train.loss import DINOLoss
 from workflow_scripts.train.model import build_dino_model
-from workflow_scripts.train.resume_key import resume_key
 from workflow_scripts.train.optim import (
     build_optimizer,
     cancel_backbone_gradients,
@@ -51,6 +50,7 @@ from workflow_scripts.train.optim import (
     set_lr_and_weight_decay,
 )
 from workflow_scripts.train.precision import Precision
+from workflow_scripts.train.resume_key import resume_key
 from workflow_scripts.train.rng import capture_rng_state, restore_rng_state, seed_everything
 from workflow_scripts.train.schedules import build_schedules
 
@@ -75,8 +75,12 @@ class TrainJob:
     def config_digest(self, world_size: int) -> str:
         """What a resume state must match to be continued (resume_key.py)."""
         key = resume_key(
-            arch=self.arch, channel=self.channel, settings=self.settings,
-            model_kwargs=self.model_kwargs, weights=self.weights, cache_dir=self.cache_dir,
+            arch=self.arch,
+            channel=self.channel,
+            settings=self.settings,
+            model_kwargs=self.model_kwargs,
+            weights=self.weights,
+            cache_dir=self.cache_dir,
             world_size=world_size,
         )
         # FSDP keeps its state in another format (sharded_state.py)
@@ -110,8 +114,12 @@ class Trainer:
         self.precision = Precision.resolve(settings["precision"], self.device.type)
 
         self.loader, self.sampler = build_train_loader(
-            str(job.cache_dir), job.channel, settings,
-            rank=context.rank, world_size=context.world_size, seed=self.seed,
+            str(job.cache_dir),
+            job.channel,
+            settings,
+            rank=context.rank,
+            world_size=context.world_size,
+            seed=self.seed,
             device_type=self.device.type,
         )
         max_steps = settings.get("max_steps_per_epoch")
@@ -140,12 +148,16 @@ class Trainer:
         layer_decay = settings["optimizer"].get("layer_decay", 1.0)
         self.optimizer = build_optimizer(
             param_groups(self.student, no_decay, layer_decay, _vit_depth(backbone, layer_decay)),
-            settings["optimizer"], self.device.type,
+            settings["optimizer"],
+            self.device.type,
         )
         self.scaler = self.precision.grad_scaler()
         self.loss = DINOLoss(
-            settings["head"]["out_dim"], self.n_global_crops, settings["local_crops"]["number"],
-            settings["loss"]["student_temp"], settings["loss"]["center_momentum"],
+            settings["head"]["out_dim"],
+            self.n_global_crops,
+            settings["local_crops"]["number"],
+            settings["loss"]["student_temp"],
+            settings["loss"]["center_momentum"],
         ).to(self.device)
         self.health = HealthMeter(self.teacher.backbone, settings["head"]["out_dim"])
         self.koleo_weight = settings["loss"].get("koleo_weight", 0.0)
@@ -180,9 +192,11 @@ class Trainer:
             if state is not None and not usable:
                 moved = set_aside(self.resume_dir, str(state.get("config_digest")))
                 sharded_state.set_aside(self.resume_dir, moved)
-                log(f"resume state in {self.resume_dir} is for another configuration "
+                log(
+                    f"resume state in {self.resume_dir} is for another configuration "
                     f"(digest {state.get('config_digest')}, now {self.digest}): moved to "
-                    f"{moved}; training from scratch")
+                    f"{moved}; training from scratch"
+                )
             elif state is None:
                 self._prune_after(0)  # leftovers of a run killed in its first epoch
         if not usable:
@@ -218,8 +232,11 @@ class Trainer:
                 checkpoint.unlink()
         path = self.resume_dir / LOG_FILE
         if path.is_file():
-            lines = [line for line in path.read_text().splitlines()
-                     if line and json.loads(line)["epoch"] <= completed]
+            lines = [
+                line
+                for line in path.read_text().splitlines()
+                if line and json.loads(line)["epoch"] <= completed
+            ]
             write_text(path, "".join(line + "\n" for line in lines))
 
     def _export(self) -> None:
@@ -232,9 +249,11 @@ class Trainer:
     def fit(self) -> None:
         if self.context.is_main:
             n_params = sum(p.numel() for p in self.student.backbone.parameters())
-            log(f"training {self.job.arch} on {self.job.channel}: {n_params / 1e6:.1f} M backbone "
+            log(
+                f"training {self.job.arch} on {self.job.channel}: {n_params / 1e6:.1f} M backbone "
                 f"parameters, {self.context.world_size} process(es) on {self.device.type}, "
-                f"{self.steps_per_epoch} steps/epoch, epochs {self.start_epoch + 1}..{self.epochs}")
+                f"{self.steps_per_epoch} steps/epoch, epochs {self.start_epoch + 1}..{self.epochs}"
+            )
         if self.context.is_distributed and not self.fsdp:
             self.student_ddp = DistributedDataParallel(
                 self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None
@@ -333,8 +352,10 @@ class Trainer:
             return
         done = step + 1
         rate = done / (time.perf_counter() - started)
-        line = (f"epoch {epoch + 1}/{self.epochs} step {done}/{self.steps_per_epoch} "
-                f"loss {mean_loss:.4f} {rate:.2f} steps/s")
+        line = (
+            f"epoch {epoch + 1}/{self.epochs} step {done}/{self.steps_per_epoch} "
+            f"loss {mean_loss:.4f} {rate:.2f} steps/s"
+        )
         if sys.stderr.isatty():
             end = "\n" if done == self.steps_per_epoch else ""
             print(f"\r{line}", end=end, file=sys.stderr, flush=True)
@@ -352,48 +373,65 @@ class Trainer:
         completed = epoch + 1
         rng_states = distributed.gather_objects(capture_rng_state())
         if self.fsdp:  # collectives: every rank gathers the export and writes its shards
-            backbone = (sharded_state.full_backbone_state(self.teacher)
-                        if completed in self.evaluated_epochs else None)
-            sharded_state.save(self.resume_dir, completed, self.student, self.teacher,
-                               self.optimizer, self._extra_state(rng_states),
-                               self.context.is_main)
+            backbone = (
+                sharded_state.full_backbone_state(self.teacher)
+                if completed in self.evaluated_epochs
+                else None
+            )
+            sharded_state.save(
+                self.resume_dir,
+                completed,
+                self.student,
+                self.teacher,
+                self.optimizer,
+                self._extra_state(rng_states),
+                self.context.is_main,
+            )
         else:
             backbone = self.teacher.backbone
         if self.context.is_main:
             epochs_dir = self.resume_dir / EPOCHS_DIR
             if completed in self.evaluated_epochs:
-                save_backbone_checkpoint(epochs_dir, backbone, {
-                    "arch": self.job.arch,
-                    "channel": self.job.channel,
-                    "epoch": completed,
-                    "config_digest": self.digest,
-                    "model_kwargs": self.job.model_kwargs,
-                    "in_chans": IN_CHANS,
-                    "train_settings": self.job.settings,
-                })
+                save_backbone_checkpoint(
+                    epochs_dir,
+                    backbone,
+                    {
+                        "arch": self.job.arch,
+                        "channel": self.job.channel,
+                        "epoch": completed,
+                        "config_digest": self.digest,
+                        "model_kwargs": self.job.model_kwargs,
+                        "in_chans": IN_CHANS,
+                        "train_settings": self.job.settings,
+                    },
+                )
             # log line before state: a kill in between leaves an extra line, pruned on resume
             append_line(self.resume_dir / LOG_FILE, json.dumps(stats))
             if self.fsdp:
                 sharded_state.commit(self.resume_dir, completed, self.digest)
             else:
-                save_resume_state(self.resume_dir / RESUME_STATE, {
-                    "config_digest": self.digest,
-                    "epoch": completed,
-                    "student": self.student.state_dict(),
-                    "teacher": self.teacher.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    **self._extra_state(rng_states),
-                })
+                save_resume_state(
+                    self.resume_dir / RESUME_STATE,
+                    {
+                        "config_digest": self.digest,
+                        "epoch": completed,
+                        "student": self.student.state_dict(),
+                        "teacher": self.teacher.state_dict(),
+                        "optimizer": self.optimizer.state_dict(),
+                        **self._extra_state(rng_states),
+                    },
+                )
             self._export()
             log(json.dumps(stats))
             if stats.get("collapse"):
-                log(f"WARNING: epoch {completed} looks collapsed ({stats['collapse']} teacher: "
+                log(
+                    f"WARNING: epoch {completed} looks collapsed ({stats['collapse']} teacher: "
                     f"entropy {stats['teacher_entropy']:.3f} of ln K = "
                     f"{math.log(self.job.settings['head']['out_dim']):.3f} nats, mutual "
                     f"information {stats['teacher_mutual_info']:.4f} nats, CLS relative std "
-                    f"{stats.get('cls_relative_std', float('nan')):.2e}); see health.py")
+                    f"{stats.get('cls_relative_std', float('nan')):.2e}); see health.py"
+                )
         distributed.barrier()
-
 
     def _extra_state(self, rng_states: list) -> dict:
         return {
@@ -408,8 +446,10 @@ def _vit_depth(backbone: torch.nn.Module, layer_decay: float) -> int:
     blocks = getattr(backbone, "blocks", None)
     if blocks is None:
         if layer_decay != 1.0:
-            raise InputError("config key 'train.optimizer.layer_decay': layer-wise lr decay "
-                             f"needs a ViT (blocks.N); {type(backbone).__name__} has no blocks")
+            raise InputError(
+                "config key 'train.optimizer.layer_decay': layer-wise lr decay "
+                f"needs a ViT (blocks.N); {type(backbone).__name__} has no blocks"
+            )
         return 0
     return len(blocks)
 

@@ -137,8 +137,9 @@ def saved_tensor_bytes(run) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def activation_bytes(arch: str, model_kwargs_json: str, settings_json: str,
-                     dtype_name: str, checkpointing: bool) -> int:
+def activation_bytes(
+    arch: str, model_kwargs_json: str, settings_json: str, dtype_name: str, checkpointing: bool
+) -> int:
     """Saved-for-backward bytes of one per-GPU batch of crops through student, head and
     DINO loss (the batch size is settings' batch_size_per_gpu)."""
     import torch
@@ -152,10 +153,24 @@ def activation_bytes(arch: str, model_kwargs_json: str, settings_json: str,
     n_local = settings["local_crops"]["number"]
     batch = settings["batch_size_per_gpu"]
     with torch.device("meta"):
-        crops = [torch.zeros(batch, 3, settings["global_crops"]["size"],
-                             settings["global_crops"]["size"], dtype=dtype)] * n_global
-        crops += [torch.zeros(batch, 3, settings["local_crops"]["size"],
-                              settings["local_crops"]["size"], dtype=dtype)] * n_local
+        crops = [
+            torch.zeros(
+                batch,
+                3,
+                settings["global_crops"]["size"],
+                settings["global_crops"]["size"],
+                dtype=dtype,
+            )
+        ] * n_global
+        crops += [
+            torch.zeros(
+                batch,
+                3,
+                settings["local_crops"]["size"],
+                settings["local_crops"]["size"],
+                dtype=dtype,
+            )
+        ] * n_local
         loss = DINOLoss(settings["head"]["out_dim"], n_global, n_local)
         teacher_output = torch.zeros(n_global * batch, settings["head"]["out_dim"], dtype=dtype)
 
@@ -180,8 +195,9 @@ def compute_dtype(settings: dict):
     return Precision.resolve(settings["precision"], "cuda").autocast_dtype or torch.float32
 
 
-def estimate_bytes(size: ModelSize, activations: int, settings: dict, world_size: int,
-                   compute_bytes: int) -> dict[str, float]:
+def estimate_bytes(
+    size: ModelSize, activations: int, settings: dict, world_size: int, compute_bytes: int
+) -> dict[str, float]:
     """Bytes per GPU before the margin: {'ddp': ..., 'fsdp': ...}."""
     optimizer_states = OPTIMIZER_STATES[settings["optimizer"]["name"]]
     # student param + grad + optimizer states (+ its step's temporaries) + teacher param
@@ -208,7 +224,10 @@ def plan_architecture(config: dict, arch: str) -> Plan:
     kwargs_json = json.dumps(entry["model_kwargs"], sort_keys=True)
     size = model_size(arch, kwargs_json, json.dumps(settings["head"], sort_keys=True))
     activations = activation_bytes(
-        arch, kwargs_json, json.dumps(settings, sort_keys=True), str(dtype).removeprefix("torch."),
+        arch,
+        kwargs_json,
+        json.dumps(settings, sort_keys=True),
+        str(dtype).removeprefix("torch."),
         bool(entry.get("activation_checkpointing", False)),
     )
     compute_bytes = dtype.itemsize
@@ -219,10 +238,17 @@ def plan_architecture(config: dict, arch: str) -> Plan:
     if requested == "auto":
         strategy = "ddp" if ddp_gb <= gpu_mem_gb or world_size == 1 else "fsdp"
     return Plan(
-        arch=arch, params_m=round(size.params / 1e6, 1), gpus=gpus, nodes=nodes,
-        world_size=world_size, activations_gb=round(activations / GB, 2),
-        ddp_gb=round(ddp_gb, 2), fsdp_gb=round(fsdp_gb, 2), gpu_mem_gb=gpu_mem_gb,
-        requested=requested, strategy=strategy,
+        arch=arch,
+        params_m=round(size.params / 1e6, 1),
+        gpus=gpus,
+        nodes=nodes,
+        world_size=world_size,
+        activations_gb=round(activations / GB, 2),
+        ddp_gb=round(ddp_gb, 2),
+        fsdp_gb=round(fsdp_gb, 2),
+        gpu_mem_gb=gpu_mem_gb,
+        requested=requested,
+        strategy=strategy,
     )
 
 
@@ -256,8 +282,10 @@ def check_fits(config: dict) -> None:
 
 
 def format_table(plans: list[Plan]) -> str:
-    header = (f"{'architecture':46} {'params M':>9} {'GPUs':>5} {'act GB':>7} {'DDP GB':>8} "
-              f"{'FSDP GB':>8} {'limit':>6} {'strategy':>9} fits")
+    header = (
+        f"{'architecture':46} {'params M':>9} {'GPUs':>5} {'act GB':>7} {'DDP GB':>8} "
+        f"{'FSDP GB':>8} {'limit':>6} {'strategy':>9} fits"
+    )
     lines = [header]
     for p in plans:
         chosen = p.strategy if p.requested != "auto" else f"auto:{p.strategy}"
@@ -272,22 +300,35 @@ def format_table(plans: list[Plan]) -> str:
 @cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configfile", nargs="+", type=Path,
-                        default=[config_module.REPO_DIR / "config.yaml"],
-                        help="config.yaml and overlays, in order (default: config.yaml)")
-    parser.add_argument("--all-models", action="store_true",
-                        help="plan every timm DINOv3 ViT (dinov3_models.yaml) with the first "
-                             "architecture's gpus/nodes/strategy instead of the configured list")
+    parser.add_argument(
+        "--configfile",
+        nargs="+",
+        type=Path,
+        default=[config_module.REPO_DIR / "config.yaml"],
+        help="config.yaml and overlays, in order (default: config.yaml)",
+    )
+    parser.add_argument(
+        "--all-models",
+        action="store_true",
+        help="plan every timm DINOv3 ViT (dinov3_models.yaml) with the first "
+        "architecture's gpus/nodes/strategy instead of the configured list",
+    )
     parser.add_argument("--gpus", type=int, help="override every architecture's gpus")
     parser.add_argument("--nodes", type=int, help="override every architecture's nodes")
-    parser.add_argument("--activation-checkpointing", choices=["true", "false"],
-                        help="override every architecture's activation_checkpointing")
+    parser.add_argument(
+        "--activation-checkpointing",
+        choices=["true", "false"],
+        help="override every architecture's activation_checkpointing",
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
     config = config_module.load(args.configfile)
     if args.all_models:
-        template = {k: v for k, v in config["architectures"][0].items()
-                    if k not in ("name", "model_kwargs", "train")}
+        template = {
+            k: v
+            for k, v in config["architectures"][0].items()
+            if k not in ("name", "model_kwargs", "train")
+        }
         names = [m for m in config_module.known_models() if m.startswith("vit_")]
         config = {**config, "architectures": [{**template, "name": n} for n in names]}
     overrides = {"gpus": args.gpus, "nodes": args.nodes}

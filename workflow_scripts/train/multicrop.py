@@ -34,8 +34,8 @@ distribution is produced from a memory map, touching only the pixels each crop n
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -225,9 +225,13 @@ class MultiCrop:
                 vflip=bool(vflip),
                 clamp=self.clamp,
             )
-            for box, size, hflip, vflip in zip(params.boxes, params.sizes, params.hflips, params.vflips)
+            for box, size, hflip, vflip in zip(
+                params.boxes, params.sizes, params.hflips, params.vflips
+            )
         ]
 
-    def __call__(self, channels: Sequence[np.ndarray], rng: np.random.Generator) -> list[torch.Tensor]:
+    def __call__(
+        self, channels: Sequence[np.ndarray], rng: np.random.Generator
+    ) -> list[torch.Tensor]:
         """`channels`: (H, W) uint16 arrays of one field (1 = grey, 3 = rgb, in model order)."""
         return self.apply(channels, self.sample(rng, channels[0].shape))

@@ -19,7 +19,7 @@ def vit_layer_id(name: str, num_layers: int) -> int:
     `backbone.blocks.i` i + 1, everything else (final norm, DINO head) num_layers + 1."""
     if not name.startswith(BACKBONE_PREFIX):
         return num_layers + 1
-    local = name[len(BACKBONE_PREFIX):]
+    local = name[len(BACKBONE_PREFIX) :]
     if local.split(".")[0] in EMBEDDING_NAMES:
         return 0
     if local.startswith("blocks."):
@@ -47,8 +47,12 @@ def param_groups(
         scale = layer_lr_scale(name, layer_decay, num_layers) if layer_decay != 1.0 else 1.0
         groups.setdefault((decayed, scale), []).append(param)
     return [
-        {"params": params, DECAY_FLAG: decayed, LR_SCALE: scale,
-         **({} if decayed else {"weight_decay": 0.0})}
+        {
+            "params": params,
+            DECAY_FLAG: decayed,
+            LR_SCALE: scale,
+            **({} if decayed else {"weight_decay": 0.0}),
+        }
         for (decayed, scale), params in groups.items()
         if params or scale == 1.0
     ]

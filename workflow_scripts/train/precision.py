@@ -16,7 +16,7 @@ class Precision:
     autocast_dtype: torch.dtype | None  # None: plain fp32
 
     @classmethod
-    def resolve(cls, name: str, device_type: str) -> "Precision":
+    def resolve(cls, name: str, device_type: str) -> Precision:
         """'auto' = bf16 on CUDA, fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
         if name == "auto":
             name = "bf16" if device_type == "cuda" else "fp32"

@@ -26,8 +26,9 @@ def cache_identity(cache_dir: Path) -> dict:
     meta = json.loads((Path(cache_dir) / "meta.json").read_text())
     image_ids = pd.read_parquet(Path(cache_dir) / "images.parquet", columns=["image_id"])
     order = hashlib.sha256("\n".join(image_ids["image_id"]).encode()).hexdigest()
-    return {key: meta.get(key) for key in ("settings_digest", "n_images", "height", "width",
-                                           "channels")} | {"image_order": order}
+    return {
+        key: meta.get(key) for key in ("settings_digest", "n_images", "height", "width", "channels")
+    } | {"image_order": order}
 
 
 def weights_identity(weights: str) -> dict:
@@ -48,16 +49,26 @@ def code_identity() -> str:
     return sha.hexdigest()
 
 
-def resume_key(*, arch: str, channel: str, settings: dict, model_kwargs: dict, weights: str,
-               cache_dir: Path, world_size: int) -> str:
+def resume_key(
+    *,
+    arch: str,
+    channel: str,
+    settings: dict,
+    model_kwargs: dict,
+    weights: str,
+    cache_dir: Path,
+    world_size: int,
+) -> str:
     kept = {k: v for k, v in settings.items() if k not in RESULT_NEUTRAL_SETTINGS}
-    return config_module.digest({
-        "arch": arch,
-        "channel": channel,
-        "settings": kept,
-        "model_kwargs": model_kwargs,
-        "weights": weights_identity(weights),
-        "data": cache_identity(cache_dir),
-        "code": code_identity(),
-        "world_size": world_size,  # the global batch is batch_size_per_gpu x world size
-    })
+    return config_module.digest(
+        {
+            "arch": arch,
+            "channel": channel,
+            "settings": kept,
+            "model_kwargs": model_kwargs,
+            "weights": weights_identity(weights),
+            "data": cache_identity(cache_dir),
+            "code": code_identity(),
+            "world_size": world_size,  # the global batch is batch_size_per_gpu x world size
+        }
+    )

@@ -58,7 +58,9 @@ def build_schedules(settings: dict, steps_per_epoch: int, world_size: int) -> Sc
         weight_decay=cosine_schedule(opt["weight_decay"], opt["weight_decay_end"], total),
         teacher_momentum=cosine_schedule(momentum["start"], momentum["end"], total),
         teacher_temp=teacher_temp_schedule(
-            loss["warmup_teacher_temp"], loss["teacher_temp"],
-            loss["warmup_teacher_temp_epochs"], epochs,
+            loss["warmup_teacher_temp"],
+            loss["teacher_temp"],
+            loss["warmup_teacher_temp_epochs"],
+            epochs,
         ),
     )

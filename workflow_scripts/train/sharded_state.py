@@ -49,23 +49,35 @@ def full_backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The backbone part of a MultiCropModel's full state dict, with timm's names
     (collective). Gathered from the root: the backbone is not itself an FSDP module."""
     prefix = "backbone."
-    return {name.removeprefix(prefix): tensor for name, tensor in full_state_dict(model).items()
-            if name.startswith(prefix)}
+    return {
+        name.removeprefix(prefix): tensor
+        for name, tensor in full_state_dict(model).items()
+        if name.startswith(prefix)
+    }
 
 
 def _epoch_dir(resume_dir: Path, epoch: int) -> Path:
     return Path(resume_dir) / SHARDS_DIR / f"epoch_{epoch:04d}"
 
 
-def _app_state(student: nn.Module, teacher: nn.Module,
-               optimizer: torch.optim.Optimizer) -> dict:
+def _app_state(student: nn.Module, teacher: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     student_state, optimizer_state = get_state_dict(student, optimizer)
-    return {"student": student_state, "teacher": get_model_state_dict(teacher),
-            "optimizer": optimizer_state}
+    return {
+        "student": student_state,
+        "teacher": get_model_state_dict(teacher),
+        "optimizer": optimizer_state,
+    }
 
 
-def save(resume_dir: Path, epoch: int, student: nn.Module, teacher: nn.Module,
-         optimizer: torch.optim.Optimizer, extra: dict, is_main: bool) -> None:
+def save(
+    resume_dir: Path,
+    epoch: int,
+    student: nn.Module,
+    teacher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict,
+    is_main: bool,
+) -> None:
     """Collective: every rank writes its shards of `epoch`; rank 0 writes `extra` (loss
     centre, RNG streams: plain tensors and containers). Not yet the resume state: commit()."""
     directory = _epoch_dir(resume_dir, epoch)
@@ -82,10 +94,14 @@ def save(resume_dir: Path, epoch: int, student: nn.Module, teacher: nn.Module,
 def commit(resume_dir: Path, epoch: int, config_digest: str) -> None:
     """Rank 0, after save(): make `epoch` the resume state and drop older shard directories."""
     resume_dir = Path(resume_dir)
-    write_json(resume_dir / COMMIT_FILE, {
-        "epoch": epoch, "config_digest": config_digest,
-        "dir": os.path.relpath(_epoch_dir(resume_dir, epoch), resume_dir),
-    })
+    write_json(
+        resume_dir / COMMIT_FILE,
+        {
+            "epoch": epoch,
+            "config_digest": config_digest,
+            "dir": os.path.relpath(_epoch_dir(resume_dir, epoch), resume_dir),
+        },
+    )
     for old in (resume_dir / SHARDS_DIR).glob("epoch_*"):
         if old.name != f"epoch_{epoch:04d}":
             shutil.rmtree(old, ignore_errors=True)
@@ -108,14 +124,20 @@ def read_commit(resume_dir: Path) -> dict | None:
     return record
 
 
-def load(resume_dir: Path, record: dict, student: nn.Module, teacher: nn.Module,
-         optimizer: torch.optim.Optimizer) -> None:
+def load(
+    resume_dir: Path,
+    record: dict,
+    student: nn.Module,
+    teacher: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> None:
     """Collective: load the committed shards into the (sharded or plain) models and optimizer,
     whatever the world size that saved them."""
     state = _app_state(student, teacher, optimizer)
     dcp.load(state, checkpoint_id=Path(resume_dir) / record["dir"])
-    set_state_dict(student, optimizer, model_state_dict=state["student"],
-                   optim_state_dict=state["optimizer"])
+    set_state_dict(
+        student, optimizer, model_state_dict=state["student"], optim_state_dict=state["optimizer"]
+    )
     set_model_state_dict(teacher, state["teacher"])
 
 
