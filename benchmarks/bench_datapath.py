@@ -1,4 +1,5 @@
-"""Training data path throughput: the seed's TIFF + albumentations path vs the workflow's cache path.
+"""Training data path throughput: the seed's TIFF + albumentations path vs the workflow's cache
+path.
 
 Writes real-size BBBC021-like fields (1280x1024 uint16, one uncompressed TIFF per channel, as
 BBBC021 ships them) and matching caches at resize_factor 1.0 and 0.5 (same pixels), then measures
@@ -163,7 +164,8 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(dir=args.tmpdir) as tmp:
         root = Path(tmp)
         print(
-            f"writing {args.images} fields of {RAW_SHAPE[1]}x{RAW_SHAPE[0]} x {len(CHANNELS)} channels..."
+            f"writing {args.images} fields of {RAW_SHAPE[1]}x{RAW_SHAPE[0]} "
+            f"x {len(CHANNELS)} channels..."
         )
         fields = write_fields(root, args.images, clip_max)
         for factor in RESIZE_FACTORS:

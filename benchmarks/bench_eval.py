@@ -20,7 +20,8 @@
    (the crops are cut and resized on the CPU by the workers; pinned memory on CUDA), unless
    --batch-size / --num-workers say otherwise.
 
-    python benchmarks/bench_eval.py [--repeats 3] [--full] [--images 64] [--num-workers N] [--conditioning]
+    python benchmarks/bench_eval.py [--repeats 3] [--full] [--images 64] [--num-workers N]
+        [--conditioning]
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def bench_conditioning() -> list[dict]:
         labels = table[["compound", "concentration", "moa", "plate", "batch"]]
         no_map = {"tvn": {"enabled": False}, "map": {"enabled": False}}
 
-        def scored(whitened):
+        def scored(whitened, labels=labels, no_map=no_map):
             whitened_table = pd.concat(
                 [labels, pd.DataFrame(whitened, columns=feature_names(whitened.shape[1]))], axis=1
             )

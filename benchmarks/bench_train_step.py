@@ -116,7 +116,8 @@ def write_cache(
     resize_factor: float,
     clip_max: int,
 ) -> None:
-    """A cache per docs/formats.md with `n_images` rows cycling through `fields` (clipped, resized)."""
+    """A cache per docs/formats.md with `n_images` rows cycling through `fields` (clipped,
+    resized)."""
     height, width = (round(side * resize_factor) for side in fields[0].shape)
     rows = [
         cv2.resize(np.minimum(field, clip_max), (width, height), interpolation=cv2.INTER_AREA)
@@ -514,7 +515,8 @@ def print_results(results: dict) -> None:
         busy = "-" if row["gpu_busy_fraction"] is None else f"{row['gpu_busy_fraction']:.0%}"
         mfu = "-" if row["mfu"] is None else f"{row['mfu']:.1%}"
         print(
-            f"{row['config']:<7} {row['precision']:<5} {row['batch_size']:>5} {row['num_workers']:>4} "
+            f"{row['config']:<7} {row['precision']:<5} {row['batch_size']:>5} "
+            f"{row['num_workers']:>4} "
             f"{str(row['compile']):>7} {row['images_per_s']:>9.2f} {row['step_time_s']:>7.3f} "
             f"{row['data_wait_fraction']:>9.0%} {busy:>8} {row['peak_memory_mb']:>8.0f} "
             f"{row['achieved_tflops']:>8.3f} {mfu:>6}"

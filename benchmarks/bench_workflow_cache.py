@@ -28,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow_scripts.timed import read_timing
+from workflow_scripts.timed import read_timing  # noqa: E402 (needs the sys.path entry above)
 
 NOT_COPIED = shutil.ignore_patterns(
     ".git",

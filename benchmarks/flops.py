@@ -178,7 +178,8 @@ def print_flop_table(rows: list[dict], settings: dict) -> None:
     g, loc = settings["global_crops"], settings["local_crops"]
     head = settings["head"]
     print(
-        f"FLOP per image per DINO step ({g['number']}x{g['size']} + {loc['number']}x{loc['size']} px, "
+        f"FLOP per image per DINO step ({g['number']}x{g['size']} + "
+        f"{loc['number']}x{loc['size']} px, "
         f"head {head['hidden_dim']}/{head['bottleneck_dim']}/{head['out_dim']}); 1 MAC = 2 FLOP"
     )
     columns = (

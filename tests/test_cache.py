@@ -280,7 +280,8 @@ def test_unreadable_tiff_leaves_no_partial_cache(dataset, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith(
-        f"error: {table_path}: row {last} (image_id {table.loc[last, 'image_id']}), column 'path_Tubulin': "
+        f"error: {table_path}: row {last} (image_id {table.loc[last, 'image_id']}), "
+        "column 'path_Tubulin': "
         f"{broken} cannot be read ("
     )
     assert list((tmp_path / "work").iterdir()) == []  # neither the cache nor its temporary folder
@@ -294,7 +295,8 @@ def test_image_of_another_size_is_named(dataset, tmp_path):
     )
     table.to_parquet(tmp_path / "images.parquet", index=False)
     message = (
-        rf"row 5 \(image_id {table.loc[5, 'image_id']}\), column 'path_DAPI': \S+small.tif is a uint16 "
+        rf"row 5 \(image_id {table.loc[5, 'image_id']}\), column 'path_DAPI': "
+        r"\S+small.tif is a uint16 "
         r"image of shape \(20, 32\), expected uint16 of shape \(24, 32\)"
     )
     with pytest.raises(InputError, match=message):

@@ -192,5 +192,6 @@ def test_pixel_scales_of_training_and_evaluation_crops():
     np.testing.assert_allclose(grid["evaluation"], [256 / 224 * 2, 320 / 224 * 2])
     text = crops.describe_scales(grid)
     assert "training global crops 1.62-2.29" in text and "2.29 (y) / 2.86 (x)" in text
-    # resize_factor 1.0: the windows double, so the evaluation scale stays 1 cached pixel = 1 model pixel
+    # resize_factor 1.0: the windows double, so the evaluation scale stays 1 cached pixel =
+    # 1 model pixel
     assert crops.pixel_scales([1024, 1280], 1.0, CONFIG["train"], SEED)["evaluation"] == [1.0, 1.0]

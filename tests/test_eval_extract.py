@@ -23,7 +23,8 @@ from workflow_scripts.train.multicrop import INTERPOLATIONS
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 CHANNELS = ["DAPI", "Tubulin", "Actin"]
-# grid crops with numpy's median: the seed's windows and lower median are tested in test_eval_crops.py
+# grid crops with numpy's median: the seed's windows and lower median are tested in
+# test_eval_crops.py
 SETTINGS = {
     "crops": "grid",
     "crop_grid": [2, 2],

@@ -29,7 +29,7 @@ def with_plate_gains(df, seed=1):
 def test_standardize_equals_sklearn_standard_scaler_fitted_on_each_plates_dmso():
     table = with_plate_gains(synthetic_features())
     expected = table.copy()
-    for plate, rows in table.groupby("plate").groups.items():
+    for _plate, rows in table.groupby("plate").groups.items():
         dmso = table.loc[rows][table.loc[rows, "compound"] == "DMSO"]
         scaler = StandardScaler().fit(dmso[FEATURES].to_numpy())
         expected.loc[rows, FEATURES] = scaler.transform(table.loc[rows, FEATURES].to_numpy())

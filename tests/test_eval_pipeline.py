@@ -28,10 +28,10 @@ def synthetic_features(seed=0, dim=12):
             for moa in range(4):
                 compound = f"cpd{moa}{'ab'[b]}"  # compound 'a' of each MoA in W1, 'b' in W2
                 for concentration in (0.1, 1.0):
-                    for site in range(2):
+                    for _site in range(2):
                         rows.append((compound, concentration, f"moa{moa}", plate, batch))
                         values.append(moa_signal[moa] + offset + rng.normal(scale=0.3, size=dim))
-            for site in range(4):
+            for _site in range(4):
                 rows.append(("DMSO", 0.0, "DMSO", plate, batch))
                 values.append(offset + rng.normal(scale=0.3, size=dim))
     table = pd.DataFrame(rows, columns=["compound", "concentration", "moa", "plate", "batch"])

@@ -132,7 +132,8 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
     headline = report.index("Last epoch (pre-declared) vs epoch 0 (before fine-tuning)")
     oracle = report.index("oracle: selected on the evaluation metric itself (optimistic)")
     assert headline < oracle
-    # confusion: the last epoch of the highest last-epoch NSCB, not the overall maximum (vit_s/DAPI/0005)
+    # confusion: the last epoch of the highest last-epoch NSCB, not the overall maximum
+    # (vit_s/DAPI/0005)
     assert "NSC nearest-neighbour MoAs of vit_b/DAPI/0010" in report
     assert "vit_s/DAPI/0005" not in report
     assert "3848" in report and "DNA damage" in report and "Week1" in report

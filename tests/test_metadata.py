@@ -105,7 +105,8 @@ def test_images_are_not_needed_and_paths_join_root(dataset, tmp_path):
 def test_unannotated_treatments_are_dropped_and_join_tolerates_float_noise(dataset, tmp_path):
     def edit(raw):
         raw.loc[raw["Image_Metadata_Compound"] == "emetine", "Image_Metadata_Compound"] = "unknown"
-        # 1.0 +- float noise must still match the MoA table's 1.000000; 0.3 -> 0.31 must not match 0.3
+        # 1.0 +- float noise must still match the MoA table's 1.000000;
+        # 0.3 -> 0.31 must not match 0.3
         taxol_1 = raw["Image_Metadata_Concentration"] == 1.0
         raw.loc[taxol_1, "Image_Metadata_Concentration"] = 1.0000000001
         raw.loc[raw["Image_Metadata_Concentration"] == 0.3, "Image_Metadata_Concentration"] = 0.31

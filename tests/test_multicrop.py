@@ -41,7 +41,8 @@ SETTINGS = {
 
 
 def noisy_field(rng: np.random.Generator, level: int) -> np.ndarray:
-    """Blocky texture around `level` with sharp edges (so bicubic overshoots), clipped like the cache."""
+    """Blocky texture around `level` with sharp edges (so bicubic overshoots), clipped like the
+    cache."""
     blocks = rng.integers(0, 2 * level, size=(HEIGHT // 8, WIDTH // 8))
     field = np.kron(blocks, np.ones((8, 8))) + rng.normal(0, 300, size=(HEIGHT, WIDTH))
     return np.clip(field, 0, CLIP_MAX).astype(np.uint16)

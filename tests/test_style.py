@@ -1,4 +1,5 @@
-"""Formatting and lint cannot drift: ruff (lint + format) and snakefmt, configured in pyproject.toml."""
+"""Formatting and lint cannot drift: ruff (lint + format) and snakefmt, configured in
+pyproject.toml."""
 
 from __future__ import annotations
 

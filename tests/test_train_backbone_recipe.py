@@ -1,4 +1,5 @@
-"""Backbone pooling and gradient clipping: the parts of the DINO recipe that live outside the loss."""
+"""Backbone pooling and gradient clipping: the parts of the DINO recipe that live outside the
+loss."""
 
 import torch
 from torch import nn

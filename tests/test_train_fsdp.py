@@ -189,8 +189,8 @@ def test_fsdp_killed_and_rerun_is_bitwise_the_same(runs, tmp_path):
     assert log_epochs(job.out_dir) == list(range(1, EPOCHS + 1))
     expected_log = (reference.out_dir / "log.jsonl").read_text().splitlines()
     resumed_log = (job.out_dir / "log.jsonl").read_text().splitlines()
-    assert [json.loads(l)["loss"] for l in resumed_log] == [
-        json.loads(l)["loss"] for l in expected_log
+    assert [json.loads(line)["loss"] for line in resumed_log] == [
+        json.loads(line)["loss"] for line in expected_log
     ]
     for epoch in (2, 4, 6):
         name = f"epoch_{epoch:04d}.safetensors"

@@ -108,8 +108,8 @@ BAD_INPUTS = {
             "rgb.tif",
             lambda p: tifffile.imwrite(p, np.ones((*SHAPE, 3), np.uint16), photometric="rgb"),
         ),
-        where(TREATED_ROW, "path_Actin")
-        + r": \S+ holds an image of shape \(24, 32, 3\), expected a single-channel \(height, width\) image",
+        where(TREATED_ROW, "path_Actin") + r": \S+ holds an image of shape \(24, 32, 3\), "
+        r"expected a single-channel \(height, width\) image",
     ),
     "channel stack": (
         set_file(

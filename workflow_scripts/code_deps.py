@@ -42,7 +42,8 @@ def _imported_modules(path: Path) -> set[str]:
 
 @cache
 def module_files(module: str) -> tuple[str, ...]:
-    """Sorted source files of `module`, the packages on its path and all it imports, transitively."""
+    """Sorted source files of `module`, the packages on its path and all it imports,
+    transitively."""
     seen: set[str] = set()
     pending = [module]
     while pending:

@@ -142,7 +142,8 @@ class ImageReader:
 
     def error(self, row: int, problem: str) -> InputError:
         return InputError(
-            f"{self.table_path}: row {row} (image_id {self.image_ids[row]}), column '{self.column}': "
+            f"{self.table_path}: row {row} (image_id {self.image_ids[row]}), "
+            f"column '{self.column}': "
             f"{self.paths[row]} {problem}"
         )
 
@@ -276,7 +277,8 @@ def load_cache(
     table = read_table(cache_dir / TABLE)
     if len(table) != meta["n_images"]:
         raise InputError(
-            f"{cache_dir / TABLE}: {len(table)} rows but {meta_path} says n_images={meta['n_images']}"
+            f"{cache_dir / TABLE}: {len(table)} rows but {meta_path} says "
+            f"n_images={meta['n_images']}"
         )
     expected = (meta["n_images"], meta["height"], meta["width"])
     arrays = {}

@@ -51,7 +51,8 @@ def illumination_function(images: np.ndarray, settings: IlluminationSettings) ->
     floor = np.quantile(function, settings.robust_floor_quantile)
     if floor <= 0:
         raise ValueError(
-            f"the illumination estimate is zero on more than a fraction {settings.robust_floor_quantile} "
+            "the illumination estimate is zero on more than a fraction "
+            f"{settings.robust_floor_quantile} "
             "of the image (blank images?); cannot divide by it"
         )
     function = np.maximum(function, floor)

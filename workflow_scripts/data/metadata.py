@@ -113,7 +113,8 @@ def parse_well_site(
     if unparsed.any():
         row = file_names.index[unparsed][0]
         raise InputError(
-            f"{table}: row {row}, column '{column}': file name {file_names[row]!r} does not contain "
+            f"{table}: row {row}, column '{column}': file name {file_names[row]!r} "
+            "does not contain "
             "'<well>_s<site>_w<n>' (e.g. G10_s1_w1...tif)"
         )
     mismatch = parsed[0] != wells.astype(str)
@@ -199,7 +200,8 @@ def numeric_concentration(raw: pd.DataFrame, table: str | os.PathLike) -> pd.Ser
     if bad.any():
         row = raw.index[bad][0]
         raise InputError(
-            f"{table}: row {row}, column '{CONCENTRATION}': {raw.loc[row, CONCENTRATION]!r} is not a number"
+            f"{table}: row {row}, column '{CONCENTRATION}': {raw.loc[row, CONCENTRATION]!r} "
+            "is not a number"
         )
     return values.astype(float)
 

@@ -108,7 +108,8 @@ def check_types(df: pd.DataFrame, table: str | os.PathLike, channels: list[str])
     if not_number.any():
         row = first(not_number)
         raise InputError(
-            f"{where(table, df, row, 'concentration')}: {df['concentration'].iloc[row]!r} is not a number"
+            f"{where(table, df, row, 'concentration')}: {df['concentration'].iloc[row]!r} "
+            "is not a number"
         )
     return concentration.astype(float)
 
@@ -152,7 +153,8 @@ def check_treatments(df: pd.DataFrame, concentration: pd.Series, table: str | os
     if disagreement:
         row, other = disagreement
         raise InputError(
-            f"{where(table, df, row, 'concentration')}: treatment {df['treatment'].iloc[row]!r} has "
+            f"{where(table, df, row, 'concentration')}: "
+            f"treatment {df['treatment'].iloc[row]!r} has "
             f"concentration {float(concentration.iloc[row])!r} here but "
             f"{float(concentration.iloc[other])!r} in {row_ref(df, other)}"
         )
@@ -188,7 +190,8 @@ def check_design(df: pd.DataFrame, table: str | os.PathLike, channels: list[str]
     is_dmso = df["compound"] == CONTROL_COMPOUND
     if not is_dmso.any():
         raise InputError(
-            f"{table}: no {CONTROL_COMPOUND} control image (column 'compound'); controls are needed "
+            f"{table}: no {CONTROL_COMPOUND} control image (column 'compound'); "
+            "controls are needed "
             "for normalization and every plate must have them"
         )
     plates_with_dmso = set(df.loc[is_dmso, "plate"])
@@ -402,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         report_md.write_text(report_markdown(report))
     print(
         f"{args.table}: {report['n_images']} images x {len(args.channels)} channels valid; "
-        f"{report['n_treatments']} treatments, {report['n_plates']} plates, {report['n_batches']} batches"
+        f"{report['n_treatments']} treatments, {report['n_plates']} plates, "
+        f"{report['n_batches']} batches"
     )
     return 0
 

@@ -28,7 +28,8 @@ def combine_features(tables: list[pd.DataFrame], names: list[str]) -> pd.DataFra
         other = [c for c in table.columns if c not in feature_columns(table)]
         if other != metadata:
             raise InputError(
-                f"features of {name}: metadata columns {other} differ from those of {names[0]} {metadata}"
+                f"features of {name}: metadata columns {other} differ from those of "
+                f"{names[0]} {metadata}"
             )
         if len(table) != len(first):
             raise InputError(

@@ -7,7 +7,8 @@ embeddings can be put beside the DINOv3 runs in the summary report:
 
     python -m workflow_scripts.evaluate.evaluate --features cellprofiler_wells.csv \
         --feature-columns '^(Cells|Cytoplasm|Nuclei)_' \
-        --metadata-map compound=Metadata_Compound,concentration=Metadata_Concentration,moa=Metadata_MoA,plate=Metadata_Plate,batch=Metadata_Batch \
+        --metadata-map compound=Metadata_Compound,concentration=Metadata_Concentration,\
+moa=Metadata_MoA,plate=Metadata_Plate,batch=Metadata_Batch \
         --settings '{"tvn": {"enabled": true}}' --out-dir results/eval/cellprofiler/all/epoch_0000 \
         --label cellprofiler/all/0000
 

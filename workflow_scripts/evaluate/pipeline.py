@@ -166,7 +166,8 @@ def check_settings(settings: dict) -> dict:
         for sub in section:
             if sub not in DEFAULT_SETTINGS[key]:
                 raise InputError(
-                    f"settings key '{key}.{sub}' is unknown (known: {', '.join(DEFAULT_SETTINGS[key])})"
+                    f"settings key '{key}.{sub}' is unknown "
+                    f"(known: {', '.join(DEFAULT_SETTINGS[key])})"
                 )
     validator = jsonschema.Draft202012Validator(settings_schema())
     errors = sorted(validator.iter_errors(settings), key=lambda e: list(e.absolute_path))

@@ -1,4 +1,4 @@
-"""Training data: the cache's treated images (the seed's BBBC021_annotated.csv, no DMSO; config
+r"""Training data: the cache's treated images (the seed's BBBC021_annotated.csv, no DMSO; config
 `train.images: all` adds the DMSO controls), multi-cropped; no labels are used.
 
 Randomness is keyed, not streamed: the sampler yields (epoch, index) and each view's crops come
@@ -8,7 +8,8 @@ on which worker gets which batch, or on a resume (persistent workers never see `
 sampler, which lives in the main process, carries the epoch to them).
 
 Preview what the model sees (one PNG of all crops of one image):
-    python -m workflow_scripts.train.dataset --cache-dir results/cache --channel DAPI --out crops.png
+    python -m workflow_scripts.train.dataset --cache-dir results/cache --channel DAPI \
+        --out crops.png
 """
 
 from __future__ import annotations
