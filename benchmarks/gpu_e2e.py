@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from bench_train_step import random_fields, write_cache  # noqa: E402
 
 from workflow_scripts import config as config_module  # noqa: E402
+from workflow_scripts.evaluate import crops  # noqa: E402
 from workflow_scripts.tables import read_table  # noqa: E402
 
 CHANNEL = "DAPI"
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             "--model-kwargs",
             model_kwargs,
             "--settings",
-            json.dumps({key: evaluate[key] for key in ("crop_grid", "input_size", "embedding")}),
+            json.dumps(crops.extraction_settings(evaluate)),
             "--batch-size",
             str(evaluate["batch_size"]),
             "--num-workers",

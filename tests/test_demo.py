@@ -261,7 +261,7 @@ def test_bad_settings_name_the_key(tmp_path, capsys, settings, key):
     assert f"'{key}" in capsys.readouterr().err
 
 
-def test_interrupted_run_leaves_no_tables_and_no_images(tmp_path, monkeypatch):
+def test_interrupted_run_leaves_no_tables_and_no_images(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     assert generate(out, TINY, TINY_SHAPE) == 0
     calls = []
@@ -273,7 +273,9 @@ def test_interrupted_run_leaves_no_tables_and_no_images(tmp_path, monkeypatch):
         return tifffile.imwrite(path, image)
 
     monkeypatch.setattr(demo.tifffile, "imwrite", failing_write)
-    with pytest.raises(OSError):
-        generate(out, {**TINY, "seed": 1}, TINY_SHAPE)
+    capsys.readouterr()
+    # a full disk is one line and exit status 2 (errors.cli), not a traceback
+    assert generate(out, {**TINY, "seed": 1}, TINY_SHAPE) == 2
+    assert "no space left on device" in capsys.readouterr().err
     assert not (out / demo.IMAGE_TABLE).exists() and not (out / demo.MOA_TABLE).exists()
     assert not (out / demo.IMAGE_DIR).exists()

@@ -201,9 +201,14 @@ def test_demo_pipeline_runs_through_the_profile(pipeline_run):
     out = repo / OUTPUT_DIR
     assert (out / "summary" / "report.html").stat().st_size > 0
     with open(out / "summary" / "summary.csv") as fh:
-        rows = {(r["arch"], r["channel"], int(r["epoch"])) for r in csv.DictReader(fh)}
+        table = list(csv.DictReader(fh))
+    rows = {(r["arch"], r["channel"], int(r["epoch"])) for r in table if r["kind"] == "model"}
     epochs = (0, *TRAINED_EPOCHS)
     assert rows == {(arch, "rgb", epoch) for arch in (GPU_ARCH, CPU_ARCH) for epoch in epochs}
+    # the demo's baseline (local rules) is scored beside them
+    assert {(r["arch"], r["channel"]) for r in table if r["kind"] == "baseline"} == {
+        ("handcrafted", "baseline")
+    }
 
 
 def test_only_cluster_rules_are_submitted_and_all_completed(cluster, pipeline_run):
