@@ -37,7 +37,8 @@ CHANNEL = "DAPI"
 
 def run(args: argparse.Namespace) -> list[dict]:
     files = [REPO / "config.yaml"] + ([REPO / "config" / "demo.yaml"] if args.quick else [])
-    config = cfg.load(files)
+    # schema validation where jsonschema is installed (a bare GPU node may lack it)
+    config = cfg.load(files, schema=cfg.has_schema_checker())
     model_kwargs = TINY if args.quick else {}
     overrides = {
         "epochs": 1,

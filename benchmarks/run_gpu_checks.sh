@@ -159,20 +159,19 @@ fi
 # and fsdp, ViT-L/16 (CPU smoke: tiny model), one process per GPU (FSDP shards nothing on one
 # GPU), images/s and rank 0's peak memory next to the planner's estimate
 # (benchmarks/bench_fsdp.py). memory_plan: the planner's table for every DINOv3 ViT at this
-# machine's GPU count and at 2 nodes x 8 GPUs, ViT-H+ and 7B included. Results: in logs.tar.gz
-# (logs/fsdp_vs_ddp.log, logs/memory_plan.log) and two summary lines.
-N_GPUS=$(python -c 'import torch; print(max(1, torch.cuda.device_count()))')
+# machine's GPU count and at 2 nodes x 8 GPUs, ViT-H+ and 7B included. Results: in steps.log
+# and the FSDP/DDP result lines in summary.txt.
+N_GPUS=$("$PYTHON" -c 'import torch; print(max(1, torch.cuda.device_count()))')
 if [[ "$DEVICE" == cpu ]]; then
     FSDP_ARGS=(--quick --nproc 2 --batch 8)
 else
     FSDP_ARGS=(--arch vit_large_patch16_dinov3.lvd1689m --nproc "$N_GPUS" --steps 20)
 fi
-step fsdp_vs_ddp 420 "$LOGS/fsdp_vs_ddp.log" python benchmarks/bench_fsdp.py "${FSDP_ARGS[@]}" \
-    --work "$WORK"
-step memory_plan 120 "$LOGS/memory_plan.log" bash -c "python -m workflow_scripts.train.memory_plan \
-    --all-models --gpus $N_GPUS && python -m workflow_scripts.train.memory_plan --all-models \
-    --gpus 8 --nodes 2 --activation-checkpointing true"
-grep -h '"strategy"' "$LOGS/fsdp_vs_ddp.log" >> "$SUMMARY"
+step fsdp_vs_ddp 420 "$PYTHON" benchmarks/bench_fsdp.py "${FSDP_ARGS[@]}" --work "$WORK"
+step memory_plan 120 bash -c "\"$PYTHON\" -m workflow_scripts.train.memory_plan --all-models \
+    --gpus $N_GPUS && \"$PYTHON\" -m workflow_scripts.train.memory_plan --all-models --gpus 8 \
+    --nodes 2 --activation-checkpointing true"
+grep -h '"strategy"' "$STEPS_LOG" >> "$SUMMARY" || true
 
 {
     echo "-- proofs"

@@ -198,6 +198,8 @@ def test_cpu_smoke_passes_without_jsonschema_albumentations_snakemake(tmp_path, 
         "collective",
         "end_to_end",
         "clip",
+        "fsdp_vs_ddp",
+        "memory_plan",
     ]
     for name, status, seconds, cap, at in steps:
         assert status == "0" and int(seconds) <= int(cap) + 5 and int(at) + int(cap) <= 470, name

@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
-    config = config_module.load(args.configfile)
+    # schema validation where jsonschema is installed (a bare GPU node may lack it)
+    config = config_module.load(args.configfile, schema=config_module.has_schema_checker())
     if args.all_models:
         template = {
             k: v
