@@ -27,21 +27,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
-from workflow_scripts.timed import read_timing  # noqa: E402 (needs the sys.path entry above)
+from workflow_copy import copy_repo  # noqa: E402 (needs the sys.path entries above)
 
-NOT_COPIED = shutil.ignore_patterns(
-    ".git",
-    ".snakemake",
-    "results",
-    "weights",
-    "build",
-    "__pycache__",
-    ".pytest_cache",
-    "*.egg-info",
-    ".whl",
-    ".gl",
-)
+from workflow_scripts.timed import read_timing  # noqa: E402
+
 DATA_RULES = ["generate_demo_data", "prepare_metadata", "validate_images", "build_image_cache"]
 SECOND_RECIPE = {"train": {"optimizer": {"lr": 2.0e-4}, "seed": 1}}
 
@@ -113,7 +104,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_workflow_cache."))
     workdir = tmp / "repo"
-    shutil.copytree(REPO, workdir, ignore=NOT_COPIED, symlinks=True)
+    copy_repo(workdir)
     cache = tmp / "cache"
     cache.mkdir()
     try:
