@@ -9,24 +9,11 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 from scipy.stats import ortho_group
-from test_train_run import make_cache, make_job
+from test_train_run import cache, make_job, one_torch_thread  # noqa: F401 (fixtures)
 from torch.nn import functional as F
 
 from workflow_scripts.train import health, loop
 from workflow_scripts.train.loss import DINOLoss
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return make_cache(tmp_path_factory.mktemp("cache"))
 
 
 def test_entropy_matches_scipy():

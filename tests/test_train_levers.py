@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import cdist
-from test_train_run import SINGLE_PROCESS, make_cache, make_job
+from test_train_run import (  # noqa: F401 (cache, one_torch_thread: fixtures)
+    SINGLE_PROCESS,
+    cache,
+    make_job,
+    one_torch_thread,
+)
 
 from workflow_scripts import config as cfg
 from workflow_scripts.errors import InputError
@@ -23,19 +28,6 @@ from workflow_scripts.train.optim import (
 
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 HEAD = {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return make_cache(tmp_path_factory.mktemp("cache"))
 
 
 def test_layer_lr_scale_is_dinov3s_formula():
