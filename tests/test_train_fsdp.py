@@ -1,12 +1,14 @@
 """FSDP2 training on CPU with gloo (2 processes, tests/fsdp_driver.py or the CLI under torchrun):
 equal to DDP within float tolerance, kill -9 + rerun bitwise equal, the sharded resume state
-loaded at another world size (2 -> 1), and a depth-2 copy of ViT-7B's width trained sharded."""
+loaded, and training continued, at another world size (2 -> 1, opt-in), and a depth-2 copy of
+ViT-7B's width trained sharded."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,9 +160,13 @@ def test_sharded_state_loads_into_one_process(runs, tmp_path):
     assert_close(optimizer["state"], fsdp["optimizer"]["state"], 0.0, "optimizer")
 
 
-def test_fsdp_killed_and_rerun_is_bitwise_the_same(runs, tmp_path):
+@pytest.fixture(scope="module")
+def killed_fsdp(runs, tmp_path_factory):
+    """The reference FSDP job killed mid-way: launcher and ranks SIGKILLed (as a node failure)
+    once epoch 2 is logged. Returns (job, last committed epoch)."""
     reference, _ = runs["fsdp"]
-    job = replace(reference, out_dir=tmp_path / "train", resume_dir=tmp_path / "resume")
+    root = tmp_path_factory.mktemp("killed")
+    job = replace(reference, out_dir=root / "train", resume_dir=root / "resume")
     command = ["-m", "workflow_scripts.train.cli", *cli_args(job), "--strategy", "fsdp"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
@@ -176,16 +182,34 @@ def test_fsdp_killed_and_rerun_is_bitwise_the_same(runs, tmp_path):
             assert time.monotonic() < deadline, "epoch 2 never finished"
             time.sleep(0.01)
     finally:
-        # the ranks and the launcher, as a node failure (torchrun starts ranks in new sessions)
+        # torchrun starts ranks in new sessions: kill every descendant, then the launcher
         for pid in [*descendants(process.pid), process.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         process.wait()
     killed_after = json.loads((job.resume_dir / sharded_state.COMMIT_FILE).read_text())["epoch"]
     assert 2 <= killed_after < EPOCHS, "the run was not killed mid-way"
+    return job, killed_after
 
-    result = torchrun(command)
+
+def copy_of(job: loop.TrainJob, root: Path, **settings) -> loop.TrainJob:
+    """The job with its output and resume folders copied under `root` (and settings edited)."""
+    shutil.copytree(job.out_dir, root / "train")
+    shutil.copytree(job.resume_dir, root / "resume")
+    return replace(
+        job,
+        out_dir=root / "train",
+        resume_dir=root / "resume",
+        settings={**job.settings, **settings},
+    )
+
+
+def test_fsdp_killed_and_rerun_is_bitwise_the_same(runs, killed_fsdp, tmp_path):
+    reference, _ = runs["fsdp"]
+    job, killed_after = copy_of(killed_fsdp[0], tmp_path), killed_fsdp[1]
+    result = torchrun(["-m", "workflow_scripts.train.cli", *cli_args(job), "--strategy", "fsdp"])
     assert f"resuming after epoch {killed_after}" in result.stderr
+    assert "continued by" not in result.stderr  # same world size
     assert log_epochs(job.out_dir) == list(range(1, EPOCHS + 1))
     expected_log = (reference.out_dir / "log.jsonl").read_text().splitlines()
     resumed_log = (job.out_dir / "log.jsonl").read_text().splitlines()
@@ -197,6 +221,56 @@ def test_fsdp_killed_and_rerun_is_bitwise_the_same(runs, tmp_path):
         assert_close(load_file(reference.out_dir / name), load_file(job.out_dir / name), 0.0, name)
     # only the committed epoch's shards are kept
     assert [p.name for p in (job.resume_dir / "sharded").iterdir()] == [f"epoch_{EPOCHS:04d}"]
+
+
+def test_fsdp_state_of_two_processes_is_continued_by_one_only_when_opted_in(
+    runs, killed_fsdp, tmp_path, capsys
+):
+    """2 -> 1: refused (set aside) by default; with train.resume_at_other_world_size the one
+    process continues after the killed run's last epoch, on the resharded state."""
+    reference, _ = runs["fsdp"]
+    killed, killed_after = killed_fsdp
+
+    refused = copy_of(killed, tmp_path / "default")
+    trainer = loop.Trainer(refused, SINGLE_PROCESS)
+    assert trainer.start_epoch == 0
+    assert "saved by 2 process(es) and this job has 1" in capsys.readouterr().err
+    assert not (refused.resume_dir / sharded_state.COMMIT_FILE).exists()
+    assert len(list(refused.resume_dir.glob("stale-*/sharded/epoch_*"))) == 1
+    del trainer
+
+    job = copy_of(killed, tmp_path / "opted_in", resume_at_other_world_size=True)
+    loop.run(job)
+    stderr = capsys.readouterr().err
+    assert (
+        f"resuming after epoch {killed_after} from {job.resume_dir / sharded_state.COMMIT_FILE}"
+        ", saved by 2 process(es), continued by 1: global batch 8 -> 4"
+    ) in stderr
+    lines = [json.loads(line) for line in (job.out_dir / "log.jsonl").read_text().splitlines()]
+    expected = [
+        json.loads(line) for line in (reference.out_dir / "log.jsonl").read_text().splitlines()
+    ]
+    assert [line["epoch"] for line in lines] == list(range(1, EPOCHS + 1))
+    # the epochs before the kill are the 2-process run's; after it, 1 process takes 3 steps of 4
+    assert [line["loss"] for line in lines[:killed_after]] == [
+        line["loss"] for line in expected[:killed_after]
+    ]
+    assert [(line["world_size"], line["steps"]) for line in lines] == [(2, 1)] * killed_after + [
+        (1, 3)
+    ] * (EPOCHS - killed_after)
+    last_kept = 2 * (killed_after // 2)  # evaluated epochs: every 2
+    for epoch in (2, 4, 6):
+        name = f"epoch_{epoch:04d}.safetensors"
+        exported, original = load_file(job.out_dir / name), load_file(reference.out_dir / name)
+        if epoch <= last_kept:
+            assert_close(original, exported, 0.0, name)
+        else:  # trained on by the one process: its own weights, still a loadable timm backbone
+            assert all(torch.isfinite(t).all() for t in exported.values())
+            assert not torch.equal(exported["cls_token"], original["cls_token"])
+            model, meta = load_backbone_checkpoint(job.out_dir / name)
+            assert meta["world_size"] == 1 and meta["epoch"] == epoch
+    record = json.loads((job.resume_dir / sharded_state.COMMIT_FILE).read_text())
+    assert (record["epoch"], record["world_size"]) == (EPOCHS, 1)
 
 
 def test_seven_b_width_depth_two_trains_sharded(tmp_path):

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from workflow_scripts.train.resume_key import resume_key
+from workflow_scripts.train.resume_key import resume_key, world_size_decision
 
 
 @pytest.fixture
@@ -29,7 +29,6 @@ def key(cache, **overrides):
         model_kwargs={},
         weights="none",
         cache_dir=cache,
-        world_size=1,
     )
     return resume_key(**{**args, **overrides})
 
@@ -37,12 +36,13 @@ def key(cache, **overrides):
 def test_same_inputs_same_key_and_result_neutral_settings_ignored(cache):
     assert key(cache) == key(cache)
     assert key(cache, settings={"epochs": 4, "num_workers": 8}) == key(cache)
+    opted_in = {"epochs": 4, "num_workers": 0, "resume_at_other_world_size": True}
+    assert key(cache, settings=opted_in) == key(cache)
 
 
 def test_changed_training_inputs_change_the_key(cache, tmp_path):
     base = key(cache)
     assert key(cache, settings={"epochs": 5, "num_workers": 0}) != base
-    assert key(cache, world_size=2) != base  # global batch doubles
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"x")
     first = key(cache, weights=str(weights))
@@ -60,3 +60,11 @@ def test_rebuilt_image_cache_changes_the_key(cache):
         cache / "images.parquet"
     )
     assert key(cache) != base  # same images, other order: rows of the arrays changed meaning
+
+
+def test_world_size_change_is_refused_unless_opted_in():
+    assert world_size_decision(2, 2, allowed=False) is None
+    assert world_size_decision(2, 1, allowed=True) is None
+    reason = world_size_decision(2, 1, allowed=False)
+    assert "saved by 2 process(es)" in reason and "this job has 1" in reason
+    assert "train.resume_at_other_world_size: true" in reason

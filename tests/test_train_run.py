@@ -256,6 +256,50 @@ def run_subprocess(args, **kwargs):
 
 
 @pytest.mark.slow
+def test_ddp_state_of_one_process_is_continued_by_two_when_opted_in(tmp_path, cache, monkeypatch):
+    """1 -> 2 (DDP's full state.pt): the two ranks continue after the one process's epoch."""
+    job = make_job(tmp_path, cache, epochs=3, checkpoint_every=1, resume_at_other_world_size=True)
+    finish_epoch = loop.Trainer._end_epoch
+
+    def stopped_after_epoch_one(self, epoch, stats):
+        finish_epoch(self, epoch, stats)
+        raise KeyboardInterrupt  # the job ends (time limit) once epoch 1 is saved
+
+    monkeypatch.setattr(loop.Trainer, "_end_epoch", stopped_after_epoch_one)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(job)
+    first = load_file(job.out_dir / "epoch_0001.safetensors")
+
+    result = run_subprocess(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "-m",
+            "workflow_scripts.train.cli",
+            *cli_args(job),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "saved by 1 process(es), continued by 2: global batch 4 -> 8" in result.stderr
+    lines = [json.loads(line) for line in (job.out_dir / "log.jsonl").read_text().splitlines()]
+    # 12 images: 3 steps of 4 on one process, then 1 step of 2 x 4
+    assert [(line["epoch"], line["world_size"], line["steps"]) for line in lines] == [
+        (1, 1, 3),
+        (2, 2, 1),
+        (3, 2, 1),
+    ]
+    assert torch.equal(
+        load_file(job.out_dir / "epoch_0001.safetensors")["cls_token"], first["cls_token"]
+    )
+    last = load_file(job.out_dir / "epoch_0003.safetensors")
+    assert not torch.equal(last["cls_token"], first["cls_token"])
+    assert json.loads((job.out_dir / "epoch_0003.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
 def test_two_process_ddp_ranks_end_identical(tmp_path, cache):
     job = make_job(tmp_path, cache, epochs=1)
     driver = tmp_path / "driver.py"

@@ -50,7 +50,7 @@ from workflow_scripts.train.optim import (
     set_lr_and_weight_decay,
 )
 from workflow_scripts.train.precision import Precision
-from workflow_scripts.train.resume_key import resume_key
+from workflow_scripts.train.resume_key import resume_key, world_size_decision
 from workflow_scripts.train.rng import capture_rng_state, restore_rng_state, seed_everything
 from workflow_scripts.train.schedules import build_schedules
 
@@ -72,8 +72,9 @@ class TrainJob:
     strategy: str = "ddp"  # ddp | fsdp (fsdp.py; memory_plan.py chooses for `auto`)
     activation_checkpointing: bool = False
 
-    def config_digest(self, world_size: int) -> str:
-        """What a resume state must match to be continued (resume_key.py)."""
+    def config_digest(self) -> str:
+        """What a resume state must match to be continued (resume_key.py); its world size is
+        checked apart (world_size_decision)."""
         key = resume_key(
             arch=self.arch,
             channel=self.channel,
@@ -81,7 +82,6 @@ class TrainJob:
             model_kwargs=self.model_kwargs,
             weights=self.weights,
             cache_dir=self.cache_dir,
-            world_size=world_size,
         )
         # FSDP keeps its state in another format (sharded_state.py)
         return config_module.digest([key, "fsdp"]) if self.strategy == "fsdp" else key
@@ -104,7 +104,7 @@ class Trainer:
     def __init__(self, job: TrainJob, context: distributed.DistributedContext) -> None:
         self.job = job
         self.context = context
-        self.digest = job.config_digest(context.world_size)
+        self.digest = job.config_digest()
         settings = job.settings
         self.seed = settings["seed"]
         self.epochs = settings["epochs"]
@@ -186,16 +186,30 @@ class Trainer:
             state = sharded_state.read_commit(self.resume_dir)
         else:
             state = load_resume_state(self.resume_dir / RESUME_STATE)
-        usable = state is not None and state.get("config_digest") == self.digest
+        world_size = self.context.world_size
+        saved_world_size = world_size if state is None else _saved_world_size(state)
+        refusal = None
+        if state is not None and state.get("config_digest") != self.digest:
+            refusal = (
+                f"is for another configuration (digest {state.get('config_digest')}, "
+                f"now {self.digest})"
+            )
+        elif state is not None:
+            refusal = world_size_decision(
+                saved_world_size,
+                world_size,
+                bool(self.job.settings.get("resume_at_other_world_size", False)),
+            )
+            refusal = refusal and f"cannot be continued: {refusal}"
+        usable = state is not None and refusal is None
         distributed.barrier()  # all ranks have read the state before rank 0 may move it
         if self.context.is_main:
             if state is not None and not usable:
                 moved = set_aside(self.resume_dir, str(state.get("config_digest")))
                 sharded_state.set_aside(self.resume_dir, moved)
                 log(
-                    f"resume state in {self.resume_dir} is for another configuration "
-                    f"(digest {state.get('config_digest')}, now {self.digest}): moved to "
-                    f"{moved}; training from scratch"
+                    f"resume state in {self.resume_dir} {refusal}: moved to {moved}; "
+                    "training from scratch"
                 )
             elif state is None:
                 self._prune_after(0)  # leftovers of a run killed in its first epoch
@@ -215,13 +229,24 @@ class Trainer:
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         completed = int(state["epoch"])
-        # the resume key includes the world size: one saved stream per rank
-        restore_rng_state(state["rng"][self.context.rank])
+        streams = state["rng"]  # one per rank of the run that saved it
+        if self.context.rank < len(streams):
+            restore_rng_state(streams[self.context.rank])
+        else:  # a rank the saving run did not have: a stream of its own, fixed by the epoch
+            seed_everything(self.seed + self.context.rank + 1_000_003 * completed)
         if self.context.is_main:
             self._prune_after(completed)
             self._export()
             source = sharded_state.COMMIT_FILE if self.fsdp else RESUME_STATE
-            log(f"resuming after epoch {completed} from {self.resume_dir / source}")
+            message = f"resuming after epoch {completed} from {self.resume_dir / source}"
+            if saved_world_size != world_size:
+                batch = self.job.settings["batch_size_per_gpu"]
+                message += (
+                    f", saved by {saved_world_size} process(es), continued by {world_size}: "
+                    f"global batch {batch * saved_world_size} -> {batch * world_size} "
+                    "(train.resume_at_other_world_size)"
+                )
+            log(message)
         distributed.barrier()
         return completed
 
@@ -293,6 +318,7 @@ class Trainer:
             "momentum": float(self.schedules.teacher_momentum[iteration]),
             "teacher_temp": float(self.schedules.teacher_temp[epoch]),
             "steps": self.steps_per_epoch,
+            "world_size": self.context.world_size,
             "images_per_s": self.steps_per_epoch * batch / elapsed,
             "step_time_s": elapsed / self.steps_per_epoch,
             "peak_memory_mb": self._peak_memory_mb(),
@@ -400,6 +426,7 @@ class Trainer:
                         "channel": self.job.channel,
                         "epoch": completed,
                         "config_digest": self.digest,
+                        "world_size": self.context.world_size,
                         "model_kwargs": self.job.model_kwargs,
                         "in_chans": IN_CHANS,
                         "train_settings": self.job.settings,
@@ -408,13 +435,16 @@ class Trainer:
             # log line before state: a kill in between leaves an extra line, pruned on resume
             append_line(self.resume_dir / LOG_FILE, json.dumps(stats))
             if self.fsdp:
-                sharded_state.commit(self.resume_dir, completed, self.digest)
+                sharded_state.commit(
+                    self.resume_dir, completed, self.digest, self.context.world_size
+                )
             else:
                 save_resume_state(
                     self.resume_dir / RESUME_STATE,
                     {
                         "config_digest": self.digest,
                         "epoch": completed,
+                        "world_size": self.context.world_size,
                         "student": self.student.state_dict(),
                         "teacher": self.teacher.state_dict(),
                         "optimizer": self.optimizer.state_dict(),
@@ -439,6 +469,11 @@ class Trainer:
             "loss": self.loss.state_dict(),
             "rng": rng_states,
         }
+
+
+def _saved_world_size(state: dict) -> int:
+    """Processes that saved a resume state (states before the field: one RNG stream each)."""
+    return int(state.get("world_size", len(state.get("rng", ())) or 1))
 
 
 def _vit_depth(backbone: torch.nn.Module, layer_decay: float) -> int:

@@ -3,6 +3,10 @@
 A resubmitted job (preemption, time limit) continues its run; but when Snakemake reruns training
 because its inputs changed — a rebuilt image cache, a new weights file, edited training code, a
 different GPU count (global batch) — the old state must not be continued or re-exported.
+
+The world size (processes = GPUs x nodes) is kept beside the key, not in it: a state saved at
+another world size differs from this job's only in its global batch, which the opt-in
+`train.resume_at_other_world_size` accepts (`world_size_decision`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from workflow_scripts import config as config_module
 from workflow_scripts.code_deps import module_files
 
 # Settings that cannot change the trained weights; editing them keeps a run resumable.
-RESULT_NEUTRAL_SETTINGS = ("num_workers",)
+# (resume_at_other_world_size: whether a state may be continued, not what it holds)
+RESULT_NEUTRAL_SETTINGS = ("num_workers", "resume_at_other_world_size")
 TRAINING_PROGRAM = "workflow_scripts.train.cli"
 
 
@@ -57,7 +62,6 @@ def resume_key(
     model_kwargs: dict,
     weights: str,
     cache_dir: Path,
-    world_size: int,
 ) -> str:
     kept = {k: v for k, v in settings.items() if k not in RESULT_NEUTRAL_SETTINGS}
     return config_module.digest(
@@ -69,6 +73,16 @@ def resume_key(
             "weights": weights_identity(weights),
             "data": cache_identity(cache_dir),
             "code": code_identity(),
-            "world_size": world_size,  # the global batch is batch_size_per_gpu x world size
         }
+    )
+
+
+def world_size_decision(saved: int, current: int, allowed: bool) -> str | None:
+    """None when a state saved by `saved` processes may be continued by `current` ones; else
+    why not (the state is then set aside)."""
+    if saved == current or allowed:
+        return None
+    return (
+        f"it was saved by {saved} process(es) and this job has {current} (another global "
+        "batch); set train.resume_at_other_world_size: true to continue it"
     )

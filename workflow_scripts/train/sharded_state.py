@@ -4,9 +4,9 @@ Layout in `{resume_dir}`:
 - `sharded/epoch_NNNN/`: DCP checkpoint of student, teacher and optimizer (every rank writes its
   shards; DCP reshards on load, so a state saved by 2 processes loads into 1, or into N);
 - `sharded/epoch_NNNN/extra.pt`: loss centre, scaler, each rank's RNG streams (rank 0 writes);
-- `sharded_state.json`: {epoch, config_digest, dir}, written atomically by rank 0 after every
-  rank finished its shards. It is the commit point: a kill before it leaves the previous epoch's
-  state in charge; older epoch directories are deleted after it.
+- `sharded_state.json`: {epoch, config_digest, world_size, dir}, written atomically by rank 0
+  after every rank finished its shards. It is the commit point: a kill before it leaves the
+  previous epoch's state in charge; older epoch directories are deleted after it.
 
 The evaluated-epoch export is unchanged: the teacher backbone's full (unsharded) state dict,
 gathered here on every rank, written by rank 0 as single-file safetensors with timm names.
@@ -91,7 +91,7 @@ def save(
     distributed.barrier()
 
 
-def commit(resume_dir: Path, epoch: int, config_digest: str) -> None:
+def commit(resume_dir: Path, epoch: int, config_digest: str, world_size: int) -> None:
     """Rank 0, after save(): make `epoch` the resume state and drop older shard directories."""
     resume_dir = Path(resume_dir)
     write_json(
@@ -99,6 +99,7 @@ def commit(resume_dir: Path, epoch: int, config_digest: str) -> None:
         {
             "epoch": epoch,
             "config_digest": config_digest,
+            "world_size": world_size,
             "dir": os.path.relpath(_epoch_dir(resume_dir, epoch), resume_dir),
         },
     )
@@ -108,7 +109,7 @@ def commit(resume_dir: Path, epoch: int, config_digest: str) -> None:
 
 
 def read_commit(resume_dir: Path) -> dict | None:
-    """The committed record {epoch, config_digest, dir, extra}, or None when there is none."""
+    """The committed record {epoch, config_digest, world_size, dir, extra}, or None."""
     path = Path(resume_dir) / COMMIT_FILE
     if not path.is_file():
         return None
