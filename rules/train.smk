@@ -34,11 +34,18 @@ for _arch in ARCHS:
     _n_gpus = gpus(_arch)
     _srun = srun_launch(_arch)
     _tasks = _n_gpus * nodes(_arch)
-    # several tasks (srun): the executor plugin's multi-task route; GPUs counted per job
-    _multi_task = (
-        dict(mpi="srun", tasks=_tasks, nodes=nodes(_arch), cpus_per_task=RESOURCES["cpus_per_gpu"])
+    # several tasks (srun): the executor plugin's multi-task route. GPUs as `--gres=gpu:G`, which
+    # SLURM counts per node (`--gpus` counts per job and may put them all on one node)
+    _gpu_request = (
+        dict(
+            mpi="srun",
+            tasks=_tasks,
+            nodes=nodes(_arch),
+            cpus_per_task=RESOURCES["cpus_per_gpu"],
+            gres=f"gpu:{_n_gpus}",
+        )
         if _srun
-        else {}
+        else dict(gpu=_n_gpus)
     )
 
     rule:
@@ -67,8 +74,8 @@ for _arch in ARCHS:
         # CPU runs (demo, tests): one thread per job beats oversubscribed cores for small models
         threads: _n_gpus * RESOURCES["cpus_per_gpu"] if _n_gpus else 1
         resources:
-            **_multi_task,
-            gpu=_tasks if _srun else _n_gpus,
+            **_gpu_request,
+            gpus_per_node=_n_gpus,
             tasks_per_gpu=0,
             mem_mb=max(1, _n_gpus) * RESOURCES["mem_mb_per_gpu"] if _n_gpus else 8000,
             runtime=RESOURCES["train_runtime_min"],
@@ -89,5 +96,5 @@ for _arch in ARCHS:
             "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
             "--weights {params.weights:q} --model-kwargs {params.model_kwargs:q} "
             "--settings {params.settings:q} --out-dir {params.out_dir:q} "
-            "--resume-dir {params.resume_dir:q} {params.strategy} --gpus {resources.gpu} "
+            "--resume-dir {params.resume_dir:q} {params.strategy} --gpus {resources.gpus_per_node} "
             "--allow-cpu-fallback {resources.allow_cpu_fallback} > {log:q} 2>&1"

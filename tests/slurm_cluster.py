@@ -1,4 +1,4 @@
-"""A throwaway single-node SLURM cluster (munged + slurmctld + slurmd) for integration tests.
+"""A throwaway SLURM cluster (munged + slurmctld + one slurmd per node) for integration tests.
 
 Everything lives in one temporary directory: slurm.conf, gres.conf, two fake GPU character
 devices, state, spool, logs and pid files. Commands see the cluster through the SLURM_CONF
@@ -7,6 +7,11 @@ Snakemake executor removes, through /run/slurm/conf/slurm.conf (a symlink, remov
 A munged already running is used; else one is started as user munge. Needs root (slurmd starts
 jobs as their user) and the Debian packages slurm-wlm and munge. `stop()` cancels the jobs, then
 ends the daemons it started, by pid.
+
+Several nodes run as several slurmd on this one machine (`slurmd -N NAME`, each node its own
+port, spool, log and pid file: Debian's SLURM is built with multiple-slurmd support), so a
+job can span 2 nodes and srun spread its tasks over them. The first node is named
+after the machine, so that the first host of a job's node list resolves (the rendezvous address).
 """
 
 from __future__ import annotations
@@ -42,6 +47,16 @@ RUN_CONF = Path("/run/slurm/conf/slurm.conf")
 NODE = "localhost"
 
 
+def node_names(nodes: int) -> list[str]:
+    """One node: `localhost`. Several: this machine's host name, then `{host}-2`, `{host}-3`,
+    ... (the first host of a job's node list is distributed.py's rendezvous address, so it must
+    resolve; SLURM refuses a node `localhost` beside others)."""
+    if nodes == 1:
+        return [NODE]
+    host = socket.gethostname().split(".")[0]
+    return [host] + [f"{host}-{i}" for i in range(2, nodes + 1)]
+
+
 def unavailable_reason() -> str | None:
     """Why a local SLURM cluster cannot be started here, or None when it can."""
     if os.geteuid() != 0:
@@ -59,14 +74,18 @@ def _free_port() -> int:
 
 
 class LocalSlurm:
-    """One node `localhost` with `cpus` CPUs, `memory_mb` memory and `gpus` GPUs (gres 'gpu'),
-    in partitions `cpu` (the default) and `gpu`. The GPUs are /dev/null-like character devices:
-    SLURM allocates them and sets CUDA_VISIBLE_DEVICES; programs still run on the CPU. A task
-    prolog records the GPUs each job step's tasks see (`step_gpus`)."""
+    """`nodes` nodes (node_names), each with `cpus` CPUs, `memory_mb` memory
+    and `gpus` GPUs (gres 'gpu'), in partitions `cpu` (the default) and `gpu`. The GPUs are
+    /dev/null-like character devices: SLURM allocates them and sets CUDA_VISIBLE_DEVICES;
+    programs still run on the CPU. A task prolog records the GPUs and node of each job step's
+    tasks (`step_gpus`, `step_nodes`)."""
 
-    def __init__(self, root: Path, cpus: int = 8, memory_mb: int = 64000, gpus: int = 2):
+    def __init__(
+        self, root: Path, cpus: int = 8, memory_mb: int = 64000, gpus: int = 2, nodes: int = 1
+    ):
         self.root = Path(root)
         self.cpus, self.memory_mb, self.gpus = cpus, memory_mb, gpus
+        self.nodes = node_names(nodes)
         self.conf = self.root / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self._procs: dict[str, subprocess.Popen] = {}
@@ -77,15 +96,17 @@ class LocalSlurm:
         self._publish_config()
         self._start_munge()
         self._spawn("slurmctld", ["slurmctld", "-D", "-i"])
-        self._spawn("slurmd", ["slurmd", "-D", "-N", NODE])
+        for node in self.nodes:
+            self._spawn(f"slurmd-{node}", ["slurmd", "-D", "-N", node])
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self._check_alive()
-            state = self.run(["sinfo", "-h", "-n", NODE, "-o", "%T"], check=False).stdout.strip()
-            if state.split("\n")[0] in ("idle", "mixed", "allocated"):
+            out = self.run(["sinfo", "-h", "-N", "-o", "%N %T"], check=False).stdout
+            states = dict(line.split() for line in out.splitlines() if line.strip())
+            if all(states.get(n) in ("idle", "mixed", "allocated") for n in self.nodes):
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"SLURM node not idle after {timeout_s} s\n{self.logs()}")
+        raise RuntimeError(f"SLURM nodes not idle after {timeout_s} s\n{self.logs()}")
 
     def stop(self) -> None:
         """Cancel remaining jobs, then end the daemons this object started (by pid)."""
@@ -99,7 +120,7 @@ class LocalSlurm:
                 ).stdout.strip()
             ):
                 time.sleep(0.5)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in [*(f"slurmd-{node}" for node in self.nodes), "slurmctld", "munged"]:
             proc = self._procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
@@ -152,11 +173,20 @@ class LocalSlurm:
         (job id, step id), as the TaskProlog recorded it when the task started."""
         path = self.root / "task_gpus.txt"
         lines = path.read_text().splitlines() if path.exists() else []
-        return {(job, step): gpus for job, step, gpus in (line.split() for line in lines)}
+        return {(job, step): gpus for job, step, gpus, _ in (line.split() for line in lines)}
+
+    def step_nodes(self) -> dict[tuple[str, str], list[str]]:
+        """The node of every task of every job step, keyed by (job id, step id), sorted."""
+        path = self.root / "task_gpus.txt"
+        lines = path.read_text().splitlines() if path.exists() else []
+        nodes: dict[tuple[str, str], list[str]] = {}
+        for job, step, _, node in (line.split() for line in lines):
+            nodes.setdefault((job, step), []).append(node)
+        return {key: sorted(value) for key, value in nodes.items()}
 
     def logs(self) -> str:
         parts = []
-        for name in ("slurmctld", "slurmd"):
+        for name in ("slurmctld", *(f"slurmd-{node}" for node in self.nodes)):
             path = self.root / f"{name}.log"
             text = path.read_text(errors="replace") if path.exists() else "(no log)"
             parts.append(f"--- {name}.log (tail)\n" + "\n".join(text.splitlines()[-30:]))
@@ -164,7 +194,7 @@ class LocalSlurm:
 
     # ------------------------------------------------------------------ internals
     def _write_config(self) -> None:
-        for sub in ("state", "spool", "dev"):
+        for sub in ("state", "dev", *(f"spool-{node}" for node in self.nodes)):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         # SLURM >= 22.05 rejects GPUs whose File= is not a character device: /dev/null's numbers.
         devices = []
@@ -174,14 +204,24 @@ class LocalSlurm:
                 os.mknod(dev, 0o666 | 0o020000, os.makedev(1, 3))
             devices.append(str(dev))
         (self.root / "gres.conf").write_text(
-            "AutoDetect=off\n" + "".join(f"NodeName={NODE} Name=gpu File={d}\n" for d in devices)
+            "AutoDetect=off\n"
+            + "".join(f"NodeName={n} Name=gpu File={d}\n" for n in self.nodes for d in devices)
         )
         r = self.root
         prolog = r / "task_prolog.sh"
-        record = "$SLURM_JOB_ID ${SLURM_STEP_ID:-batch} ${CUDA_VISIBLE_DEVICES-none}"
+        record = (
+            "$SLURM_JOB_ID ${SLURM_STEP_ID:-batch} ${CUDA_VISIBLE_DEVICES-none} $SLURMD_NODENAME"
+        )
         prolog.write_text(f'#!/bin/sh\necho "{record}" >> {r}/task_gpus.txt\n')
         prolog.chmod(0o755)
         host = socket.gethostname().split(".")[0]
+        # one line per node: same host and address, a port of its own (one slurmd each)
+        node_lines = "".join(
+            f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
+            f"CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:{self.gpus} State=UNKNOWN\n"
+            for node in self.nodes
+        )
+        nodes = ",".join(self.nodes)
         # config_overrides: the node may declare more CPUs and memory than the machine has, so
         # jobs can ask what the workflow's rules ask (e.g. 32000 MB for feature extraction).
         self.conf.write_text(
@@ -193,11 +233,11 @@ AuthType=auth/munge
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={r}/state
-SlurmdSpoolDir={r}/spool
+SlurmdSpoolDir={r}/spool-%n
 SlurmctldPidFile={r}/slurmctld.pid
-SlurmdPidFile={r}/slurmd.pid
+SlurmdPidFile={r}/slurmd-%n.pid
 SlurmctldLogFile={r}/slurmctld.log
-SlurmdLogFile={r}/slurmd.log
+SlurmdLogFile={r}/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -211,10 +251,8 @@ MinJobAge=600
 ReturnToService=2
 GresTypes=gpu
 TaskProlog={r}/task_prolog.sh
-NodeName={NODE} NodeHostname={host} NodeAddr=127.0.0.1 CPUs={self.cpus} \
-RealMemory={self.memory_mb} Gres=gpu:{self.gpus} State=UNKNOWN
-PartitionName=cpu Nodes={NODE} Default=YES MaxTime=INFINITE State=UP
-PartitionName=gpu Nodes={NODE} Default=NO MaxTime=INFINITE State=UP
+{node_lines}PartitionName=cpu Nodes={nodes} Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes={nodes} Default=NO MaxTime=INFINITE State=UP
 """
         )
 

@@ -80,7 +80,7 @@ def run(tmp_path_factory):
 # Placeholders that may appear unquoted in a shell directive, and why it is safe.
 UNQUOTED_OK = {
     "threads": "an integer",
-    "resources.gpu": "an integer",
+    "resources.gpus_per_node": "an integer",
     "resources.allow_cpu_fallback": "0 or 1",
     "resources.extract_batch_size": "an integer",
     "resources.extract_workers": "an integer",

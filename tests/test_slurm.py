@@ -111,7 +111,8 @@ def cluster(tmp_path_factory):
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    with LocalSlurm(tmp_path_factory.mktemp("slurm")) as slurm:
+    # 2 nodes (two slurmd on this machine): the multi-node training job spans both
+    with LocalSlurm(tmp_path_factory.mktemp("slurm"), nodes=2) as slurm:
         yield slurm
 
 
@@ -296,14 +297,14 @@ SRUN_OUTPUT_DIR = "results/slurm_srun"
 
 
 def srun_overlay() -> dict:
-    """One training job as 2 SLURM tasks (launcher srun: the route nodes > 1 takes), sharded
+    """One training job on 2 nodes x 1 GPU (launcher auto -> srun, one task per GPU), sharded
     with FSDP; the rest of the demo made small."""
     overlay = slurm_overlay()
-    arch = {**overlay["architectures"][0], "launcher": "srun", "strategy": "fsdp"}
+    arch = {**overlay["architectures"][0], "gpus": 1, "nodes": 2, "strategy": "fsdp"}
     return {**overlay, "output_dir": SRUN_OUTPUT_DIR, "architectures": [arch]}
 
 
-def test_training_runs_as_two_srun_tasks_and_matches_torchrun(cluster, tmp_path):
+def test_two_node_training_runs_as_two_srun_tasks_and_matches_torchrun(cluster, tmp_path):
     import json
     import os
     import sys
@@ -339,6 +340,12 @@ def test_training_runs_as_two_srun_tasks_and_matches_torchrun(cluster, tmp_path)
     ]
     assert train_jobs and train_jobs[-1]["JobState"] == "COMPLETED"
     assert train_jobs[-1]["NumTasks"] == "2"
+    assert train_jobs[-1]["NumNodes"] == "2"
+    assert "gres:gpu:1" in train_jobs[-1].get("TresPerNode", "")  # GPUs per node, not per job
+    # the training step: one task on each node (the job's step 0 is the executor's snakemake)
+    job_id = train_jobs[-1]["JobId"]
+    steps = {step: nodes for (job, step), nodes in cluster.step_nodes().items() if job == job_id}
+    assert sorted(cluster.nodes) in steps.values(), steps
     out = repo / SRUN_OUTPUT_DIR / "train" / GPU_ARCH / "rgb"
     log = (repo / SRUN_OUTPUT_DIR / "logs" / "train" / GPU_ARCH / "rgb.log").read_text()
     assert "2 process(es)" in log
