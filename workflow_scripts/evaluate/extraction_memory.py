@@ -11,8 +11,9 @@ size share a forward, as `extract.embed_crops` runs them). Both are measured on 
   peak over the forward at two batch sizes, and their slope, so fixed costs drop out. On CUDA
   the forward runs under bf16 autocast with fp32 weights: the tracker casts the inputs of the
   ops autocast runs in bf16 (matmuls, convolutions, attention) and leaves the rest as promoted
-  (the residual stream and the norms stay fp32, as under autocast). Attention is counted as
-  the math kernel (seq^2 weights), which flash attention does not keep: an over-estimate.
+  (the residual stream and the norms stay fp32, as under autocast). An op's own scratch is not
+  seen (the mode sees its inputs and outputs): attention counts as its output, as the flash and
+  memory-efficient kernels keep no seq^2 matrix.
 
 batch = floor((memory - margin(weights)) / (per_image x (1 + MARGIN_FRACTION))), at least 1,
 at most `max_batch`; margin = x (1 + MARGIN_FRACTION) + FIXED_OVERHEAD_GB (CUDA context,
@@ -41,8 +42,13 @@ FIXED_OVERHEAD_GB = 1.5
 CPU_BATCH_SIZE = 64  # `auto` off CUDA: no device memory to plan against
 MAX_AUTO_BATCH = 512  # `auto` never goes beyond this: larger batches gain no speed
 PROBE_BATCHES = (1, 3)  # the two batch sizes of the slope
-# aten ops autocast runs in the lower precision (torch's autocast op list, after decomposition)
+# aten ops autocast runs in the lower precision (torch's autocast list; under inference_mode
+# the dispatch mode sees the composite ops, e.g. linear, not their addmm)
 LOWER_PRECISION_OPS = {
+    torch.ops.aten.linear.default,
+    torch.ops.aten.matmul.default,
+    torch.ops.aten.conv2d.default,
+    torch.ops.aten.scaled_dot_product_attention.default,
     torch.ops.aten.mm.default,
     torch.ops.aten.addmm.default,
     torch.ops.aten.bmm.default,
@@ -66,14 +72,15 @@ class LiveBytes(TorchDispatchMode):
         self._tracked: set[int] = set()
 
     def _track(self, tensor: torch.Tensor) -> None:
-        # a view shares its base's memory, and keeps the base (and its count) alive
-        if tensor._is_view() or id(tensor) in self._tracked:
+        # by storage: views (which inference tensors do not mark as such) share their base's;
+        # a storage's Python object lives exactly as long as the storage
+        storage = tensor.untyped_storage()
+        if id(storage) in self._tracked:
             return
-        nbytes = tensor.untyped_storage().nbytes()
-        self._tracked.add(id(tensor))
-        self.live += nbytes
+        self._tracked.add(id(storage))
+        self.live += storage.nbytes()
         self.peak = max(self.peak, self.live)
-        weakref.finalize(tensor, self._free, id(tensor), nbytes)
+        weakref.finalize(storage, self._free, id(storage), storage.nbytes())
 
     def _free(self, key: int, nbytes: int) -> None:
         self._tracked.discard(key)
