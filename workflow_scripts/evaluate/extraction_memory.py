@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
 import weakref
 from dataclasses import dataclass
 
@@ -42,6 +43,11 @@ FIXED_OVERHEAD_GB = 1.5
 CPU_BATCH_SIZE = 64  # `auto` off CUDA: no device memory to plan against
 MAX_AUTO_BATCH = 512  # `auto` never goes beyond this: larger batches gain no speed
 PROBE_BATCHES = (1, 3)  # the two batch sizes of the slope
+# Host memory of an extraction job: the fp32 weights, once (loaded into a meta-built model),
+# + half again for a dtype conversion or the next epoch's file read while the model is
+# moved + the base (libraries, CUDA, the cache's memmapped pages, loader workers).
+HOST_WEIGHTS_FACTOR = 1.5
+HOST_BASE_MB = 8000
 # aten ops autocast runs in the lower precision (torch's autocast list; under inference_mode
 # the dispatch mode sees the composite ops, e.g. linear, not their addmm)
 LOWER_PRECISION_OPS = {
@@ -107,7 +113,8 @@ class ExtractionPlan:
     weights_gb: float
     per_image_mb: float
     memory_gb: float
-    batch_size: int  # 0: even one image does not fit
+    batch_size: int  # what `auto` uses; 0: even one image does not fit
+    room: int  # images that fit, before the MAX_AUTO_BATCH cap
 
     @property
     def fits(self) -> bool:
@@ -115,6 +122,8 @@ class ExtractionPlan:
 
     def line(self) -> str:
         batch = f"batch {self.batch_size}" if self.fits else "does not fit"
+        if self.room > self.batch_size:
+            batch += f" (capped; {self.room} would fit)"
         return (
             f"extraction plan {self.arch}: weights {self.weights_gb:.2f} GB, "
             f"{self.per_image_mb:.1f} MB per image, {batch} at {self.memory_gb:g} GB"
@@ -152,9 +161,21 @@ def forward_peak_bytes(model, windows, batch: int, device, autocast_dtype, embed
 
 
 @functools.lru_cache(maxsize=64)
+def _weights_bytes(arch: str, model_kwargs_json: str) -> int:
+    model = _meta_backbone(arch, json.loads(model_kwargs_json))
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def host_mem_mb(arch: str, model_kwargs: dict) -> int:
+    """mem_mb an extraction job of `arch` needs on the host (before any configured floor)."""
+    weights = _weights_bytes(arch, json.dumps(model_kwargs, sort_keys=True))
+    return math.ceil(HOST_WEIGHTS_FACTOR * weights / MB + HOST_BASE_MB)
+
+
+@functools.lru_cache(maxsize=64)
 def _measure(arch: str, model_kwargs_json: str, windows_json: str, dtype_name: str):
     model = _meta_backbone(arch, json.loads(model_kwargs_json))
-    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    weights = _weights_bytes(arch, model_kwargs_json)
     windows = [tuple(w) for w in json.loads(windows_json)]
     dtype = None if dtype_name == "float32" else getattr(torch, dtype_name)
     low, high = (forward_peak_bytes(model, windows, b, "meta", dtype) for b in PROBE_BATCHES)
@@ -206,7 +227,18 @@ def plan(
         per_image_mb=round(per_image / MB, 2),
         memory_gb=memory_gb,
         batch_size=derive_batch(weights, per_image, memory_gb, max_batch),
+        room=derive_batch(weights, per_image, memory_gb, sys.maxsize),
     )
+
+
+def plan_for_config(config: dict, arch: str, memory_gb: float) -> ExtractionPlan:
+    """`plan` with the configuration's evaluation windows on its cached field."""
+    from workflow_scripts import config as config_module
+    from workflow_scripts.evaluate.crops import cached_field, extraction_settings
+
+    field = cached_field(config["data"]["image_shape"], config["preprocess"]["resize_factor"])
+    kwargs = config_module.architecture(config, arch).get("model_kwargs", {})
+    return plan(arch, kwargs, extraction_settings(config["evaluate"]), field, memory_gb)
 
 
 def auto_batch_size(
