@@ -106,9 +106,10 @@ def tracked_per_image(model_kwargs: dict) -> float:
     return (high - low) / (BATCHES[1] - BATCHES[0])
 
 
-def cpu_rows() -> list[dict]:
+def cpu_rows(names=tuple(MODELS)) -> list[dict]:
     rows = []
-    for name, kwargs in MODELS.items():
+    for name in names:
+        kwargs = MODELS[name]
         weights, meta = em.estimate(ARCH, kwargs, SETTINGS, FIELD, "cpu")
         rows.append(
             {
@@ -157,7 +158,8 @@ def cuda_check(arch: str, meta_init: bool, images: int, memory_gb: float | None)
         )
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
-    estimated = result.weights_gb * em.GB + len(crops[0]) * result.per_image_mb * em.MB
+    # the estimate's per-image bytes on top of what the weights really take on the GPU
+    estimated = weights + len(crops[0]) * result.per_image_mb * em.MB
     row = {
         "arch": arch,
         "batch": len(crops[0]),
@@ -165,6 +167,7 @@ def cuda_check(arch: str, meta_init: bool, images: int, memory_gb: float | None)
         "weights_gb_allocated": weights / em.GB,
         "peak_gb": peak / em.GB,
         "estimate_gb_no_margin": estimated / em.GB,
+        "peak_over_estimate": peak / estimated,
         "with_margin_gb": em.needed_bytes(
             result.weights_gb * em.GB, result.per_image_mb * em.MB, len(crops[0])
         )
@@ -174,6 +177,12 @@ def cuda_check(arch: str, meta_init: bool, images: int, memory_gb: float | None)
         "finite": bool(torch.isfinite(out).all()),
     }
     print(json.dumps(row), flush=True)
+    print(
+        f"extraction memory {arch} on cuda: batch {row['batch']}, peak {row['peak_gb']:.2f} GB, "
+        f"estimate {row['estimate_gb_no_margin']:.2f} GB (+margin {row['with_margin_gb']:.2f}), "
+        f"planned against {result.memory_gb:.0f} GB of {row['device_gb']:.0f} GB",
+        flush=True,
+    )
     return row
 
 
@@ -181,6 +190,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--quick", action="store_true", help="CPU: the tiny ViT only")
     parser.add_argument("--cuda-arch", help="on a GPU: check this architecture")
     parser.add_argument("--meta-init", action="store_true")
     parser.add_argument("--images", type=int, default=10**6, help="at most this many per batch")
@@ -195,7 +205,7 @@ def main() -> int:
             return 0
         rows = [cuda_check(args.cuda_arch, args.meta_init, args.images, args.memory_gb)]
     else:
-        rows = cpu_rows()
+        rows = cpu_rows(("tiny",) if args.quick else tuple(MODELS))
         print(f"{'model':8} {'weights MB':>11} {'meta MB/img':>12} {'tracked':>9} {'process':>9}")
         for r in rows:
             print(
