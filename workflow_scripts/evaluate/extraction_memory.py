@@ -11,7 +11,8 @@ size share a forward, as `extract.embed_crops` runs them). Both are measured on 
   peak over the forward at two batch sizes, and their slope, so fixed costs drop out. On CUDA
   the forward runs under bf16 autocast with fp32 weights: the tracker casts the inputs of the
   ops autocast runs in bf16 (matmuls, convolutions, attention) and leaves the rest as promoted
-  (the residual stream and the norms stay fp32, as under autocast). An op's own scratch is not
+  (the residual stream and the norms stay fp32, as under autocast; tests: the same bytes as a
+  real CPU bf16 autocast forward). An op's own scratch is not
   seen (the mode sees its inputs and outputs): attention counts as its output, as the flash and
   memory-efficient kernels keep no seq^2 matrix.
 
