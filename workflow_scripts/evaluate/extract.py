@@ -192,7 +192,8 @@ def extract_features(
         worker_init_fn=limit_opencv_threads,
     )
     normalize = input_standardization(model, standardization).to(device)
-    # no gradients: also stops autocast caching a bf16 copy of every weight during the forward
+    # no gradients: autocast caches a bf16 copy of every weight that requires grad (not under
+    # inference_mode, which this uses; a safeguard should the context change, e.g. to no_grad)
     model = model.to(device).eval().requires_grad_(False)
     precision = Precision.resolve("auto", device.type)
     features = []

@@ -12,9 +12,9 @@ size share a forward, as `extract.embed_crops` runs them). Both are measured on 
   the forward runs under bf16 autocast with fp32 weights: the tracker casts the inputs of the
   ops autocast runs in bf16 (matmuls, convolutions, attention) and leaves the rest as promoted
   (the residual stream and the norms stay fp32, as under autocast; tests: the same bytes as a
-  real CPU bf16 autocast forward). An op's own scratch is not
-  seen (the mode sees its inputs and outputs): attention counts as its output, as the flash and
-  memory-efficient kernels keep no seq^2 matrix.
+  real CPU bf16 autocast forward). An op's own scratch is not seen (the mode sees its inputs
+  and outputs): attention counts as its output, as the flash and memory-efficient kernels keep
+  no seq^2 matrix. Autocast caches no weight casts under inference_mode (measured on CPU).
 
 batch = floor((memory - margin(weights)) / (per_image x (1 + MARGIN_FRACTION))), at least 1,
 at most `max_batch`; margin = x (1 + MARGIN_FRACTION) + FIXED_OVERHEAD_GB (CUDA context,
@@ -42,7 +42,9 @@ MB = 1e6
 MARGIN_FRACTION = 0.10
 FIXED_OVERHEAD_GB = 1.5
 CPU_BATCH_SIZE = 64  # `auto` off CUDA: no device memory to plan against
-MAX_AUTO_BATCH = 512  # `auto` never goes beyond this: larger batches gain no speed
+# `auto` never goes beyond this: bounds a batch's host-side crops (512 images' 4 windows at
+# 224 x 256: 1.4 GB of fp32, per loader prefetch) and the GPU is saturated long before
+MAX_AUTO_BATCH = 512
 PROBE_BATCHES = (1, 3)  # the two batch sizes of the slope
 # Host memory of an extraction job: the fp32 weights, once (loaded into a meta-built model),
 # + half again for a dtype conversion or the next epoch's file read while the model is
