@@ -42,8 +42,8 @@ MB = 1e6
 MARGIN_FRACTION = 0.10
 FIXED_OVERHEAD_GB = 1.5
 CPU_BATCH_SIZE = 64  # `auto` off CUDA: no device memory to plan against
-# `auto` never goes beyond this: bounds a batch's host-side crops (512 images' 4 windows at
-# 224 x 256: 1.4 GB of fp32, per loader prefetch) and the GPU is saturated long before
+# `auto` never goes beyond this: it bounds a batch's host-side crops (512 images' 4 windows
+# at 224 x 256: 1.4 GB of fp32, per batch the loader prefetches)
 MAX_AUTO_BATCH = 512
 PROBE_BATCHES = (1, 3)  # the two batch sizes of the slope
 # Host memory of an extraction job: the fp32 weights, once (loaded into a meta-built model),
