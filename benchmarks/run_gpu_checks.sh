@@ -24,6 +24,7 @@
 #   clip            per-parameter gradient clipping: ops per call, and ms on CUDA, multi-tensor
 #                   vs one clip_grad_norm_ per parameter (benchmarks/bench_clip.py)
 #   compile         GPU only, optional (only if time is left): ViT-S/16 tuned with torch.compile
+#   (then the FSDP/planner section and the extraction-memory section, each described there)
 #
 # Results go to ${OUT:-results/gpu_checks} as they are made, so a killed run still returns what
 # it measured (6 files; a lent machine hands back at most 8): summary.txt (each step's status,
@@ -92,7 +93,8 @@ if missing:
 if os.environ["DEVICE"] == "cuda" and not cuda:
     sys.exit(f"error: torch {torch.__version__} sees no CUDA device (use --cpu-smoke without one)")
 for module in ("workflow_scripts.train.cli", "workflow_scripts.evaluate.extract", "flops",
-               "bench_train_step", "bench_eval", "gpu_e2e", "bench_clip"):
+               "bench_train_step", "bench_eval", "gpu_e2e", "bench_clip",
+               "bench_extraction_memory"):
     try:
         importlib.import_module(module)
     except ImportError as err:
@@ -172,6 +174,22 @@ step memory_plan 120 bash -c "\"$PYTHON\" -m workflow_scripts.train.memory_plan 
     --gpus $N_GPUS && \"$PYTHON\" -m workflow_scripts.train.memory_plan --all-models --gpus 8 \
     --nodes 2 --activation-checkpointing true"
 grep -h '"strategy"' "$STEPS_LOG" >> "$SUMMARY" || true
+
+# ---------------------------------------------------------------- extraction memory
+# (issue: scale-out part 5.) extraction_memory: GPU: ViT-L/16 extracted at the batch derived
+# from the free memory, torch.cuda.max_memory_allocated vs the estimate; then the 7B built on
+# meta and filled on the GPU (no CPU copy, random values), one batch at the batch derived for
+# 80 GB, peak vs 80 GB (benchmarks/bench_extraction_memory.py). CPU smoke: the tiny ViT's
+# estimate vs a real CPU forward. Result lines in summary.txt.
+if [[ "$DEVICE" == cpu ]]; then
+    step extraction_memory 90 "$PYTHON" benchmarks/bench_extraction_memory.py --quick
+else
+    step extraction_memory 150 bash -c "\"$PYTHON\" benchmarks/bench_extraction_memory.py \
+        --cuda-arch vit_large_patch16_dinov3.lvd1689m && \"$PYTHON\" \
+        benchmarks/bench_extraction_memory.py --cuda-arch vit_7b_patch16_dinov3.lvd1689m \
+        --meta-init --memory-gb 80"
+fi
+grep -h -E "^extraction memory |^tiny " "$STEPS_LOG" >> "$SUMMARY" || true
 
 {
     echo "-- proofs"

@@ -322,15 +322,26 @@ def extract_runtime(n_epochs):
     return RESOURCES["extract_runtime_min"] + n_epochs * RESOURCES["extract_epoch_runtime_min"]
 
 
+def extract_mem_mb(arch):
+    """Host memory of an extraction job: the configured value, or more where a GPU
+    architecture's weights need it (CPU architectures are not sized: that needs torch)."""
+    configured = RESOURCES.get("extract_mem_mb", 32000)
+    if not gpus(arch):
+        return configured
+    from workflow_scripts.evaluate import extraction_memory  # imports torch: GPU jobs only
+
+    return max(configured, extraction_memory.host_mem_mb(arch, arch_entry(arch)["model_kwargs"]))
+
+
 def extract_resources(n_epochs):
     """An extraction job's resources (rules/evaluate.smk: group_slot = one member at a time)."""
     return dict(
         gpu=lambda w: 1 if gpus(w.arch) else 0,
-        mem_mb=32000,
+        mem_mb=lambda w: extract_mem_mb(w.arch),
         runtime=extract_runtime(n_epochs),
         group_slot=1,
         # Speed, not results: as resources (no rerun trigger looks at them, unlike params) a
-        # change reruns no extraction; `--set-resources <rule>:extract_batch_size=N`
+        # change reruns no extraction; `--set-resources <rule>:extract_batch_size=N` (or auto)
         # overrides them per run. Executors ignore resource names they do not know.
         extract_batch_size=EVAL_SETTINGS["batch_size"],
         extract_workers=EVAL_SETTINGS["num_workers"],

@@ -44,7 +44,7 @@ rule extract_pretrained:
         "python -m workflow_scripts.evaluate.extract --arch {wildcards.arch:q} "
         "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} {params.model} "
         "--model-kwargs {params.model_kwargs:q} --settings {params.settings:q} "
-        "--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers} "
+        "--batch-size {resources.extract_batch_size:q} --num-workers {resources.extract_workers} "
         "--epoch {params.epochs} --out {output:q} > {log:q} 2>&1"
 
 
@@ -89,7 +89,7 @@ for _arch in ARCHS:
             "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
             "--checkpoint {input.checkpoints:q} "
             "--model-kwargs {params.model_kwargs:q} --settings {params.settings:q} "
-            "--batch-size {resources.extract_batch_size} --num-workers {resources.extract_workers} "
+            "--batch-size {resources.extract_batch_size:q} --num-workers {resources.extract_workers} "
             "--epoch {params.epochs} --out {output:q} > {log:q} 2>&1"
 
 

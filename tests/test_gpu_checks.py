@@ -200,6 +200,7 @@ def test_cpu_smoke_passes_without_jsonschema_albumentations_snakemake(tmp_path, 
         "clip",
         "fsdp_vs_ddp",
         "memory_plan",
+        "extraction_memory",
     ]
     for name, status, seconds, cap, at in steps:
         assert status == "0" and int(seconds) <= int(cap) + 5 and int(at) + int(cap) <= 470, name

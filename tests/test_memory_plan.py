@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -162,8 +163,18 @@ def test_snakemake_dry_run_refuses_what_cannot_fit_and_plans_the_7b(tmp_path):
     ]
     overlay = write_overlay(
         workdir / "overlay.yaml",
-        {"architectures": [{**seven_b, "weights": "none"}], "channel_modes": ["rgb"]},
+        {
+            "architectures": [{**seven_b, "weights": "none"}],
+            "channel_modes": ["rgb"],
+            "evaluate": {"batch_size": "auto"},
+        },
     )
-    result = snakemake(workdir, "-n", "-p", "--configfile", "config/demo.yaml", str(overlay))
+    result = snakemake(
+        workdir, "-n", "-p", "--verbose", "--configfile", "config/demo.yaml", str(overlay)
+    )
     assert "--strategy fsdp --activation-checkpointing" in result.stdout
+    # extraction: the batch is derived on the GPU; the jobs ask for the 7B's host memory
+    assert "--batch-size auto " in result.stdout
+    extract_mem = re.findall(r"extract_batch_size=auto, .*mem_mb=(\d+)", result.stdout)
+    assert len(extract_mem) == 2 and all(int(m) >= 48000 for m in extract_mem), extract_mem
     assert "srun --nodes=2 --ntasks=16 --ntasks-per-node=8" in result.stdout

@@ -82,7 +82,7 @@ UNQUOTED_OK = {
     "threads": "an integer",
     "resources.gpus_per_node": "an integer",
     "resources.allow_cpu_fallback": "0 or 1",
-    "resources.extract_batch_size": "an integer",
+    "resources.extract_batch_size": "an integer or auto (schema; quoted anyway)",
     "resources.extract_workers": "an integer",
     "params.shape": "two integers (schema)",
     "params.launcher": "several words built from an integer (common.smk)",

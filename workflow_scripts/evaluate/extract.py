@@ -23,7 +23,8 @@ with `--init-seed` = the architecture's train.seed, as training seeds its start;
 train.interpolation, defaults none / bicubic); later epochs read the training checkpoint
 (`--checkpoint`), whose recorded arch, channel, epoch and model_kwargs must match the request and
 whose recorded train_settings input_standardization and interpolation are used (an explicit
-option that disagrees is an error). `--batch-size` / `--num-workers` only change speed.
+option that disagrees is an error). `--batch-size` / `--num-workers` only change speed;
+`--batch-size auto` derives the batch from the GPU's free memory (extraction_memory.py).
 Inference: eval mode, torch.inference_mode, bf16 autocast on CUDA, fp32 on CPU; deterministic.
 
 Several epochs in one call (`--epoch 5 10 --checkpoint a b --out x y`, one checkpoint and one
@@ -63,6 +64,7 @@ from workflow_scripts.evaluate.crops import (  # noqa: F401  (crop_boxes: import
     evaluation_crops,
     median_over_crops,
 )
+from workflow_scripts.evaluate.extraction_memory import CPU_BATCH_SIZE, auto_batch_size
 from workflow_scripts.tables import feature_names, write_table
 from workflow_scripts.train.backbone import build_backbone, input_standardization
 from workflow_scripts.train.checkpoint import load_backbone_checkpoint, meta_path
@@ -76,6 +78,17 @@ EMBEDDINGS = ("cls", "mean_patch", "cls+mean_patch")
 # checkpoints that do not record the key.
 PREPROCESSING_DEFAULTS = {"input_standardization": "none", "interpolation": "bicubic"}
 SETTINGS_KEYS = ("crops", "embedding", "crop_median")  # + the crop mode's keys (crops.py)
+AUTO = "auto"
+
+
+def batch_size_option(value: str) -> int | str:
+    """--batch-size: a whole number or `auto`."""
+    if value == AUTO:
+        return AUTO
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a whole number nor auto") from None
 
 
 class CropDataset(Dataset):
@@ -179,7 +192,9 @@ def extract_features(
         worker_init_fn=limit_opencv_threads,
     )
     normalize = input_standardization(model, standardization).to(device)
-    model = model.to(device).eval()
+    # no gradients: autocast caches a bf16 copy of every weight that requires grad (not under
+    # inference_mode, which this uses; a safeguard should the context change, e.g. to no_grad)
+    model = model.to(device).eval().requires_grad_(False)
     precision = Precision.resolve("auto", device.type)
     features = []
     with torch.inference_mode():
@@ -335,7 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         "crop_grid, input_size (crops grid)",
     )
     # speed only, not results: kept out of --settings so that changing them reruns nothing
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    parser.add_argument(
+        "--batch-size",
+        type=batch_size_option,
+        default=64,
+        help="images per batch, or auto: on CUDA from the GPU's free memory and the model's "
+        f"size (extraction_memory.py), elsewhere {CPU_BATCH_SIZE}",
+    )
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument(
         "--epoch",
@@ -365,12 +386,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.channel == RGB:  # every cached channel, in meta.json order
         channels = list(load_cache(args.cache_dir, [])[2]["channels"])
     table, arrays, meta = load_cache(args.cache_dir, channels)
-    if args.batch_size < 1 or args.num_workers < 0:
+    if (args.batch_size != AUTO and args.batch_size < 1) or args.num_workers < 0:
         raise InputError(
             f"--batch-size {args.batch_size} / --num-workers {args.num_workers}: "
             "need a batch size of at least 1 and at least 0 workers"
         )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batch_size = args.batch_size
+    if batch_size == AUTO:  # one plan for all epochs: they share the architecture
+        field = arrays[channels[0]].shape[1:]
+        batch_size, line = auto_batch_size(args.arch, model_kwargs, settings, field, device)
+        print(line, file=sys.stderr)
     metadata = table[[c for c in table.columns if not c.startswith("path_")]].reset_index(drop=True)
     written: list[str] = []
     try:
@@ -388,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                 device,
                 preprocessing["input_standardization"],
                 interpolation=preprocessing["interpolation"],
-                batch_size=args.batch_size,
+                batch_size=batch_size,
                 num_workers=args.num_workers,
             )
             seconds = time.perf_counter() - start

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from timm.models._manipulate import reinit_non_persistent_buffers
 from torch import nn
 
 from workflow_scripts.errors import InputError
@@ -37,6 +40,34 @@ def build_backbone(
     return pool_on_class_token(_create_from_file(arch, Path(weights), model_kwargs, kwargs))
 
 
+def backbone_from_state_dict(
+    arch: str, state_dict: dict[str, torch.Tensor], model_kwargs: dict, drop_path_rate: float = 0.0
+) -> nn.Module:
+    """The backbone holding `state_dict`'s tensors themselves: built on the meta device and
+    loaded with assign=True, so host memory holds the weights once (a random init and then a
+    copy would hold a 7B model's 27 GB twice). Strict: RuntimeError when the keys or shapes do
+    not fit. Parameters keep the model's dtypes (fp32)."""
+    with torch.device("meta"):
+        model = build_backbone(arch, NO_WEIGHTS, model_kwargs, drop_path_rate)
+    dtypes = {name: t.dtype for name, t in model.state_dict().items()}
+    state_dict = {
+        name: t.to(dtypes[name]) if name in dtypes else t for name, t in state_dict.items()
+    }
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    # buffers computed from the configuration (RoPE periods) are in no state dict: make them
+    # on the CPU, as construction does
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_meta:
+                persistent = name not in module._non_persistent_buffers_set
+                module.register_buffer(name, torch.empty_like(buffer, device="cpu"), persistent)
+    reinit_non_persistent_buffers(model)
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"{arch}: no values for {', '.join(left[:5])} after loading")
+    return model
+
+
 def pool_on_class_token(model: nn.Module) -> nn.Module:
     """ViTs: make the pooled output the CLS token, as DINO trains it and evaluation reads it.
     timm's DINOv3 ViTs default to the mean of the patch tokens, which would leave the CLS
@@ -49,6 +80,16 @@ def pool_on_class_token(model: nn.Module) -> nn.Module:
 def _create_from_file(arch: str, path: Path, model_kwargs: dict, kwargs: dict) -> nn.Module:
     if not path.is_file():
         raise InputError(f"weights file not found: {path} (architecture {arch})")
+    if path.suffix == ".safetensors":
+        # timm's own key layout (what fetch_weights writes) loads without a random init; any
+        # other layout goes through timm's pretrained loader below, which converts it
+        try:
+            state_dict = load_file(path)
+            return backbone_from_state_dict(
+                arch, state_dict, model_kwargs, kwargs["drop_path_rate"]
+            )
+        except (RuntimeError, SafetensorError):
+            pass
     try:
         return _create(
             arch, pretrained=True, pretrained_cfg_overlay=dict(file=os.fspath(path)), **kwargs

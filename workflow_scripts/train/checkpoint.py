@@ -25,7 +25,7 @@ from workflow_scripts.atomic import atomic_path, write_json
 from workflow_scripts.disk_space import ensure_free, human
 from workflow_scripts.errors import InputError, disk_full
 from workflow_scripts.tables import read_json
-from workflow_scripts.train.backbone import NO_WEIGHTS, build_backbone, weights_mismatch
+from workflow_scripts.train.backbone import backbone_from_state_dict, weights_mismatch
 
 RESUME_STATE = "state.pt"
 EPOCHS_DIR = "epochs"
@@ -103,9 +103,8 @@ def load_backbone_checkpoint(
         state_dict = load_file(path)
     except (safetensors.SafetensorError, OSError) as err:
         raise InputError(f"checkpoint {path} cannot be read: {err}") from err
-    model = build_backbone(meta["arch"], NO_WEIGHTS, meta["model_kwargs"])
-    try:
-        model.load_state_dict(state_dict, strict=True)
+    try:  # built on meta: the weights are held once (backbone_from_state_dict)
+        model = backbone_from_state_dict(meta["arch"], state_dict, meta["model_kwargs"])
     except RuntimeError as err:
         raise weights_mismatch(
             f"checkpoint {path}", meta["arch"], meta["model_kwargs"], err

@@ -4,7 +4,9 @@
 
 prints, for every architecture of the configuration (or every timm DINOv3 model), the
 parameters, the estimated GB per GPU for DDP and for FSDP at the configured GPUs x nodes, and
-the strategy a training job uses. `strategy: auto` picks DDP when its estimate fits
+the strategy a training job uses, then per architecture the extraction plan (weights GB, MB
+per image, the batch `evaluate.batch_size: auto` derives at resources.gpu_mem_gb, or "does not
+fit"; evaluate/extraction_memory.py). `strategy: auto` picks DDP when its estimate fits
 `resources.gpu_mem_gb`, FSDP otherwise; rules/common.smk refuses (at `snakemake -n`) a
 configuration whose chosen strategy does not fit, with these numbers.
 
@@ -337,12 +339,24 @@ def main(argv: list[str] | None = None) -> int:
         overrides["activation_checkpointing"] = args.activation_checkpointing == "true"
     overrides = {k: v for k, v in overrides.items() if v is not None}
     config = {**config, "architectures": [{**e, **overrides} for e in config["architectures"]]}
-    plans = [plan_architecture(config, name) for name in config_module.architecture_names(config)]
+    names = config_module.architecture_names(config)
+    plans = [plan_architecture(config, name) for name in names]
+    extraction = [extraction_plan(config, name) for name in names]
     if args.json:
         print("\n".join(json.dumps(asdict(p)) for p in plans))
+        print("\n".join(json.dumps({"extraction": asdict(e)}) for e in extraction))
     else:
         print(format_table(plans))
+        print("\n".join(e.line() for e in extraction))
     return 0
+
+
+def extraction_plan(config: dict, arch: str):
+    """The extraction line of `arch` at resources.gpu_mem_gb (evaluate/extraction_memory.py)."""
+    from workflow_scripts.evaluate import extraction_memory
+
+    memory_gb = float(config["resources"].get("gpu_mem_gb", DEFAULT_GPU_MEM_GB))
+    return extraction_memory.plan_for_config(config, arch, memory_gb)
 
 
 if __name__ == "__main__":
