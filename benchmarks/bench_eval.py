@@ -44,6 +44,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from workflow_scripts.evaluate.aggregate import treatment_profiles  # noqa: E402
+from workflow_scripts.evaluate.extraction_memory import CPU_BATCH_SIZE  # noqa: E402
 from workflow_scripts.evaluate.metrics import evaluate_profiles  # noqa: E402
 from workflow_scripts.evaluate.pipeline import DEFAULT_SETTINGS, feature_matrix, image_metadata  # noqa: E402
 from workflow_scripts.evaluate.tvn import apply_tvn  # noqa: E402
@@ -292,11 +293,14 @@ def main() -> None:
         action="store_true",
         help="only the TVN conditioning comparison on the synthetic tables",
     )
+    configured = workflow["batch_size"]
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=workflow["batch_size"],
-        help="extraction batch (default: config.yaml evaluate.batch_size)",
+        # `auto` plans against a GPU's memory; this benchmark times a fixed batch
+        default=CPU_BATCH_SIZE if configured == "auto" else configured,
+        help="extraction batch (default: config.yaml evaluate.batch_size; its CPU value "
+        "when that is auto)",
     )
     parser.add_argument(
         "--num-workers",
