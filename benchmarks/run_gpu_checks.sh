@@ -4,7 +4,8 @@
 # internet, nothing installed by this script) and one command of at most 10 minutes:
 #
 #   bash benchmarks/run_gpu_checks.sh              # GPU: at most DEADLINE_S=480 s by construction
-#   bash benchmarks/run_gpu_checks.sh --cpu-smoke  # the same steps on CPU at toy sizes
+#   bash benchmarks/run_gpu_checks.sh --scale-out  # GPU: preflight + the scale-out sections only
+#   bash benchmarks/run_gpu_checks.sh --cpu-smoke [--scale-out]  # the same steps on CPU, toy sizes
 #
 # Steps, most wanted first, each capped by its own limit and by the overall deadline
 # (benchmarks/gpu_checks_lib.sh: a step gets min(limit, time left), a cut or failed step is
@@ -49,21 +50,27 @@ STEPS_LOG="$OUT/steps.log"
 # shellcheck source=benchmarks/gpu_checks_lib.sh
 source benchmarks/gpu_checks_lib.sh
 
-if [[ "${1:-}" == "--cpu-smoke" ]]; then
+SMOKE=0
+SCALE_OUT_ONLY=0
+for arg in "$@"; do
+    case "$arg" in
+        --cpu-smoke) SMOKE=1 ;;
+        --scale-out) SCALE_OUT_ONLY=1 ;;  # FSDP/planner + extraction memory (issue #12)
+        *) echo "usage: $0 [--cpu-smoke] [--scale-out]" >&2; exit 2 ;;
+    esac
+done
+if [[ $SMOKE -eq 1 ]]; then
     DEVICE=cpu
     TRAIN_ARGS=(--quick)
     EVAL_ARGS=(--repeats 1 --images 16 --num-workers 2)
     E2E_ARGS=(--images 48 --num-workers 2)
     E2E_LIMIT=240  # 2 shared CPU cores
-elif [[ $# -eq 0 ]]; then
+else
     DEVICE=cuda
     TRAIN_ARGS=(--steps 30 --warmup 5 --profile-steps 5)
     EVAL_ARGS=(--repeats 1 --images 512 --full)
     E2E_ARGS=(--images 256 --num-workers 4)
     E2E_LIMIT=120
-else
-    echo "usage: $0 [--cpu-smoke]" >&2
-    exit 2
 fi
 VIT_S=vit_small_patch16_dinov3.lvd1689m
 VIT_B=vit_base_patch16_dinov3.lvd1689m
@@ -141,6 +148,7 @@ if grep -q "^preflight .*exit [^0]" "$SUMMARY"; then
     echo "preflight failed: $(grep -h '^error:' "$STEPS_LOG" | tail -n 1)" | tee -a "$SUMMARY"
     exit 2
 fi
+if [[ $SCALE_OUT_ONLY -eq 0 ]]; then
 step flops 60 "$PYTHON" benchmarks/flops.py --json "$OUT/flops.json"
 step train_step_vit_small 150 "$PYTHON" benchmarks/bench_train_step.py --arch "$VIT_S" \
     --device "$DEVICE" "${TRAIN_ARGS[@]}" --tmpdir "$WORK" --json "$OUT/train_step_vit_small.json"
@@ -155,6 +163,7 @@ if [[ $DEVICE == cuda ]]; then
         --device cuda --configs tuned --compile --steps 10 --warmup 3 --profile-steps 0 \
         --tmpdir "$WORK" --json "$OUT/train_step_vit_small_compile.json"
 fi
+fi  # SCALE_OUT_ONLY
 
 # ---------------------------------------------------------------- FSDP vs DDP, memory planner
 # (issue #12; its own section.) fsdp_vs_ddp: the training CLI under torchrun with --strategy ddp

@@ -170,14 +170,35 @@ def test_timm_without_dinov3_stops_the_checks_with_one_line(tmp_path, bare_node_
     assert "vit_small_patch16_dinov3" in summary[-1] and len(summary) == 2
 
 
+SCALE_OUT_STEPS = ["fsdp_vs_ddp", "memory_plan", "extraction_memory"]
+ALL_STEPS = [
+    "preflight",
+    "flops",
+    "train_step_vit_small",
+    "train_step_vit_base",
+    "bench_eval",
+    "collective",
+    "end_to_end",
+    "clip",
+    *SCALE_OUT_STEPS,
+]
+
+
 @pytest.mark.slow
-def test_cpu_smoke_passes_without_jsonschema_albumentations_snakemake(tmp_path, bare_node_env):
+@pytest.mark.parametrize(
+    "options, expected_steps",
+    [([], ALL_STEPS), (["--scale-out"], ["preflight", *SCALE_OUT_STEPS])],
+    ids=["all", "scale-out"],
+)
+def test_cpu_smoke_passes_without_jsonschema_albumentations_snakemake(
+    tmp_path, bare_node_env, options, expected_steps
+):
     repo = copy_repo(tmp_path / "repo")
     out = tmp_path / "out"
     env = {**bare_node_env, "OUT": str(out), "WORK": str(tmp_path / "work")}
     start = time.monotonic()
     result = subprocess.run(
-        ["bash", str(repo / "benchmarks" / "run_gpu_checks.sh"), "--cpu-smoke"],
+        ["bash", str(repo / "benchmarks" / "run_gpu_checks.sh"), "--cpu-smoke", *options],
         env=env,
         capture_output=True,
         text=True,
@@ -189,31 +210,32 @@ def test_cpu_smoke_passes_without_jsonschema_albumentations_snakemake(tmp_path, 
     steps = re.findall(
         r"^(\w+)\s+exit (\d+)\s+(\d+)s \(cap (\d+)s\) at\s+(\d+)s$", summary, flags=re.M
     )
-    assert [name for name, *_ in steps] == [
-        "preflight",
-        "flops",
-        "train_step_vit_small",
-        "train_step_vit_base",
-        "bench_eval",
-        "collective",
-        "end_to_end",
-        "clip",
-        "fsdp_vs_ddp",
-        "memory_plan",
-        "extraction_memory",
-    ]
+    assert [name for name, *_ in steps] == expected_steps
     for name, status, seconds, cap, at in steps:
         assert status == "0" and int(seconds) <= int(cap) + 5 and int(at) + int(cap) <= 470, name
     assert wall < 480
+    assert "timm 1." in summary
+    assert '"strategy": "fsdp"' in summary  # the FSDP/DDP result lines
+    assert len(list(out.iterdir())) <= 8  # what a lent machine hands back
+    if options:
+        return
     log = (out / "steps.log").read_text()
     # the train CLI ran without jsonschema; the seed row said why it was skipped
     assert "note: jsonschema is not installed" in log
     assert "seed: skipped: albumentations is not installed" in log
     assert "1 process(es) on cpu" in summary and "end to end on cpu" in summary
-    assert "timm 1." in summary
     for name in ("flops.json", "train_step_vit_small.json", "train_step_vit_base.json"):
         assert (out / name).stat().st_size > 0
-    assert len(list(out.iterdir())) <= 8  # what a lent machine hands back
+
+
+def test_unknown_option_is_a_usage_line():
+    result = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "run_gpu_checks.sh"), "--bogus"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2 and "usage:" in result.stderr
 
 
 def test_config_load_without_schema_still_checks_meaning(tmp_path):
