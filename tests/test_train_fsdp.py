@@ -273,6 +273,74 @@ def test_fsdp_state_of_two_processes_is_continued_by_one_only_when_opted_in(
     assert (record["epoch"], record["world_size"]) == (EPOCHS, 1)
 
 
+def stop_after_epoch_one(monkeypatch) -> None:
+    """The job ends (time limit, preemption) right after epoch 1's state is committed."""
+    finish_epoch = loop.Trainer._end_epoch
+
+    def stopped(self, epoch, stats):
+        finish_epoch(self, epoch, stats)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Trainer, "_end_epoch", stopped)
+
+
+def test_fsdp_state_saved_while_the_last_layer_is_frozen_resumes_bitwise(tmp_path, monkeypatch):
+    """After epoch 1 the frozen last layer has no optimizer state yet (no gradient so far): the
+    sharded state must load all the same and continue exactly as the uninterrupted run."""
+    cache = make_cache(tmp_path / "cache")
+    reference = replace(
+        make_job(tmp_path / "reference", cache, epochs=3, checkpoint_every=1), strategy="fsdp"
+    )
+    assert reference.settings["optimizer"]["freeze_last_layer_epochs"] == 1
+    loop.run(reference)
+    job = replace(
+        reference,
+        out_dir=tmp_path / "stopped" / "train",
+        resume_dir=tmp_path / "stopped" / "resume",
+    )
+    with monkeypatch.context() as patch:
+        stop_after_epoch_one(patch)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(job)
+    assert log_epochs(job.out_dir) == [1]
+    loop.run(job)
+    assert log_epochs(job.out_dir) == [1, 2, 3]
+    losses = [
+        [json.loads(line)["loss"] for line in (j.out_dir / "log.jsonl").read_text().splitlines()]
+        for j in (reference, job)
+    ]
+    assert losses[0] == losses[1]
+    for epoch in (1, 2, 3):
+        name = f"epoch_{epoch:04d}.safetensors"
+        assert_close(load_file(reference.out_dir / name), load_file(job.out_dir / name), 0.0, name)
+
+
+def test_fsdp_state_of_one_process_is_continued_by_two(tmp_path, monkeypatch):
+    """1 -> 2: a single process's DCP state (plain modules) loads into 2 sharded processes."""
+    cache = make_cache(tmp_path / "cache")
+    job = replace(
+        make_job(tmp_path, cache, epochs=3, checkpoint_every=1, resume_at_other_world_size=True),
+        strategy="fsdp",
+    )
+    stop_after_epoch_one(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(job)
+    saved = json.loads((job.resume_dir / sharded_state.COMMIT_FILE).read_text())
+    assert (saved["epoch"], saved["world_size"]) == (1, 1)
+    first = load_file(job.out_dir / "epoch_0001.safetensors")
+
+    result = torchrun(["-m", "workflow_scripts.train.cli", *cli_args(job), "--strategy", "fsdp"])
+    assert "saved by 1 process(es), continued by 2: global batch 4 -> 8" in result.stderr
+    lines = [json.loads(line) for line in (job.out_dir / "log.jsonl").read_text().splitlines()]
+    assert [(line["epoch"], line["world_size"]) for line in lines] == [(1, 1), (2, 2), (3, 2)]
+    assert_close(first, load_file(job.out_dir / "epoch_0001.safetensors"), 0.0, "epoch 1")
+    last = load_file(job.out_dir / "epoch_0003.safetensors")
+    assert all(torch.isfinite(t).all() for t in last.values())
+    assert not torch.equal(last["cls_token"], first["cls_token"])
+    record = json.loads((job.resume_dir / sharded_state.COMMIT_FILE).read_text())
+    assert (record["epoch"], record["world_size"]) == (3, 2)
+
+
 def test_seven_b_width_depth_two_trains_sharded(tmp_path):
     """ViT-7B's width (4096, SwiGLU 8192) at depth 2 (~340 M parameters), 2 FSDP processes."""
     cache = make_cache(tmp_path / "cache")

@@ -26,7 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
-    set_state_dict,
+    set_optimizer_state_dict,
 )
 
 from workflow_scripts.atomic import atomic_path, write_json
@@ -134,10 +134,22 @@ def load(
 ) -> None:
     """Collective: load the committed shards into the (sharded or plain) models and optimizer,
     whatever the world size that saved them."""
+    directory = Path(resume_dir) / record["dir"]
     state = _app_state(student, teacher, optimizer)
-    dcp.load(state, checkpoint_id=Path(resume_dir) / record["dir"])
-    set_state_dict(
-        student, optimizer, model_state_dict=state["student"], optim_state_dict=state["optimizer"]
+    saved = set(dcp.FileSystemReader(directory).read_metadata().state_dict_metadata)
+    # A parameter that has had no gradient yet (the last layer, frozen in the first epochs) has
+    # no optimizer state in the checkpoint, while DCP's state dict of a fresh optimizer holds a
+    # placeholder for every parameter: load what was saved and leave the others without state,
+    # as in the run that saved it (their first step starts it)
+    state["optimizer"]["state"] = {
+        name: values
+        for name, values in state["optimizer"]["state"].items()
+        if all(f"optimizer.state.{name}.{key}" in saved for key in values)
+    }
+    dcp.load(state, checkpoint_id=directory)
+    set_model_state_dict(student, state["student"])
+    set_optimizer_state_dict(
+        student, optimizer, state["optimizer"], options=StateDictOptions(strict=False)
     )
     set_model_state_dict(teacher, state["teacher"])
 
