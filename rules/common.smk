@@ -325,7 +325,7 @@ def extract_runtime(n_epochs):
 def extract_mem_mb(arch):
     """Host memory of an extraction job: the configured value, or more where a GPU
     architecture's weights need it (CPU architectures are not sized: that needs torch)."""
-    configured = RESOURCES.get("extract_mem_mb", 32000)
+    configured = RESOURCES["extract_mem_mb"]
     if not gpus(arch):
         return configured
     from workflow_scripts.evaluate import extraction_memory  # imports torch: GPU jobs only

@@ -168,19 +168,22 @@ class LocalSlurm:
             jobs.append(fields)
         return jobs
 
+    def _task_records(self) -> list[tuple[str, str, str, str]]:
+        """(job id, step id, CUDA_VISIBLE_DEVICES or 'none', node) of every task started, as
+        the TaskProlog recorded them."""
+        path = self.root / "task_gpus.txt"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [tuple(line.split()) for line in lines]
+
     def step_gpus(self) -> dict[tuple[str, str], str]:
         """CUDA_VISIBLE_DEVICES ('none' if unset) of every task of every job step, keyed by
         (job id, step id), as the TaskProlog recorded it when the task started."""
-        path = self.root / "task_gpus.txt"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return {(job, step): gpus for job, step, gpus, _ in (line.split() for line in lines)}
+        return {(job, step): gpus for job, step, gpus, _ in self._task_records()}
 
     def step_nodes(self) -> dict[tuple[str, str], list[str]]:
         """The node of every task of every job step, keyed by (job id, step id), sorted."""
-        path = self.root / "task_gpus.txt"
-        lines = path.read_text().splitlines() if path.exists() else []
         nodes: dict[tuple[str, str], list[str]] = {}
-        for job, step, _, node in (line.split() for line in lines):
+        for job, step, _, node in self._task_records():
             nodes.setdefault((job, step), []).append(node)
         return {key: sorted(value) for key, value in nodes.items()}
 

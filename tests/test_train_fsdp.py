@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,10 +21,12 @@ from safetensors.torch import load_file
 from test_train_run import (
     REPO,
     SINGLE_PROCESS,
+    TORCHRUN,
     cli_args,
     log_epochs,
     make_cache,
     make_job,
+    stop_after_epoch_one,
 )
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
@@ -39,7 +40,6 @@ EPOCHS = 6  # 12 images, batch 4 on each of 2 ranks: one step per epoch
 # max |FSDP - DDP| <= TOLERANCE x max |DDP| (measured after 6 steps: 5e-6 for AdamW's exp_avg
 # of the prototype layer, 6e-8 for the weights)
 TOLERANCE = 1e-5
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 
 
 def descendants(pid: int) -> list[int]:
@@ -271,17 +271,6 @@ def test_fsdp_state_of_two_processes_is_continued_by_one_only_when_opted_in(
             assert meta["world_size"] == 1 and meta["epoch"] == epoch
     record = json.loads((job.resume_dir / sharded_state.COMMIT_FILE).read_text())
     assert (record["epoch"], record["world_size"]) == (EPOCHS, 1)
-
-
-def stop_after_epoch_one(monkeypatch) -> None:
-    """The job ends (time limit, preemption) right after epoch 1's state is committed."""
-    finish_epoch = loop.Trainer._end_epoch
-
-    def stopped(self, epoch, stats):
-        finish_epoch(self, epoch, stats)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop.Trainer, "_end_epoch", stopped)
 
 
 def test_fsdp_state_saved_while_the_last_layer_is_frozen_resumes_bitwise(tmp_path, monkeypatch):

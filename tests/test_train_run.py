@@ -31,6 +31,7 @@ TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 CHANNELS = ["DAPI", "Tubulin", "Actin"]
 SINGLE_PROCESS = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 SUBPROCESS_TIMEOUT_S = 120
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 
 
 def make_cache(directory: Path, n_images: int = 12, height: int = 64, width: int = 80) -> Path:
@@ -118,6 +119,17 @@ def cli_args(job: loop.TrainJob) -> list[str]:
         "--resume-dir",
         str(job.resume_dir),
     ]
+
+
+def stop_after_epoch_one(monkeypatch) -> None:
+    """The job ends (time limit, preemption) right after epoch 1's state is saved."""
+    finish_epoch = loop.Trainer._end_epoch
+
+    def stopped(self, epoch, stats):
+        finish_epoch(self, epoch, stats)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.Trainer, "_end_epoch", stopped)
 
 
 def log_epochs(out_dir: Path) -> list[int]:
@@ -259,29 +271,12 @@ def run_subprocess(args, **kwargs):
 def test_ddp_state_of_one_process_is_continued_by_two_when_opted_in(tmp_path, cache, monkeypatch):
     """1 -> 2 (DDP's full state.pt): the two ranks continue after the one process's epoch."""
     job = make_job(tmp_path, cache, epochs=3, checkpoint_every=1, resume_at_other_world_size=True)
-    finish_epoch = loop.Trainer._end_epoch
-
-    def stopped_after_epoch_one(self, epoch, stats):
-        finish_epoch(self, epoch, stats)
-        raise KeyboardInterrupt  # the job ends (time limit) once epoch 1 is saved
-
-    monkeypatch.setattr(loop.Trainer, "_end_epoch", stopped_after_epoch_one)
+    stop_after_epoch_one(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         loop.run(job)
     first = load_file(job.out_dir / "epoch_0001.safetensors")
 
-    result = run_subprocess(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node=2",
-            "-m",
-            "workflow_scripts.train.cli",
-            *cli_args(job),
-        ]
-    )
+    result = run_subprocess([*TORCHRUN, "-m", "workflow_scripts.train.cli", *cli_args(job)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "saved by 1 process(es), continued by 2: global batch 4 -> 8" in result.stderr
     lines = [json.loads(line) for line in (job.out_dir / "log.jsonl").read_text().splitlines()]
@@ -332,17 +327,7 @@ def test_two_process_ddp_ranks_end_identical(tmp_path, cache):
             "resume_dir": str(job.resume_dir),
         }
     )
-    result = run_subprocess(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node=2",
-            str(driver),
-            job_json,
-        ]
-    )
+    result = run_subprocess([*TORCHRUN, str(driver), job_json])
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for part in ("student", "teacher"):

@@ -36,11 +36,9 @@ from torch.utils._pytree import tree_map
 
 from workflow_scripts.errors import InputError
 from workflow_scripts.evaluate.crops import evaluation_crops
+from workflow_scripts.memory_margin import FIXED_OVERHEAD_GB, GB, MARGIN_FRACTION
 
-GB = 1e9
 MB = 1e6
-MARGIN_FRACTION = 0.10
-FIXED_OVERHEAD_GB = 1.5
 CPU_BATCH_SIZE = 64  # `auto` off CUDA: no device memory to plan against
 # `auto` never goes beyond this: it bounds a batch's host-side crops (512 images' 4 windows
 # at 224 x 256: 1.4 GB of fp32, per batch the loader prefetches)

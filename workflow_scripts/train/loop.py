@@ -188,19 +188,17 @@ class Trainer:
             state = load_resume_state(self.resume_dir / RESUME_STATE)
         world_size = self.context.world_size
         saved_world_size = world_size if state is None else _saved_world_size(state)
-        refusal = None
+        refusal = None  # why a saved state is not continued
         if state is not None and state.get("config_digest") != self.digest:
             refusal = (
                 f"is for another configuration (digest {state.get('config_digest')}, "
                 f"now {self.digest})"
             )
         elif state is not None:
-            refusal = world_size_decision(
-                saved_world_size,
-                world_size,
-                bool(self.job.settings.get("resume_at_other_world_size", False)),
-            )
-            refusal = refusal and f"cannot be continued: {refusal}"
+            allowed = bool(self.job.settings.get("resume_at_other_world_size", False))
+            reason = world_size_decision(saved_world_size, world_size, allowed)
+            if reason is not None:
+                refusal = f"cannot be continued: {reason}"
         usable = state is not None and refusal is None
         distributed.barrier()  # all ranks have read the state before rank 0 may move it
         if self.context.is_main:

@@ -38,14 +38,12 @@ from pathlib import Path
 
 from workflow_scripts import config as config_module
 from workflow_scripts.errors import InputError, cli
+from workflow_scripts.memory_margin import FIXED_OVERHEAD_GB, GB, MARGIN_FRACTION
 
-GB = 1e9
 FP32_BYTES = 4
 OPTIMIZER_STATES = {"adamw": 2, "sgd": 1}  # fp32 tensors per parameter
 # the multi-tensor (foreach) optimizer step allocates a parameter-sized temporary
 OPTIMIZER_STEP_TEMPORARIES = 1
-MARGIN_FRACTION = 0.10
-FIXED_OVERHEAD_GB = 1.5
 DEFAULT_GPU_MEM_GB = 80.0
 STRATEGIES = ("auto", "ddp", "fsdp")
 
@@ -215,13 +213,18 @@ def with_margin(nbytes: float, fixed_overhead_gb: float = FIXED_OVERHEAD_GB) -> 
     return nbytes * (1 + MARGIN_FRACTION) / GB + fixed_overhead_gb
 
 
+def gpu_memory_gb(config: dict) -> float:
+    """resources.gpu_mem_gb: the memory of one GPU, what every plan is made against."""
+    return float(config["resources"].get("gpu_mem_gb", DEFAULT_GPU_MEM_GB))
+
+
 def plan_architecture(config: dict, arch: str) -> Plan:
     entry = config_module.architecture(config, arch)
     settings = config_module.train_settings(config, arch)
     gpus = int(entry["gpus"])
     nodes = int(entry.get("nodes", 1))
     world_size = max(1, gpus) * nodes
-    gpu_mem_gb = float(config["resources"].get("gpu_mem_gb", DEFAULT_GPU_MEM_GB))
+    gpu_mem_gb = gpu_memory_gb(config)
     dtype = compute_dtype(settings)
     kwargs_json = json.dumps(entry["model_kwargs"], sort_keys=True)
     size = model_size(arch, kwargs_json, json.dumps(settings["head"], sort_keys=True))
@@ -355,8 +358,7 @@ def extraction_plan(config: dict, arch: str):
     """The extraction line of `arch` at resources.gpu_mem_gb (evaluate/extraction_memory.py)."""
     from workflow_scripts.evaluate import extraction_memory
 
-    memory_gb = float(config["resources"].get("gpu_mem_gb", DEFAULT_GPU_MEM_GB))
-    return extraction_memory.plan_for_config(config, arch, memory_gb)
+    return extraction_memory.plan_for_config(config, arch, gpu_memory_gb(config))
 
 
 if __name__ == "__main__":
