@@ -1,6 +1,7 @@
 # BBBC021 x DINOv3: DINO fine-tuning of timm DINOv3 backbones, scored per epoch by NSC/NSCB.
 # Run: snakemake --cores 2 --configfile config/demo.yaml      (demo, CPU)
 #      snakemake --profile slurm                                (cluster, real BBBC021)
+import os
 import sys
 
 from snakemake.utils import min_version, validate
@@ -12,6 +13,7 @@ configfile: "config.yaml"
 
 
 sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without installation
+from workflow_scripts import config_check
 from workflow_scripts.config import check_schema
 from workflow_scripts.errors import InputError
 
@@ -26,6 +28,23 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+
+
+# One check of everything the configuration must meet (workflow_scripts/config_check.py), before
+# any job: the meta-device model builds in the main process only (job processes re-parse this).
+try:
+    config_check.check(
+        config,
+        models=workflow.is_main_process,
+        written_by_workflow=(HANDCRAFTED_PROFILES,),
+        cache_environ=os.environ if workflow.workflow_settings.cache is not None else None,
+    )
+except InputError as err:
+    raise WorkflowError(f"config error: {err}") from None
+if workflow.is_main_process:
+    prepare_output_dir()
+
+
 include: "rules/data.smk"
 include: "rules/download.smk"
 include: "rules/train.smk"

@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from workflow_scripts.train.backbone import build_backbone  # noqa: E402
-from workflow_scripts.train.model import build_dino_model  # noqa: E402
+from workflow_scripts.model.backbone import build_backbone  # noqa: E402
+from workflow_scripts.train.dino_model import build_dino_model  # noqa: E402
 from workflow_scripts.train.optim import clip_gradients  # noqa: E402
 
 ARCHS = ("vit_small_patch16_dinov3.lvd1689m", "vit_base_patch16_dinov3.lvd1689m")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,13 +28,12 @@ import tifffile
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from seed_datapath import SeedMultiCropDataset  # noqa: E402
 
 from workflow_scripts import config as config_module  # noqa: E402
 from workflow_scripts.atomic import write_json  # noqa: E402
-from workflow_scripts.tables import write_table  # noqa: E402
+from workflow_scripts.data import cache  # noqa: E402
 from workflow_scripts.train.dataset import build_train_loader  # noqa: E402
 
 CHANNELS = ["DAPI", "Tubulin", "Actin"]
@@ -67,39 +65,18 @@ def write_cache(
 ) -> None:
     """A cache in the docs/formats.md layout from the same TIFFs (no illumination correction)."""
     height, width = (round(side * resize_factor) for side in RAW_SHAPE)
-    cache_dir.mkdir(parents=True)
-    for channel in CHANNELS:
-        array = np.lib.format.open_memmap(
-            cache_dir / f"{channel}.npy",
-            mode="w+",
-            dtype=np.uint16,
-            shape=(len(fields), height, width),
-        )
-        for i, field in enumerate(fields):
-            pixels = np.minimum(tifffile.imread(field[channel]), clip_max)
-            if resize_factor != 1.0:
-                pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
-            array[i] = pixels
-        array.flush()
-        del array
     # all treated: train.images (treated by default) uses every row
-    write_table(
-        pd.DataFrame(
-            {"image_id": [f"P/W{i:03d}/s1" for i in range(len(fields))], "is_control": False}
-        ),
-        cache_dir / "images.parquet",
+    table = pd.DataFrame(
+        {"image_id": [f"P/W{i:03d}/s1" for i in range(len(fields))], "is_control": False}
     )
-    meta = {
-        "n_images": len(fields),
-        "height": height,
-        "width": width,
-        "channels": CHANNELS,
-        "clip_max": clip_max,
-        "resize_factor": resize_factor,
-        "illumination_correction": False,
-        "settings_digest": "benchmark",
-    }
-    write_json(cache_dir / "meta.json", meta)
+    settings = dict(clip_max=clip_max, resize_factor=resize_factor, settings_digest="benchmark")
+    with cache.writing(cache_dir, table, CHANNELS, (height, width), **settings) as arrays:
+        for channel, array in arrays.items():
+            for i, field in enumerate(fields):
+                pixels = np.minimum(tifffile.imread(field[channel]), clip_max)
+                if resize_factor != 1.0:
+                    pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_AREA)
+                array[i] = pixels
 
 
 def samples_per_second(

@@ -29,14 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -137,7 +135,6 @@ def correct_of(result: dict, protocol: str) -> str:
 
 
 def bench_conditioning() -> list[dict]:
-    sys.path.insert(0, str(REPO / "tests"))
     from profile_tables import cellprofiler_like_table, vit_like_table
     from sklearn.decomposition import PCA
 
@@ -241,7 +238,7 @@ def bench_extraction(
     num_workers: int,
 ) -> dict:
     from workflow_scripts.evaluate.extract import extract_features
-    from workflow_scripts.train.backbone import build_backbone
+    from workflow_scripts.model.backbone import build_backbone
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

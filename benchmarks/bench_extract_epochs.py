@@ -29,14 +29,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from workflow_scripts.train.backbone import build_backbone  # noqa: E402
-from workflow_scripts.train.checkpoint import save_backbone_checkpoint  # noqa: E402
+from workflow_scripts.data.cache import write_arrays  # noqa: E402
+from workflow_scripts.model.backbone import build_backbone  # noqa: E402
+from workflow_scripts.model.checkpoint import save_backbone_checkpoint  # noqa: E402
 
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
@@ -44,12 +44,9 @@ CLIP_MAX = 10000
 
 
 def write_cache(folder: Path, n_images: int, shape: tuple[int, int]) -> Path:
-    """A one-channel (DAPI) cache in the layout load_cache reads, random pixels."""
-    folder.mkdir(parents=True)
+    """A one-channel (DAPI) cache of random pixels (workflow_scripts.data.cache's writer)."""
     rng = np.random.default_rng(0)
-    np.save(
-        folder / "DAPI.npy", rng.integers(0, CLIP_MAX, size=(n_images, *shape), dtype=np.uint16)
-    )
+    pixels = rng.integers(0, CLIP_MAX, size=(n_images, *shape), dtype=np.uint16)
     table = pd.DataFrame(
         {
             "image_id": [f"img{i:05d}" for i in range(n_images)],
@@ -58,19 +55,9 @@ def write_cache(folder: Path, n_images: int, shape: tuple[int, int]) -> Path:
             "moa": "DMSO",
         }
     )
-    table.to_parquet(folder / "images.parquet")
-    meta = {
-        "n_images": n_images,
-        "height": shape[0],
-        "width": shape[1],
-        "channels": ["DAPI"],
-        "clip_max": CLIP_MAX,
-        "resize_factor": 1.0,
-        "illumination_correction": False,
-        "settings_digest": "benchmark",
-    }
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return folder
+    return write_arrays(
+        folder, table, {"DAPI": pixels}, clip_max=CLIP_MAX, settings_digest="benchmark"
+    )
 
 
 def write_checkpoints(folder: Path, epochs: list[int], model_kwargs: dict) -> list[str]:

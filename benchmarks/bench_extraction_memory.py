@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
@@ -57,7 +56,7 @@ BATCHES = (1, 5)
 
 
 def _model(model_kwargs: dict, arch: str = ARCH):
-    from workflow_scripts.train.backbone import build_backbone
+    from workflow_scripts.model.backbone import build_backbone
 
     torch.manual_seed(0)
     return build_backbone(arch, "none", model_kwargs).eval().requires_grad_(False)
@@ -127,8 +126,8 @@ def cuda_check(arch: str, meta_init: bool, images: int, memory_gb: float | None)
     """Extraction on the GPU at the derived batch: peak allocated vs the estimate."""
     from timm.models._manipulate import reinit_non_persistent_buffers
 
-    from workflow_scripts.evaluate.extract import embed_crops
-    from workflow_scripts.train.precision import Precision
+    from workflow_scripts.model.embed import embed_crops
+    from workflow_scripts.model.precision import Precision
 
     device = torch.device("cuda")
     free = torch.cuda.mem_get_info(device)[0] / em.GB

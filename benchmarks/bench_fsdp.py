@@ -23,13 +23,11 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_train_step import random_fields, write_cache  # noqa: E402
 
 from workflow_scripts import config as cfg  # noqa: E402
-from workflow_scripts.train import memory_plan  # noqa: E402
+from workflow_scripts.train import memory as memory_plan  # noqa: E402
 
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 CHANNEL = "DAPI"

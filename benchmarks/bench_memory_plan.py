@@ -38,15 +38,14 @@ def rss_bytes() -> int:
 
 def measure(case: str, steps: int) -> dict:
     """In this process: baseline, then real training steps; peak RSS (ru_maxrss) - baseline."""
-    sys.path.insert(0, str(REPO))
     import torch
 
     from workflow_scripts import config as cfg
-    from workflow_scripts.train import memory_plan
-    from workflow_scripts.train.backbone import build_backbone
+    from workflow_scripts.model.backbone import build_backbone
+    from workflow_scripts.train import memory as memory_plan
+    from workflow_scripts.train.dino_model import build_dino_model
     from workflow_scripts.train.ema import make_teacher, update_teacher
     from workflow_scripts.train.loss import DINOLoss
-    from workflow_scripts.train.model import build_dino_model
     from workflow_scripts.train.optim import build_optimizer, param_groups
 
     torch.set_num_threads(1)

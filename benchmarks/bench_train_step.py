@@ -53,7 +53,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -67,7 +66,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from workflow_scripts import config as config_module  # noqa: E402
 from workflow_scripts.atomic import write_json  # noqa: E402
-from workflow_scripts.tables import write_table  # noqa: E402
+from workflow_scripts.data import cache  # noqa: E402
 from workflow_scripts.train.distributed import DistributedContext  # noqa: E402
 from workflow_scripts.train.loop import Trainer, TrainJob  # noqa: E402
 from workflow_scripts.train.schedules import scaled_lr  # noqa: E402
@@ -123,38 +122,15 @@ def write_cache(
         cv2.resize(np.minimum(field, clip_max), (width, height), interpolation=cv2.INTER_AREA)
         for field in fields
     ]
-    cache_dir.mkdir(parents=True)
-    for channel in channels:
-        array = np.lib.format.open_memmap(
-            cache_dir / f"{channel}.npy",
-            mode="w+",
-            dtype=np.uint16,
-            shape=(n_images, height, width),
-        )
-        for i in range(n_images):
-            array[i] = rows[i % len(rows)]
-        array.flush()
-        del array
     # all treated: train.images (treated by default) uses every row
-    write_table(
-        pd.DataFrame(
-            {"image_id": [f"P/W{i:05d}/s1" for i in range(n_images)], "is_control": False}
-        ),
-        cache_dir / "images.parquet",
+    table = pd.DataFrame(
+        {"image_id": [f"P/W{i:05d}/s1" for i in range(n_images)], "is_control": False}
     )
-    write_json(
-        cache_dir / "meta.json",
-        {
-            "n_images": n_images,
-            "height": height,
-            "width": width,
-            "channels": channels,
-            "clip_max": clip_max,
-            "resize_factor": resize_factor,
-            "illumination_correction": False,
-            "settings_digest": "benchmark",
-        },
-    )
+    settings = dict(clip_max=clip_max, resize_factor=resize_factor, settings_digest="benchmark")
+    with cache.writing(cache_dir, table, channels, (height, width), **settings) as arrays:
+        for array in arrays.values():
+            for i in range(n_images):
+                array[i] = rows[i % len(rows)]
 
 
 # ---------------------------------------------------------------------------- configurations

@@ -24,14 +24,9 @@ import time
 from pathlib import Path
 
 import yaml
+from repo_copy import copy_repo
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-from workflow_copy import copy_repo  # noqa: E402 (needs the sys.path entries above)
-
-from workflow_scripts.timed import read_timing  # noqa: E402
+from workflow_scripts.timed import read_timing
 
 DATA_RULES = ["generate_demo_data", "prepare_metadata", "validate_images", "build_image_cache"]
 SECOND_RECIPE = {"train": {"optimizer": {"lr": 2.0e-4}, "seed": 1}}

@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -40,10 +38,10 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from workflow_scripts import config as config_module  # noqa: E402
 from workflow_scripts.atomic import write_json  # noqa: E402
-from workflow_scripts.train.backbone import build_backbone  # noqa: E402
+from workflow_scripts.model.backbone import build_backbone  # noqa: E402
+from workflow_scripts.train.dino_model import MultiCropModel, build_dino_model  # noqa: E402
 from workflow_scripts.train.ema import make_teacher  # noqa: E402
 from workflow_scripts.train.loss import DINOLoss  # noqa: E402
-from workflow_scripts.train.model import MultiCropModel, build_dino_model  # noqa: E402
 
 DEFAULT_ARCHS = ("vit_small_patch16_dinov3.lvd1689m", "vit_base_patch16_dinov3.lvd1689m")
 # The estimate for ViT-S/16 at 2x224 + 8x96 (MAC convention, see the module docstring).

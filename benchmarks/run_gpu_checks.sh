@@ -179,8 +179,8 @@ else
     FSDP_ARGS=(--arch vit_large_patch16_dinov3.lvd1689m --nproc "$N_GPUS" --steps 20)
 fi
 step fsdp_vs_ddp 420 "$PYTHON" benchmarks/bench_fsdp.py "${FSDP_ARGS[@]}" --work "$WORK"
-step memory_plan 120 bash -c "\"$PYTHON\" -m workflow_scripts.train.memory_plan --all-models \
-    --gpus $N_GPUS && \"$PYTHON\" -m workflow_scripts.train.memory_plan --all-models --gpus 8 \
+step memory_plan 120 bash -c "\"$PYTHON\" -m workflow_scripts.cluster.memory_plan --all-models \
+    --gpus $N_GPUS && \"$PYTHON\" -m workflow_scripts.cluster.memory_plan --all-models --gpus 8 \
     --nodes 2 --activation-checkpointing true"
 grep -h '"strategy"' "$STEPS_LOG" >> "$SUMMARY" || true
 

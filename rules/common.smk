@@ -1,40 +1,22 @@
-# Config access, output paths, wildcard constraints and code dependencies shared by all rules.
+# Paths between stages, config accessors, wildcard constraints and code dependencies shared by
+# all rules. The configuration is checked before this file is read (Snakefile: config_check).
 import json
 import os
 import re
 import shlex
 import sys
-from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without installation
 
 from workflow_scripts import config as cfg
 from workflow_scripts import output_lock
-from workflow_scripts import output_cache
+from workflow_scripts.cluster import resources as cluster
 from workflow_scripts.code_deps import relative_module_files
 from workflow_scripts.data import manifest as raw_manifest
-from workflow_scripts.errors import InputError
-from workflow_scripts.train.model_kwargs import check_model_kwargs
+from workflow_scripts.errors import InputError  # onstart's lock error
 from workflow_scripts.evaluate import crops as cfg_crops
 
-try:
-    cfg.check_meaning(config)
-    if workflow.is_main_process:  # jobs re-parse this file: checked once, by the main process
-        check_model_kwargs(config)
-    cfg_crops.check_config(config)
-except InputError as err:
-    raise WorkflowError(f"config error: {err}") from None
-
-# Between-workflow cache (--cache, rules/data.smk): fail now, naming the variable, rather than
-# at the first cached job (Snakemake only warns when the location is unset).
-if workflow.workflow_settings.cache is not None:
-    try:
-        output_cache.check_location(os.environ)
-    except InputError as err:
-        raise WorkflowError(f"between-workflow cache: {err}") from None
-
 OUT = config["output_dir"]
-RESOURCES = config["resources"]  # schema: required, defaults in config.yaml
 DATA_CHANNELS = list(config["data"]["channels"])
 ARCHS = cfg.architecture_names(config)
 TRAIN_CHANNELS = cfg.training_channels(config)
@@ -88,7 +70,8 @@ BENCH = out("benchmarks")
 
 
 # ------------------------------------------------------------------ one run per output_dir
-if workflow.is_main_process:
+def prepare_output_dir():
+    """Start-up of the main process, once the configuration is checked (Snakefile)."""
     # a run killed with -9 left its locks: clear them so the plain command runs again
     if output_lock.recover_after_crash(OUT, os.path.join(os.getcwd(), ".snakemake")):
         print(f"note: removed the stale lock of a run on {OUT} that is gone", file=sys.stderr)
@@ -159,68 +142,7 @@ def weights_arg(wildcards):
 
 
 def gpus(arch):
-    return int(arch_entry(arch)["gpus"])
-
-
-def train_strategy(arch):
-    """ddp or fsdp (memory_plan.py: `auto` = DDP when its estimate fits resources.gpu_mem_gb)."""
-    entry = arch_entry(arch)
-    if entry.get("strategy", "auto") != "auto" or not gpus(arch):
-        return entry.get("strategy", "auto").replace("auto", "ddp")
-    from workflow_scripts.train import memory_plan  # imports torch: only for GPU jobs
-
-    return memory_plan.training_strategy(config, arch)
-
-
-def train_strategy_args(arch):
-    args = f"--strategy {train_strategy(arch)}"
-    if arch_entry(arch).get("activation_checkpointing", False):
-        args += " --activation-checkpointing"
-    return args
-
-
-# Refuse at planning time (snakemake -n), with the numbers, a GPU training that cannot fit.
-if any(gpus(a) for a in ARCHS):
-    from workflow_scripts.train import memory_plan
-
-    try:
-        memory_plan.check_fits(config)
-    except InputError as err:
-        raise WorkflowError(f"config error: {err}") from None
-
-
-def nodes(arch):
-    return int(arch_entry(arch).get("nodes", 1))
-
-
-def srun_launch(arch):
-    """Several nodes (or launcher: srun): one SLURM task per GPU, started by srun inside the
-    job; the executor plugin's multi-task route (resources mpi/tasks/nodes)."""
-    launcher = arch_entry(arch).get("launcher", "auto")
-    return launcher == "srun" or (launcher == "auto" and nodes(arch) > 1)
-
-
-for _arch in ARCHS:
-    if srun_launch(_arch) and not gpus(_arch):
-        raise WorkflowError(
-            f"config error: architecture {_arch}: nodes > 1 / launcher srun needs gpus >= 1 "
-            f"(one task per GPU)"
-        )
-
-
-def train_launcher(arch):
-    """One process per GPU through torchrun; plain python for CPU or a single GPU; several
-    nodes: srun, one task per GPU (rendezvous from SLURM's variables: distributed.py)."""
-    n = gpus(arch)
-    if srun_launch(arch):
-        m = nodes(arch)
-        return (
-            f"srun --nodes={m} --ntasks={n * m} --ntasks-per-node={n} "
-            f"--kill-on-bad-exit=1 python"
-        )
-    if n > 1:
-        return f"torchrun --standalone --nproc-per-node={n}"
-    return "python"
+    return cluster.gpus(config, arch)
 
 
 # ------------------------------------------------------------------ data sources
@@ -282,17 +204,7 @@ def image_root():
     return config["data"].get("official", {}).get("image_root", "")
 
 
-# Fail at planning time, naming the key, when the real data is not where config.yaml says.
 DOWNLOADING = SOURCE == "official" and config["data"].get("download", {}).get("enabled", False)
-if SOURCE != "demo" and not DOWNLOADING:
-    _missing = {k: v for k, v in source_tables().items() if not os.path.exists(v)}
-    if SOURCE == "official" and not os.path.isdir(image_root()):
-        _missing["image_root"] = image_root()
-    if _missing:
-        _where = "; ".join(f"config key 'data.{SOURCE}.{k}' -> {v}" for k, v in _missing.items())
-        raise WorkflowError(
-            f"data not found: {_where}. Edit config.yaml (or run the demo: --configfile config/demo.yaml)."
-        )
 
 
 # ------------------------------------------------------------------ evaluation inputs
@@ -317,28 +229,12 @@ def pretrained_model_arg(wildcards):
     )
 
 
-def extract_runtime(n_epochs):
-    """Minutes for one extraction job of n epochs: start-up, then each epoch's pass."""
-    return RESOURCES["extract_runtime_min"] + n_epochs * RESOURCES["extract_epoch_runtime_min"]
-
-
-def extract_mem_mb(arch):
-    """Host memory of an extraction job: the configured value, or more where a GPU
-    architecture's weights need it (CPU architectures are not sized: that needs torch)."""
-    configured = RESOURCES["extract_mem_mb"]
-    if not gpus(arch):
-        return configured
-    from workflow_scripts.evaluate import extraction_memory  # imports torch: GPU jobs only
-
-    return max(configured, extraction_memory.host_mem_mb(arch, arch_entry(arch)["model_kwargs"]))
-
-
 def extract_resources(n_epochs):
     """An extraction job's resources (rules/evaluate.smk: group_slot = one member at a time)."""
     return dict(
         gpu=lambda w: 1 if gpus(w.arch) else 0,
-        mem_mb=lambda w: extract_mem_mb(w.arch),
-        runtime=extract_runtime(n_epochs),
+        mem_mb=lambda w: cluster.extract_mem_mb(config, w.arch),
+        runtime=cluster.extract_runtime(config, n_epochs),
         group_slot=1,
         # Speed, not results: as resources (no rerun trigger looks at them, unlike params) a
         # change reruns no extraction; `--set-resources <rule>:extract_batch_size=N` (or auto)
@@ -361,18 +257,6 @@ BASELINES = {entry["name"]: entry for entry in cfg.baselines(config)}
 BASELINE_DIR = out("eval", "baselines", "{baseline}")
 BASELINE_METRICS = os.path.join(BASELINE_DIR, "metrics.json")
 HANDCRAFTED_PROFILES = out("baselines", "handcrafted_profiles.csv")
-
-# Tables the workflow does not write must exist: name the config key before any job runs.
-_missing = {
-    i: entry["table"]
-    for i, entry in enumerate(BASELINES.values())
-    if entry["table"] != HANDCRAFTED_PROFILES and not os.path.exists(entry["table"])
-}
-if _missing:
-    raise WorkflowError(
-        "baseline table not found: "
-        + "; ".join(f"config key 'baselines.{i}.table' -> {path}" for i, path in _missing.items())
-    )
 
 
 def all_baseline_metrics():

@@ -9,10 +9,7 @@ DOWNLOAD = config["data"].get("download", {})
 if DOWNLOAD.get("enabled", False) and SOURCE == "official":
     from workflow_scripts.data import download as bbbc021_download
 
-    try:
-        DOWNLOAD_PLATES = bbbc021_download.plates_setting(DOWNLOAD.get("plates", "all"))
-    except InputError as err:
-        raise WorkflowError(f"config error: {err}") from None
+    DOWNLOAD_PLATES = bbbc021_download.plates_setting(DOWNLOAD.get("plates", "all"))
     DOWNLOAD_MARKER = os.path.join(image_root(), bbbc021_download.DOWNLOAD_DIR, "{plate}.done")
 
     localrules:

@@ -8,7 +8,7 @@ localrules:
 
 rule fetch_weights:
     input:
-        code=code("train.fetch_weights"),
+        code=code("model.fetch_weights"),
     # Login node (internet) only: GPU jobs then read the local file, offline.
     # Between-workflow cache (rules/data.smk): the key holds the command as written and the
     # params, not wildcards or paths, so the architecture must be a param (else all would share
@@ -23,7 +23,7 @@ rule fetch_weights:
     params:
         arch="{arch}",
     shell:
-        "python -m workflow_scripts.timed python -m workflow_scripts.train.fetch_weights "
+        "python -m workflow_scripts.timed python -m workflow_scripts.model.fetch_weights "
         "--arch {params.arch:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -31,22 +31,6 @@ rule fetch_weights:
 # its params carry only its own settings, so editing one architecture retrains only that one.
 for _arch in ARCHS:
     _slug = re.sub(r"\W", "_", _arch)
-    _n_gpus = gpus(_arch)
-    _srun = srun_launch(_arch)
-    _tasks = _n_gpus * nodes(_arch)
-    # several tasks (srun): the executor plugin's multi-task route. GPUs as `--gres=gpu:G`, which
-    # SLURM counts per node (`--gpus` counts per job and may put them all on one node)
-    _gpu_request = (
-        dict(
-            mpi="srun",
-            tasks=_tasks,
-            nodes=nodes(_arch),
-            cpus_per_task=RESOURCES["cpus_per_gpu"],
-            gres=f"gpu:{_n_gpus}",
-        )
-        if _srun
-        else dict(gpu=_n_gpus)
-    )
 
     rule:
         name:
@@ -71,14 +55,9 @@ for _arch in ARCHS:
             channel="|".join(TRAIN_CHANNELS),
         conda:
             "../envs/pytorch-cuda.yaml"
-        # CPU runs (demo, tests): one thread per job beats oversubscribed cores for small models
-        threads: _n_gpus * RESOURCES["cpus_per_gpu"] if _n_gpus else 1
+        threads: cluster.training_threads(config, _arch)
         resources:
-            **_gpu_request,
-            gpus_per_node=_n_gpus,
-            tasks_per_gpu=0,
-            mem_mb=max(1, _n_gpus) * RESOURCES["mem_mb_per_gpu"] if _n_gpus else 8000,
-            runtime=RESOURCES["train_runtime_min"],
+            **cluster.training_request(config, _arch),
             # a resource, not a param: switching it reruns no training
             allow_cpu_fallback=int(config.get("allow_cpu_fallback", False)),
         params:
@@ -86,8 +65,8 @@ for _arch in ARCHS:
             settings=as_json(arch_train(_arch)),
             model_kwargs=as_json(arch_entry(_arch)["model_kwargs"]),
             weights=weights_file(_arch) or "none",
-            launcher=train_launcher(_arch),
-            strategy=train_strategy_args(_arch),
+            launcher=cluster.train_launcher(config, _arch),
+            strategy=cluster.strategy_args(config, _arch),
             cache_dir=lambda w, input: os.path.dirname(input.meta),
             out_dir=lambda w, output: os.path.dirname(output.log_jsonl[0]),
             resume_dir=lambda w, a=_arch: out("resume", a, w.channel),

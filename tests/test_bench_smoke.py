@@ -2,14 +2,12 @@
 analytic FLOP arithmetic agrees with torch's FlopCounterMode."""
 
 import json
-import sys
 
 import pytest
 
 from workflow_scripts import config as cfg
 
 REPO = cfg.REPO_DIR
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 import bench_train_step  # noqa: E402
 import flops  # noqa: E402

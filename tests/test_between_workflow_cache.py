@@ -190,7 +190,7 @@ HUB_ARCHS = ["vit_small_patch16_dinov3.lvd1689m", "vit_base_patch16_dinov3.lvd16
 
 def test_hub_weights_are_fetched_once_per_architecture_across_weights_dirs(tmp_path):
     workdir = copy_repo(tmp_path / "repo")
-    (workdir / "workflow_scripts/train/fetch_weights.py").write_text(FETCH_STAND_IN)
+    (workdir / "workflow_scripts/model/fetch_weights.py").write_text(FETCH_STAND_IN)
     cache = tmp_path / "cache"
     cache.mkdir()
     archs = [{"name": a, "weights": "hub", "gpus": 0} for a in HUB_ARCHS]

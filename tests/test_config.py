@@ -8,10 +8,17 @@ import pytest
 import yaml
 
 from workflow_scripts import config as cfg
+from workflow_scripts import config_check
 from workflow_scripts.errors import InputError
-from workflow_scripts.train.model_kwargs import check_model_kwargs
+from workflow_scripts.model.kwargs import check_model_kwargs
 
 REPO = cfg.REPO_DIR
+
+
+def check(config: dict) -> None:
+    """The schema, then every settings rule (what `snakemake -n` checks before files and models)."""
+    cfg.check_schema(config)
+    config_check.check(config, files=False, models=False)
 
 
 @pytest.fixture
@@ -37,7 +44,7 @@ def test_unknown_architecture_names_key_and_valid_models(demo_config):
     bad = copy.deepcopy(demo_config)
     bad["architectures"][0]["name"] = "vit_giant_patch16_dinov3.lvd1689m"
     with pytest.raises(InputError) as err:
-        cfg.validate(bad)
+        check(bad)
     message = str(err.value)
     assert "architectures.0.name" in message
     assert "vit_giant_patch16_dinov3" in message
@@ -82,7 +89,7 @@ def test_invalid_settings_name_the_key(demo_config, mutate, key):
     bad = copy.deepcopy(demo_config)
     mutate(bad)
     with pytest.raises(InputError, match=f"config key '{key}'"):
-        cfg.validate(bad)
+        check(bad)
 
 
 def test_architecture_overrides_reach_only_that_architecture(demo_config):
@@ -93,7 +100,7 @@ def test_architecture_overrides_reach_only_that_architecture(demo_config):
         "train": {"epochs": 6, "optimizer": {"lr": 2.0e-4}},
     }
     config["architectures"].append(second)
-    cfg.validate(config)
+    check(config)
     first = cfg.train_settings(config, "vit_small_patch16_dinov3.lvd1689m")
     other = cfg.train_settings(config, second["name"])
     assert first == config["train"]

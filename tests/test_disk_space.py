@@ -10,7 +10,7 @@ import torch
 from workflow_scripts import disk_space
 from workflow_scripts.atomic import write_text
 from workflow_scripts.errors import InputError, cli
-from workflow_scripts.train import checkpoint
+from workflow_scripts.train import resume_state
 
 
 def test_enospc_anywhere_in_a_cli_is_one_line_and_status_2(capsys):
@@ -52,20 +52,20 @@ def state(n: int) -> dict:
 
 def test_resume_state_on_a_full_disk_names_file_and_bytes_and_keeps_the_old(tmp_path, monkeypatch):
     path = tmp_path / "resume" / "state.pt"
-    checkpoint.save_resume_state(path, state(1))
+    resume_state.save_resume_state(path, state(1))
     monkeypatch.setattr(disk_space, "free_bytes", lambda directory: 100)
     with pytest.raises(
         InputError,
         match=rf"{tmp_path / 'resume'}: not enough free disk space for "
         r"the resume state state\.pt: needs 1056 bytes",
     ):
-        checkpoint.save_resume_state(path, state(2))
-    assert checkpoint.load_resume_state(path)["epoch"] == 1
+        resume_state.save_resume_state(path, state(2))
+    assert resume_state.load_resume_state(path)["epoch"] == 1
 
 
 def test_a_short_write_inside_torch_save_is_named_not_unexpected_pos(tmp_path, monkeypatch):
     path = tmp_path / "state.pt"
-    checkpoint.save_resume_state(path, state(1))
+    resume_state.save_resume_state(path, state(1))
 
     def short_write(obj, f):
         with open(f, "wb") as fh:
@@ -78,9 +78,9 @@ def test_a_short_write_inside_torch_save_is_named_not_unexpected_pos(tmp_path, m
         match=r"state\.pt: no space left on device writing the resume "
         r"state: needs about 1056 bytes .*previous state is kept",
     ):
-        checkpoint.save_resume_state(path, state(2))
+        resume_state.save_resume_state(path, state(2))
     monkeypatch.undo()
-    assert checkpoint.load_resume_state(path)["epoch"] == 1
+    assert resume_state.load_resume_state(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]
 
 

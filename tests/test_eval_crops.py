@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from workflow_scripts import config as cfg
+from workflow_scripts import config_check
 from workflow_scripts.errors import InputError
 from workflow_scripts.evaluate import crops, extract
 
@@ -159,12 +160,12 @@ def test_bad_crop_settings_name_the_key():
 def test_config_rejects_windows_that_do_not_fit_the_cached_field():
     bad = json.loads(json.dumps(CONFIG))
     bad["evaluate"]["seed_windows"]["boxes"][1] = [320, 32, 544, 600]
-    cfg.validate(bad)  # the schema's and config.py's checks pass; the field check is crops'
+    cfg.check_schema(bad)  # the schema passes; the window check of the start-up check refuses
     with pytest.raises(
         InputError, match=r"config key 'evaluate' \(cached field 640 x 512.*boxes.1"
     ):
-        crops.check_config(bad)
-    crops.check_config(DEMO)  # the demo's 256 x 204 field takes the scaled windows
+        config_check.check(bad, files=False, models=False)
+    config_check.evaluation_windows(DEMO)  # the demo's 256 x 204 field takes the scaled windows
 
 
 def test_rule_settings_carry_only_the_keys_of_the_crop_mode():

@@ -5,8 +5,8 @@ import argparse
 import torch
 
 from workflow_scripts.evaluate.extract import load_model
-from workflow_scripts.train.backbone import build_backbone
-from workflow_scripts.train.rng import seed_everything
+from workflow_scripts.model.backbone import build_backbone
+from workflow_scripts.model.rng import seed_everything
 
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 KWARGS = {"depth": 1, "embed_dim": 32, "num_heads": 2}

@@ -12,13 +12,14 @@ import timm
 import torch
 from torch import nn
 
-from workflow_scripts.data.cache import load_cache
+from workflow_scripts.data.cache import load_cache, write_arrays
+from workflow_scripts.data.crops import INTERPOLATIONS
 from workflow_scripts.evaluate import combine, evaluate, extract
 from workflow_scripts.evaluate.crops import Crop, grid_crops
-from workflow_scripts.evaluate.extract import CropDataset, crop_boxes, embed, extract_features
+from workflow_scripts.evaluate.extract import CropDataset, crop_boxes, extract_features
+from workflow_scripts.model.checkpoint import save_backbone_checkpoint
+from workflow_scripts.model.embed import embed
 from workflow_scripts.tables import feature_columns
-from workflow_scripts.train.checkpoint import save_backbone_checkpoint
-from workflow_scripts.train.multicrop import INTERPOLATIONS
 
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
@@ -44,24 +45,9 @@ def tiny_model():
 
 
 def write_cache(folder, arrays, table):
-    """A cache in the layout of docs/formats.md (what workflow_scripts.data.cache writes)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for channel, array in arrays.items():
-        np.save(folder / f"{channel}.npy", array.astype(np.uint16))
-    table.to_parquet(folder / "images.parquet")
-    n, height, width = next(iter(arrays.values())).shape
-    meta = {
-        "n_images": n,
-        "height": height,
-        "width": width,
-        "channels": list(arrays),
-        "clip_max": CLIP_MAX,
-        "resize_factor": 1.0,
-        "illumination_correction": False,
-        "settings_digest": "test",
-    }
-    (folder / "meta.json").write_text(json.dumps(meta))
-    return folder
+    """A cache of these arrays (workflow_scripts.data.cache's writer)."""
+    arrays = {channel: array.astype(np.uint16) for channel, array in arrays.items()}
+    return write_arrays(folder, table, arrays, clip_max=CLIP_MAX, settings_digest="test")
 
 
 def design_table():

@@ -10,7 +10,7 @@ import torch
 from test_eval_extract import ARCH, SETTINGS, TINY, cache_dir, tiny_model  # noqa: F401 (fixture)
 
 from workflow_scripts.evaluate import extract
-from workflow_scripts.train.checkpoint import save_backbone_checkpoint
+from workflow_scripts.model.checkpoint import save_backbone_checkpoint
 
 
 def checkpoint(folder, epoch: int, channel: str = "rgb"):

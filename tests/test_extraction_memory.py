@@ -5,8 +5,8 @@ backbones loaded on the meta device against the random-init-then-load path."""
 from __future__ import annotations
 
 import json
-import sys
 
+import bench_extraction_memory as bench  # noqa: E402
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,14 +14,12 @@ import torch
 from safetensors.torch import save_file
 from test_eval_extract import TINY, cache_dir, run_extract  # noqa: F401  (cache_dir: fixture)
 
+from workflow_scripts.cluster import memory_plan
 from workflow_scripts.errors import InputError
 from workflow_scripts.evaluate import extract
 from workflow_scripts.evaluate import extraction_memory as em
-from workflow_scripts.train import backbone, memory_plan
-from workflow_scripts.train.checkpoint import load_backbone_checkpoint, save_backbone_checkpoint
-
-sys.path.insert(0, str(memory_plan.config_module.REPO_DIR / "benchmarks"))
-import bench_extraction_memory as bench  # noqa: E402
+from workflow_scripts.model import backbone
+from workflow_scripts.model.checkpoint import load_backbone_checkpoint, save_backbone_checkpoint
 
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 ARCH_7B = "vit_7b_patch16_dinov3.lvd1689m"

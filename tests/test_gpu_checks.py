@@ -10,13 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import bench_train_step  # noqa: E402
 import pytest
 import torch
 from workflow_copy import REPO, copy_repo
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import bench_train_step  # noqa: E402
 
 BLOCKED = ("jsonschema", "albumentations", "snakemake")
 LIB = REPO / "benchmarks" / "gpu_checks_lib.sh"
@@ -239,7 +236,10 @@ def test_unknown_option_is_a_usage_line():
 
 
 def test_config_load_without_schema_still_checks_meaning(tmp_path):
+    """A bare GPU node may lack jsonschema: the planner CLI loads without the schema and still
+    runs the settings rules of the start-up check (config_check.py needs no jsonschema)."""
     from workflow_scripts import config as cfg
+    from workflow_scripts import config_check
     from workflow_scripts.errors import InputError
 
     schema_error = tmp_path / "schema_error.yaml"
@@ -249,5 +249,6 @@ def test_config_load_without_schema_still_checks_meaning(tmp_path):
     assert "bogus_key" in cfg.load([REPO / "config.yaml", schema_error], schema=False)["train"]
     meaning_error = tmp_path / "meaning_error.yaml"
     meaning_error.write_text("architectures: [{name: vit_giant_patch16_dinov3, weights: none}]\n")
+    loaded = cfg.load([REPO / "config.yaml", meaning_error], schema=False)
     with pytest.raises(InputError, match="unknown architecture"):
-        cfg.load([REPO / "config.yaml", meaning_error], schema=False)
+        config_check.check(loaded, files=False, models=False)

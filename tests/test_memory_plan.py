@@ -1,5 +1,5 @@
-"""Memory planner (workflow_scripts/train/memory_plan.py): parameter counts and activation bytes
-against real CPU models, the auto strategy, the refusal at `snakemake -n`, the CLI table."""
+"""Memory planner (workflow_scripts/train/memory.py, cluster/): parameter counts and activation
+bytes against real CPU models, the auto strategy, the refusal at `snakemake -n`, the CLI table."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import torch
 from workflow_copy import copy_repo, demo_config, snakemake, write_overlay
 
 from workflow_scripts import config as cfg
+from workflow_scripts import config_check
+from workflow_scripts.cluster import memory_plan, resources
 from workflow_scripts.errors import InputError
-from workflow_scripts.train import memory_plan
-from workflow_scripts.train.backbone import build_backbone
+from workflow_scripts.model.backbone import build_backbone
+from workflow_scripts.train import memory
+from workflow_scripts.train.dino_model import build_dino_model
 from workflow_scripts.train.loss import DINOLoss
-from workflow_scripts.train.model import build_dino_model
 
 REPO = cfg.REPO_DIR
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
@@ -29,7 +31,9 @@ def demo_with(architectures: list[dict], **resources) -> dict:
     config = cfg.load([REPO / "config.yaml", REPO / "config" / "demo.yaml"])
     config["architectures"] = architectures
     config["resources"].update(resources)
-    return cfg.validate(config)
+    cfg.check_schema(config)
+    config_check.check(config, files=False, models=False)
+    return config
 
 
 def real_saved_bytes(student, crops, loss) -> int:
@@ -52,7 +56,7 @@ def test_parameters_and_activations_match_a_real_cpu_model(model_kwargs):
     settings = cfg.train_settings(config, ARCH)
     settings["precision"] = "fp32"
     kwargs_json = json.dumps(model_kwargs, sort_keys=True)
-    size = memory_plan.model_size(ARCH, kwargs_json, json.dumps(settings["head"], sort_keys=True))
+    size = memory.model_size(ARCH, kwargs_json, json.dumps(settings["head"], sort_keys=True))
 
     torch.manual_seed(0)
     backbone = build_backbone(ARCH, "none", model_kwargs, settings["drop_path_rate"])
@@ -69,7 +73,7 @@ def test_parameters_and_activations_match_a_real_cpu_model(model_kwargs):
     loss = DINOLoss(settings["head"]["out_dim"], g["number"], loc["number"])
     measured = real_saved_bytes(student, crops, loss)
     settings["batch_size_per_gpu"] = batch
-    estimated = memory_plan.activation_bytes(
+    estimated = memory.activation_bytes(
         ARCH, kwargs_json, json.dumps(settings, sort_keys=True), "float32", False
     )
     # meta counts attention as the math kernel (seq^2 weights) and misses storage slack
@@ -85,8 +89,8 @@ def test_activation_checkpointing_lowers_the_estimate():
         json.dumps(settings, sort_keys=True),
         "float32",
     )
-    full = memory_plan.activation_bytes(*args, False)
-    checkpointed = memory_plan.activation_bytes(*args, True)
+    full = memory.activation_bytes(*args, False)
+    checkpointed = memory.activation_bytes(*args, True)
     assert 0 < checkpointed < 0.6 * full
 
 
@@ -99,24 +103,24 @@ def test_auto_picks_fsdp_when_ddp_exceeds_gpu_memory():
         "model_kwargs": WIDE_7B,
         "activation_checkpointing": True,
     }
-    plan = memory_plan.plan_architecture(demo_with([entry]), ARCH_7B)
+    plan = memory.plan_architecture(demo_with([entry]), ARCH_7B)
     assert plan.world_size == 16 and plan.fsdp_gb < plan.ddp_gb
     between = (plan.fsdp_gb + plan.ddp_gb) / 2
     tight = demo_with([entry], gpu_mem_gb=between)
-    chosen = memory_plan.plan_architecture(tight, ARCH_7B)
+    chosen = memory.plan_architecture(tight, ARCH_7B)
     assert (chosen.strategy, chosen.fits) == ("fsdp", True)
-    assert memory_plan.training_strategy(tight, ARCH_7B) == "fsdp"
+    assert resources.training_strategy(tight, ARCH_7B) == "fsdp"
     roomy = demo_with([entry], gpu_mem_gb=plan.ddp_gb + 1)
-    assert memory_plan.training_strategy(roomy, ARCH_7B) == "ddp"
+    assert resources.training_strategy(roomy, ARCH_7B) == "ddp"
     forced = demo_with([{**entry, "strategy": "ddp"}], gpu_mem_gb=between)
     with pytest.raises(InputError, match=r"architectures\.0.*with ddp over 16 GPU"):
-        memory_plan.check_fits(forced)
+        resources.check_fits(forced)
 
 
 def test_sharding_divides_model_state_by_world_size():
     entry = {"name": ARCH_7B, "weights": "none", "gpus": 1, "model_kwargs": WIDE_7B}
-    one = memory_plan.plan_architecture(demo_with([entry]), ARCH_7B)
-    eight = memory_plan.plan_architecture(demo_with([{**entry, "gpus": 8}]), ARCH_7B)
+    one = memory.plan_architecture(demo_with([entry]), ARCH_7B)
+    eight = memory.plan_architecture(demo_with([{**entry, "gpus": 8}]), ARCH_7B)
     assert one.ddp_gb == eight.ddp_gb  # DDP replicates
     assert eight.fsdp_gb < one.fsdp_gb
     assert one.activations_gb == eight.activations_gb  # per-GPU batch: unchanged
@@ -124,8 +128,8 @@ def test_sharding_divides_model_state_by_world_size():
 
 def test_cpu_jobs_are_not_refused():
     config = demo_with([{"name": ARCH_7B, "weights": "none", "gpus": 0}], gpu_mem_gb=1)
-    memory_plan.check_fits(config)
-    assert memory_plan.training_strategy(config, ARCH_7B) == "ddp"
+    resources.check_fits(config)
+    assert resources.training_strategy(config, ARCH_7B) == "ddp"
 
 
 def test_cli_prints_every_configured_architecture(capsys):

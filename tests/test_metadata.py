@@ -16,8 +16,8 @@ from workflow_scripts.data import metadata
 from workflow_scripts.errors import InputError
 from workflow_scripts.tables import METADATA_COLUMNS, SORT_KEYS, path_column
 
-SHARED = Path("/work/shared/data/bbbc021")
 REPO = Path(__file__).resolve().parents[1]
+OFFICIAL_TABLES = REPO / "data" / "bbbc021"  # the shipped official tables
 ORIGIN = [metadata.SOURCE_TABLE, metadata.SOURCE_ROW]
 
 
@@ -47,10 +47,12 @@ def official(dataset, tmp_path, edit=None, edit_moa=None):
     return image_csv, moa_csv
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"official BBBC021 tables not present in {SHARED}")
 def test_official_tables_give_the_published_bbbc021_subset():
     table = metadata.from_official(
-        SHARED / "BBBC021_v1_image.csv.gz", SHARED / "BBBC021_v1_moa.csv", "/data/bbbc021", CHANNELS
+        OFFICIAL_TABLES / "BBBC021_v1_image.csv.gz",
+        OFFICIAL_TABLES / "BBBC021_v1_moa.csv",
+        "/data/bbbc021",
+        CHANNELS,
     )
     treated = table[~table["is_control"]]
     assert len(treated) == 2528

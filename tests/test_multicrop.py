@@ -17,11 +17,12 @@ import torch
 from scipy import stats
 
 from workflow_scripts.config import REPO_DIR
+from workflow_scripts.data.crops import resized_crop
 from workflow_scripts.errors import InputError
 from workflow_scripts.tables import write_table
 from workflow_scripts.train import dataset as dataset_module
 from workflow_scripts.train.dataset import build_train_loader
-from workflow_scripts.train.multicrop import CropSpec, MultiCrop, resized_crop, sample_boxes
+from workflow_scripts.train.multicrop import CropSpec, MultiCrop, sample_boxes
 
 CHANNELS = ["DAPI", "Tubulin", "Actin"]
 HEIGHT, WIDTH = 128, 160

@@ -66,8 +66,8 @@ def config_args(workdir: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Repo copy + weights file at a hostile path + one complete run."""
-    from workflow_scripts.train.backbone import build_backbone
-    from workflow_scripts.train.checkpoint import save_weights
+    from workflow_scripts.model.backbone import build_backbone
+    from workflow_scripts.model.checkpoint import save_weights
 
     workdir = copy_repo(tmp_path_factory.mktemp("hostile") / "repo")
     weights = workdir / WEIGHTS_DIR / "tiny.safetensors"

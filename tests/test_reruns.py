@@ -15,10 +15,10 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from slurm_plan import local_rules, parse_plan, submissions  # noqa: E402
 from workflow_copy import (
     DEMO_CONFIG,
     PlannedOutput,
@@ -32,10 +32,6 @@ from workflow_copy import (
     train_rule,
     write_overlay,
 )
-from workflow_copy import REPO as SOURCE_REPO
-
-sys.path.insert(0, str(SOURCE_REPO / "benchmarks"))
-from slurm_plan import local_rules, parse_plan, submissions  # noqa: E402
 
 OUTPUT_DIR = "results/rerun"
 DEMO_ARCH = demo_config()["architectures"][0]["name"]
@@ -194,8 +190,8 @@ def test_editing_the_metrics_module_reruns_evaluation_not_extraction(finished):
 
 
 def test_editing_a_module_extraction_imports_reruns_extraction_not_training(finished):
-    rows = edited_plan(finished, "workflow_scripts/train/multicrop.py")
-    # multicrop is shared by training and extraction: both rerun, the data stage does not
+    rows = edited_plan(finished, "workflow_scripts/data/crops.py")
+    # the crop resizing is shared by training and extraction: both rerun, the data stage does not
     rerun_rules = EVALUATION_RULES | {train_rule(DEMO_ARCH), train_rule(SECOND_ARCH)}
     assert pending(rows) == paths(rows, lambda r: r.rule in rerun_rules or is_extraction(r.rule))
     rows = edited_plan(finished, "workflow_scripts/evaluate/extract.py")

@@ -4,7 +4,7 @@ loss."""
 import torch
 from torch import nn
 
-from workflow_scripts.train.backbone import build_backbone
+from workflow_scripts.model.backbone import build_backbone
 from workflow_scripts.train.optim import clip_gradients
 
 ARCH = "vit_small_patch16_dinov3.lvd1689m"

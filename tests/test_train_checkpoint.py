@@ -9,15 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from workflow_scripts.errors import InputError
-from workflow_scripts.train import fetch_weights
-from workflow_scripts.train.backbone import build_backbone
-from workflow_scripts.train.checkpoint import (
-    export_checkpoints,
+from workflow_scripts.model import fetch_weights
+from workflow_scripts.model.backbone import build_backbone
+from workflow_scripts.model.checkpoint import (
     load_backbone_checkpoint,
-    load_resume_state,
     save_backbone_checkpoint,
     save_weights,
 )
+from workflow_scripts.train.resume_state import export_checkpoints, load_resume_state
 
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}

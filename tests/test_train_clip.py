@@ -4,8 +4,8 @@ parameter (the previous implementation) and DINO's formula give, on a real stude
 import torch
 from torch import nn
 
-from workflow_scripts.train.backbone import build_backbone
-from workflow_scripts.train.model import build_dino_model
+from workflow_scripts.model.backbone import build_backbone
+from workflow_scripts.train.dino_model import build_dino_model
 from workflow_scripts.train.optim import clip_gradients
 
 ARCH = "vit_small_patch16_dinov3.lvd1689m"

@@ -30,8 +30,8 @@ from test_train_run import (
 )
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
+from workflow_scripts.model.checkpoint import load_backbone_checkpoint
 from workflow_scripts.train import loop, sharded_state
-from workflow_scripts.train.checkpoint import load_backbone_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -16,9 +16,9 @@ from test_train_run import (  # noqa: F401 (cache, one_torch_thread: fixtures)
 
 from workflow_scripts import config as cfg
 from workflow_scripts.errors import InputError
+from workflow_scripts.model.backbone import build_backbone
 from workflow_scripts.train import koleo, loop, optim
-from workflow_scripts.train.backbone import build_backbone
-from workflow_scripts.train.model import build_dino_model
+from workflow_scripts.train.dino_model import build_dino_model
 from workflow_scripts.train.optim import (
     build_optimizer,
     layer_lr_scale,

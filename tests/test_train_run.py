@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from workflow_scripts import config as cfg
+from workflow_scripts.data.cache import write_arrays
 from workflow_scripts.errors import InputError
-from workflow_scripts.tables import write_table
 from workflow_scripts.train import cli, loop
 from workflow_scripts.train.distributed import DistributedContext
 from workflow_scripts.train.loss import DINOLoss
@@ -35,7 +35,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def make_cache(directory: Path, n_images: int = 12, height: int = 64, width: int = 80) -> Path:
-    """A cache per docs/formats.md: images.parquet, meta.json, {channel}.npy (random uint16)."""
+    """A cache (docs/formats.md) of random uint16 fields, written by data.cache's writer."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     sites = [f"P1/B{i // 4 + 2:02d}/s{i % 4 + 1}" for i in range(n_images)]
@@ -59,23 +59,11 @@ def make_cache(directory: Path, n_images: int = 12, height: int = 64, width: int
             },
         }
     )
-    write_table(table, directory / "images.parquet")
-    for channel in CHANNELS:
-        np.save(
-            directory / f"{channel}.npy",
-            rng.integers(0, 10000, (n_images, height, width), dtype=np.uint16),
-        )
-    meta = {
-        "n_images": n_images,
-        "height": height,
-        "width": width,
-        "channels": CHANNELS,
-        "clip_max": 10000,
-        "resize_factor": 1.0,
-        "illumination_correction": False,
-        "settings_digest": "test",
+    arrays = {
+        channel: rng.integers(0, 10000, (n_images, height, width), dtype=np.uint16)
+        for channel in CHANNELS
     }
-    (directory / "meta.json").write_text(json.dumps(meta))
+    write_arrays(directory, table, arrays, clip_max=10000, settings_digest="test")
     return directory
 
 

@@ -5,7 +5,7 @@ import timm
 import torch
 
 from workflow_scripts.errors import InputError
-from workflow_scripts.train.backbone import input_standardization
+from workflow_scripts.model.backbone import input_standardization
 
 
 @pytest.fixture(scope="module")

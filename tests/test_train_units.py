@@ -9,18 +9,18 @@ import pytest
 import timm
 import torch
 
+from workflow_scripts.model.precision import Precision
 from workflow_scripts.train import distributed
+from workflow_scripts.train.dino_model import build_dino_model
 from workflow_scripts.train.ema import make_teacher, update_teacher
 from workflow_scripts.train.head import DINOHead
 from workflow_scripts.train.loss import DINOLoss
-from workflow_scripts.train.model import build_dino_model
 from workflow_scripts.train.optim import (
     DECAY_FLAG,
     build_optimizer,
     param_groups,
     set_lr_and_weight_decay,
 )
-from workflow_scripts.train.precision import Precision
 from workflow_scripts.train.schedules import (
     build_schedules,
     cosine_schedule,

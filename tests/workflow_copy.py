@@ -8,28 +8,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from repo_copy import REPO, copy_repo  # noqa: F401  (re-exported for the tests)
 
-REPO = Path(__file__).resolve().parents[1]
-# outputs and caches (.gitignore) stay behind
-NOT_COPIED = shutil.ignore_patterns(
-    ".git",
-    ".snakemake",
-    "results",
-    "weights",
-    "build",
-    "__pycache__",
-    ".pytest_cache",
-    "*.egg-info",
-    ".whl",
-    ".gl",
-)
 DEMO_CONFIG = "config/demo.yaml"
 
 
@@ -46,11 +32,6 @@ def extract_trained_rule(arch: str) -> str:
 
 def is_extraction(rule: str) -> bool:
     return rule == "extract_pretrained" or rule.startswith("extract_trained_")
-
-
-def copy_repo(dest: Path) -> Path:
-    shutil.copytree(REPO, dest, ignore=NOT_COPIED, symlinks=True)
-    return dest
 
 
 def demo_config() -> dict:

@@ -1,4 +1,4 @@
-"""config.yaml: load with overlays, validate (schema + meaning), and derive per-job settings.
+"""config.yaml: load with overlays, check against the schema, and derive per-job settings.
 
 The Snakefile and every CLI read the configuration through this module, so a setting means
 the same thing everywhere and each job gets exactly the settings its output depends on.
@@ -43,9 +43,10 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def load(paths: Iterable[str | Path], *, schema: bool = True) -> dict:
-    """Load config files in order (later ones overlay earlier ones) and validate the result.
-    schema=False skips the JSON-schema part (jsonschema is then not imported; the meaning
-    checks still run): for the benchmarks, which must start on a bare GPU node."""
+    """Load config files in order (later ones overlay earlier ones) and check the result
+    against the JSON schema; schema=False skips it (jsonschema is then not imported): for the
+    benchmarks, which must start on a bare GPU node. What the values mean together is
+    config_check.py's (the Snakefile and the planner CLI run it)."""
     config: dict = {}
     for path in paths:
         path = Path(path)
@@ -60,9 +61,7 @@ def load(paths: Iterable[str | Path], *, schema: bool = True) -> dict:
             raise InputError(f"{path}: top level must be a mapping")
         config = deep_merge(config, loaded)
     if schema:
-        validate(config)
-    else:
-        check_meaning(config)
+        check_schema(config)
     return config
 
 
@@ -73,13 +72,6 @@ def has_schema_checker() -> bool:
     except ImportError:
         return False
     return True
-
-
-def validate(config: dict) -> dict:
-    """Validate against the JSON schema (filling nothing) and check what a schema cannot."""
-    check_schema(config)
-    check_meaning(config)
-    return config
 
 
 def check_schema(config: dict) -> None:
@@ -97,57 +89,6 @@ def check_schema(config: dict) -> None:
         raise InputError(f"config key '{key}': {err.message}")
 
 
-def check_meaning(config: dict) -> None:
-    """Checks beyond the schema: model names, duplicate architectures, epoch settings."""
-    valid = known_models()
-    seen = set()
-    for i, entry in enumerate(config["architectures"]):
-        name = entry["name"]
-        if name not in valid:
-            raise InputError(
-                f"config key 'architectures.{i}.name': unknown architecture '{name}'. "
-                f"Valid DINOv3 models: {', '.join(valid)}"
-            )
-        if name in seen:
-            raise InputError(f"config key 'architectures.{i}.name': '{name}' is listed twice")
-        seen.add(name)
-        settings = train_settings(config, name)
-        for crop_key in ("global_crops", "local_crops"):
-            lo, hi = settings[crop_key]["scale"]
-            if lo > hi:
-                raise InputError(
-                    f"config key 'train.{crop_key}.scale' (architecture {name}): "
-                    f"lower bound {lo} exceeds upper bound {hi}"
-                )
-            ratio = settings[crop_key].get("ratio", [1, 1])
-            if ratio[0] > ratio[1]:
-                raise InputError(
-                    f"config key 'train.{crop_key}.ratio' (architecture {name}): "
-                    f"lower bound {ratio[0]} exceeds upper bound {ratio[1]}"
-                )
-        if settings["optimizer"]["min_lr"] > settings["optimizer"]["lr"]:
-            raise InputError(
-                f"config key 'train.optimizer.min_lr' (architecture {name}): exceeds lr"
-            )
-        for key, value in (
-            ("optimizer.warmup_epochs", settings["optimizer"].get("warmup_epochs")),
-            (
-                "loss.warmup_teacher_temp_epochs",
-                settings.get("loss", {}).get("warmup_teacher_temp_epochs"),
-            ),
-        ):
-            if value is not None and value > settings["epochs"]:
-                raise InputError(
-                    f"config key 'train.{key}' (architecture {name}): warm-up of {value} epochs "
-                    f"is longer than the run (train.epochs {settings['epochs']})"
-                )
-    check_baselines(config)
-    if PER_CHANNEL_MODE not in config["channel_modes"] and RGB not in config["channel_modes"]:
-        raise InputError("config key 'channel_modes': choose per_channel and/or rgb")
-    if RGB in config["channel_modes"] and len(config["data"]["channels"]) != 3:
-        raise InputError("config key 'channel_modes': rgb needs exactly 3 entries in data.channels")
-
-
 def baselines(config: dict) -> list[dict]:
     """`baselines` entries with their defaults; `{output_dir}` in a table path is output_dir
     (a table a rule of this workflow writes, as the demo's hand-crafted profiles)."""
@@ -160,17 +101,6 @@ def baselines(config: dict) -> list[dict]:
         }
         for entry in config.get("baselines") or []
     ]
-
-
-def check_baselines(config: dict) -> None:
-    seen = set(architecture_names(config))
-    for i, entry in enumerate(config.get("baselines") or []):
-        if entry["name"] in seen:
-            raise InputError(
-                f"config key 'baselines.{i}.name': '{entry['name']}' is already the name of an "
-                "architecture or an earlier baseline"
-            )
-        seen.add(entry["name"])
 
 
 def architecture(config: dict, name: str) -> dict:

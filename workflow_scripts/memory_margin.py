@@ -1,4 +1,4 @@
-"""The safety margin every GPU memory estimate adds (train/memory_plan.py for training,
+"""The safety margin every GPU memory estimate adds (cluster/train/memory.py for training,
 evaluate/extraction_memory.py for feature extraction): what the counted tensors do not show.
 
 A module of its own so that extraction's code dependencies (code_deps.py) do not include the

@@ -10,6 +10,7 @@ end, `meta.json` last: a failed or killed job never leaves a cache that looks co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -163,16 +165,7 @@ def write_cache(
     plates = table.groupby("plate", sort=False).indices
     if illumination is not None:
         (folder / ILLUMINATION_DIR).mkdir()
-    array_bytes = len(table) * shape[0] * shape[1] * CACHE_DTYPE.itemsize
-    what = f"the image cache ({len(channels)} arrays)"
-    ensure_free(folder.parent, array_bytes * len(channels), what)
-    arrays = {}
-    for ch in channels:
-        arrays[ch] = open_memmap(
-            folder / array_name(ch), mode="w+", dtype=CACHE_DTYPE, shape=(len(table), *shape)
-        )
-        # blocks allocated now: a full disk is an error here, not a SIGBUS mid-write
-        reserve(folder / array_name(ch), arrays[ch].offset + array_bytes)
+    arrays = new_arrays(folder, channels, len(table), shape)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for k, (plate, rows) in enumerate(plates.items(), start=1):
             start = time.perf_counter()
@@ -202,19 +195,112 @@ def write_cache(
     for array in arrays.values():
         array.flush()
     del arrays
-    table.to_parquet(folder / TABLE, index=False)
-    meta = {
+    meta = cache_meta(
+        table,
+        shape,
+        channels,
+        clip_max=clip_max,
+        resize_factor=resize_factor,
+        illumination_correction=illumination is not None,
+        settings_digest=digest(settings),
+    )
+    write_index(folder, table, meta)
+    return meta
+
+
+# ------------------------------------------------------------------ the format, for every writer
+def new_arrays(
+    folder: Path, channels: list[str], n_images: int, shape: tuple[int, int]
+) -> dict[str, np.memmap]:
+    """Writable (n_images, height, width) uint16 arrays `{channel}.npy` in `folder`, their
+    blocks allocated now: a full disk is an error here, not a SIGBUS mid-write."""
+    array_bytes = n_images * shape[0] * shape[1] * CACHE_DTYPE.itemsize
+    ensure_free(
+        folder.parent, array_bytes * len(channels), f"the image cache ({len(channels)} arrays)"
+    )
+    arrays = {}
+    for ch in channels:
+        path = folder / array_name(ch)
+        arrays[ch] = open_memmap(path, mode="w+", dtype=CACHE_DTYPE, shape=(n_images, *shape))
+        reserve(path, arrays[ch].offset + array_bytes)
+    return arrays
+
+
+def cache_meta(
+    table: pd.DataFrame,
+    shape: tuple[int, int],
+    channels: list[str],
+    *,
+    clip_max: float,
+    resize_factor: float,
+    illumination_correction: bool,
+    settings_digest: str,
+) -> dict:
+    """meta.json's content (docs/formats.md)."""
+    return {
         "n_images": len(table),
         "height": shape[0],
         "width": shape[1],
         "channels": list(channels),
         "clip_max": clip_max,
         "resize_factor": resize_factor,
-        "illumination_correction": illumination is not None,
-        "settings_digest": digest(settings),
+        "illumination_correction": illumination_correction,
+        "settings_digest": settings_digest,
     }
+
+
+def write_index(folder: Path, table: pd.DataFrame, meta: dict) -> None:
+    """The image table, then meta.json: a folder with meta.json is a complete cache."""
+    table.to_parquet(folder / TABLE, index=False)
     (folder / META).write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
+
+
+@contextlib.contextmanager
+def writing(
+    out_dir: str | os.PathLike,
+    table: pd.DataFrame,
+    channels: list[str],
+    shape: tuple[int, int],
+    *,
+    clip_max: float,
+    resize_factor: float = 1.0,
+    illumination_correction: bool = False,
+    settings_digest: str = "arrays",
+) -> Iterator[dict[str, np.memmap]]:
+    """A cache of fields the caller makes (tests, benchmarks): yields one writable
+    (len(table), height, width) uint16 array per channel, rows in table order; on a clean exit
+    the arrays are flushed and the table and meta.json written, in the layout `load_cache`
+    reads."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = new_arrays(out_dir, channels, len(table), shape)
+    yield arrays
+    for array in arrays.values():
+        array.flush()
+    arrays.clear()  # the memmaps close before meta.json marks the cache complete
+    meta = cache_meta(
+        table,
+        shape,
+        channels,
+        clip_max=clip_max,
+        resize_factor=resize_factor,
+        illumination_correction=illumination_correction,
+        settings_digest=settings_digest,
+    )
+    write_index(out_dir, table, meta)
+
+
+def write_arrays(
+    out_dir: str | os.PathLike, table: pd.DataFrame, arrays: dict[str, np.ndarray], **meta
+) -> Path:
+    """A cache of ready-made (N, H, W) arrays, one per channel (`writing`'s keywords)."""
+    first = next(iter(arrays.values()))
+    if len(first) != len(table):
+        raise ValueError(f"{len(first)} images in the arrays, {len(table)} rows in the table")
+    with writing(out_dir, table, list(arrays), first.shape[1:], **meta) as targets:
+        for channel, array in arrays.items():
+            targets[channel][:] = array
+    return Path(out_dir)
 
 
 def publish(folder: Path, out_dir: Path, channels: list[str]) -> None:

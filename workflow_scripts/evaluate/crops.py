@@ -134,8 +134,7 @@ def evaluation_crops(height: int, width: int, settings: dict) -> list[Crop]:
 
 def check_config(config: dict) -> None:
     """The evaluation crops fit the cached field (data.image_shape x preprocess.resize_factor).
-    Called by the Snakefile beside config.check_meaning; not from config.py, whose importers
-    (the cache, training) would then list this module as their code."""
+    One rule of the start-up check (config_check.py)."""
     field = cached_field(config["data"]["image_shape"], config["preprocess"]["resize_factor"])
     try:
         evaluation_crops(*field, config["evaluate"])

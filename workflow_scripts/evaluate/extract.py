@@ -9,13 +9,7 @@ training (`train.input_standardization`: none, or the backbone's pretrained mean
 embedded; the image's feature is the median over its crops (`crop_median`: `lower` = the lower
 middle value, as the seed's torch.median; `midpoint` = numpy's median). DMSO images included.
 
-`embedding` (what a ViT's `forward_features` returns for DINOv3 in timm: the final-norm tokens
-[CLS, 4 register tokens, patch tokens], `model.num_prefix_tokens` = 5):
-  cls            the CLS token (upstream DINOv3's `x_norm_clstoken`; note that timm's default
-                 pooled output for these models is the patch mean, not the CLS token)
-  mean_patch     the mean of the patch tokens (registers excluded)
-  cls+mean_patch both, concatenated (2 x embed_dim)
-ConvNeXt backbones have no tokens: only `cls`, meaning their pooled (normalised) output.
+`embedding`: cls, mean_patch or cls+mean_patch (workflow_scripts/model/embed.py).
 
 Epoch 0000 is the backbone before fine-tuning (`--weights none|path`; none = random init seeded
 with `--init-seed` = the architecture's train.seed, as training seeds its start;
@@ -56,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from workflow_scripts.config import RGB
 from workflow_scripts.data.cache import load_cache
+from workflow_scripts.data.crops import INTERPOLATIONS, limit_opencv_threads, resized_crop
 from workflow_scripts.data.intensity import scale_intensity, to_three_channels
 from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.evaluate.crops import (  # noqa: F401  (crop_boxes: imported from here)
@@ -65,14 +60,13 @@ from workflow_scripts.evaluate.crops import (  # noqa: F401  (crop_boxes: import
     median_over_crops,
 )
 from workflow_scripts.evaluate.extraction_memory import CPU_BATCH_SIZE, auto_batch_size
+from workflow_scripts.model.backbone import build_backbone, input_standardization
+from workflow_scripts.model.checkpoint import load_backbone_checkpoint, meta_path
+from workflow_scripts.model.embed import check_embedding, embed_crops
+from workflow_scripts.model.precision import Precision
+from workflow_scripts.model.rng import seed_everything
 from workflow_scripts.tables import feature_names, write_table
-from workflow_scripts.train.backbone import build_backbone, input_standardization
-from workflow_scripts.train.checkpoint import load_backbone_checkpoint, meta_path
-from workflow_scripts.train.multicrop import INTERPOLATIONS, limit_opencv_threads, resized_crop
-from workflow_scripts.train.precision import Precision
-from workflow_scripts.train.rng import seed_everything
 
-EMBEDDINGS = ("cls", "mean_patch", "cls+mean_patch")
 # How images are prepared, as training prepared them (train.<key>), with the config defaults
 # (input_standardization none: value / clip_max as is) for epoch 0 without an option and for
 # checkpoints that do not record the key.
@@ -136,33 +130,6 @@ class CropDataset(Dataset):
         self.__dict__.update(state)
 
 
-def check_embedding(model: nn.Module, embedding: str) -> None:
-    if embedding not in EMBEDDINGS:
-        raise InputError(
-            f"settings key 'embedding': '{embedding}' is not one of {', '.join(EMBEDDINGS)}"
-        )
-    if embedding != "cls" and getattr(model, "cls_token", None) is None:
-        raise InputError(
-            f"settings key 'embedding': '{embedding}' needs a ViT's tokens, but this "
-            f"{type(model).__name__} backbone only has a pooled output; use 'cls' (= the pooled "
-            "output for ConvNeXt models)"
-        )
-
-
-def embed(model: nn.Module, images: torch.Tensor, embedding: str) -> torch.Tensor:
-    """(B, 3, S, S) standardised images -> (B, D) embeddings (see the module docstring)."""
-    tokens = model.forward_features(images)
-    if tokens.ndim == 4:  # ConvNeXt feature map (B, C, h, w): timm's pooled + normed output
-        return model.forward_head(tokens, pre_logits=True)
-    cls_token = tokens[:, 0]
-    mean_patch = tokens[:, model.num_prefix_tokens :].mean(dim=1)
-    if embedding == "cls":
-        return cls_token
-    if embedding == "mean_patch":
-        return mean_patch
-    return torch.cat([cls_token, mean_patch], dim=1)
-
-
 def extract_features(
     model: nn.Module,
     arrays: list[np.ndarray],
@@ -205,30 +172,6 @@ def extract_features(
             median = median_over_crops(per_crop.numpy(), settings["crop_median"])
             features.append(median.astype(np.float32))
     return np.concatenate(features)
-
-
-def embed_crops(
-    model: nn.Module,
-    normalize: nn.Module,
-    crops: list[torch.Tensor],
-    embedding: str,
-    precision: Precision,
-    device: torch.device,
-) -> torch.Tensor:
-    """One (B, 3, h, w) batch per crop position -> (B, n_crops, D) float32 embeddings on the
-    CPU; positions of equal size share one forward pass."""
-    by_size: dict[tuple[int, ...], list[int]] = {}
-    for position, images in enumerate(crops):
-        by_size.setdefault(tuple(images.shape[-2:]), []).append(position)
-    embedded: list[torch.Tensor | None] = [None] * len(crops)
-    for positions in by_size.values():
-        images = torch.cat([crops[p] for p in positions]).to(device, non_blocking=True)
-        with precision.autocast():
-            embeddings = embed(model, normalize(images), embedding)
-        chunks = embeddings.float().cpu().split(len(crops[positions[0]]))
-        for position, chunk in zip(positions, chunks):
-            embedded[position] = chunk
-    return torch.stack(embedded, dim=1)
 
 
 def check_crop_sizes(model: nn.Module, crops: list[Crop]) -> None:

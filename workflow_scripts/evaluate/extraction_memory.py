@@ -18,7 +18,7 @@ size share a forward, as `extract.embed_crops` runs them). Both are measured on 
 
 batch = floor((memory - margin(weights)) / (per_image x (1 + MARGIN_FRACTION))), at least 1,
 at most `max_batch`; margin = x (1 + MARGIN_FRACTION) + FIXED_OVERHEAD_GB (CUDA context,
-allocator), as the training planner (train/memory_plan.py) uses.
+allocator), as the training estimate (train/memory.py) uses.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def window_sizes(height: int, width: int, settings: dict) -> list[tuple[int, int
 
 
 def _meta_backbone(arch: str, model_kwargs: dict):
-    from workflow_scripts.train.backbone import NO_WEIGHTS, build_backbone
+    from workflow_scripts.model.backbone import NO_WEIGHTS, build_backbone
 
     with torch.device("meta"):
         return build_backbone(arch, NO_WEIGHTS, model_kwargs).eval().requires_grad_(False)
@@ -150,7 +150,7 @@ def _meta_backbone(arch: str, model_kwargs: dict):
 def forward_peak_bytes(model, windows, batch: int, device, autocast_dtype, embedding="cls"):
     """Peak live bytes of the tensors one extraction batch creates: its windows (made on
     `device`, as the loader's batch arrives) and every forward of `extract.embed`."""
-    from workflow_scripts.evaluate.extract import embed
+    from workflow_scripts.model.embed import embed
 
     tracker = LiveBytes(autocast_dtype)
     with torch.inference_mode(), tracker:

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=["ddp", "fsdp"],
         default="ddp",
         help="ddp (replicated) or fsdp (FSDP2, sharded per block); see "
-        "workflow_scripts/train/memory_plan.py",
+        "workflow_scripts/cluster/memory_plan.py",
     )
     parser.add_argument(
         "--activation-checkpointing",

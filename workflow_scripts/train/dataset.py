@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from workflow_scripts import config as config_module
 from workflow_scripts.atomic import atomic_path
 from workflow_scripts.data.cache import load_cache
+from workflow_scripts.data.crops import limit_opencv_threads
 from workflow_scripts.errors import InputError, cli
-from workflow_scripts.train.multicrop import MultiCrop, limit_opencv_threads
+from workflow_scripts.train.multicrop import MultiCrop
 
 RGB = config_module.RGB
 PREFETCH_BATCHES_PER_WORKER = 2

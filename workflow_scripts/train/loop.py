@@ -23,24 +23,18 @@ from torch.nn.parallel import DistributedDataParallel
 from workflow_scripts import config as config_module
 from workflow_scripts.atomic import append_line, write_text
 from workflow_scripts.errors import InputError
+from workflow_scripts.model.backbone import build_backbone
+from workflow_scripts.model.checkpoint import save_backbone_checkpoint
+from workflow_scripts.model.precision import Precision
+from workflow_scripts.model.rng import capture_rng_state, restore_rng_state, seed_everything
 from workflow_scripts.train import distributed, fsdp, sharded_state
-from workflow_scripts.train.backbone import build_backbone
-from workflow_scripts.train.checkpoint import (
-    EPOCHS_DIR,
-    RESUME_STATE,
-    export_checkpoints,
-    load_resume_state,
-    save_backbone_checkpoint,
-    save_resume_state,
-    set_aside,
-)
 from workflow_scripts.train.dataset import build_train_loader
+from workflow_scripts.train.dino_model import build_dino_model
 from workflow_scripts.train.ema import make_teacher, update_teacher
 from workflow_scripts.train.head import synchronize_batch_norm
 from workflow_scripts.train.health import HealthMeter
 from workflow_scripts.train.koleo import GlobalCropEmbeddings, koleo_term
 from workflow_scripts.train.loss import DINOLoss
-from workflow_scripts.train.model import build_dino_model
 from workflow_scripts.train.optim import (
     build_optimizer,
     cancel_backbone_gradients,
@@ -49,9 +43,15 @@ from workflow_scripts.train.optim import (
     param_groups,
     set_lr_and_weight_decay,
 )
-from workflow_scripts.train.precision import Precision
 from workflow_scripts.train.resume_key import resume_key, world_size_decision
-from workflow_scripts.train.rng import capture_rng_state, restore_rng_state, seed_everything
+from workflow_scripts.train.resume_state import (
+    EPOCHS_DIR,
+    RESUME_STATE,
+    export_checkpoints,
+    load_resume_state,
+    save_resume_state,
+    set_aside,
+)
 from workflow_scripts.train.schedules import build_schedules
 
 IN_CHANS = 3  # grey is repeated to 3 channels, rgb stacks three: DINOv3 always sees 3
@@ -69,7 +69,7 @@ class TrainJob:
     settings: dict  # the config `train` section with this architecture's overrides
     out_dir: Path
     resume_dir: Path
-    strategy: str = "ddp"  # ddp | fsdp (fsdp.py; memory_plan.py chooses for `auto`)
+    strategy: str = "ddp"  # ddp | fsdp (fsdp.py; cluster/memory_plan.py chooses for `auto`)
     activation_checkpointing: bool = False
 
     def config_digest(self) -> str:

@@ -37,22 +37,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
-from workflow_scripts.data.intensity import scale_intensity, to_three_channels
+from workflow_scripts.data.crops import INTERPOLATIONS, resized_crop
 from workflow_scripts.errors import InputError
 
 # the seed passes ratio=(1, 1) to every RandomResizedCrop (albumentations' default: 3/4, 4/3)
 SEED_ASPECT_RATIO = (1.0, 1.0)
 BOX_ATTEMPTS = 10
-INTERPOLATIONS = {
-    "bicubic": cv2.INTER_CUBIC,
-    "bilinear": cv2.INTER_LINEAR,
-    "nearest": cv2.INTER_NEAREST,
-    "area": cv2.INTER_AREA,
-}
 
 
 @dataclass(frozen=True)
@@ -120,50 +113,6 @@ def _centre_crop_shape(height: int, width: int, ratio: tuple[float, float]) -> t
     if image_ratio > ratio[1]:
         return height, round(height * ratio[1])
     return height, width
-
-
-def resized_crop(
-    channels: Sequence[np.ndarray],
-    box: Sequence[int],
-    size: int,
-    *,
-    clip_max: float,
-    interpolation: int = cv2.INTER_CUBIC,
-    hflip: bool = False,
-    vflip: bool = False,
-    clamp: bool = True,
-) -> torch.Tensor:
-    """Cut `box` out of each (H, W) uint16 channel, scale to value / clip_max, resize to
-    (size, size), flip; grey is repeated to 3 channels. Returns float32 (3, size, size).
-    clamp=False (training's default, `train.clamp_crops`): scaled before the resize, as the
-    seed (bicubic overshoot kept); clamp=True (feature extraction): the uint16 box is resized,
-    then scaled (values in [0, 1])."""
-    top, left, height, width = (int(v) for v in box)
-    rows = slice(None, None, -1 if vflip else 1)
-    cols = slice(None, None, -1 if hflip else 1)
-    scale = np.float32(1.0 / clip_max)
-
-    def region(channel: np.ndarray) -> np.ndarray:
-        cut = channel[top : top + height, left : left + width]
-        return cut if clamp else cut.astype(np.float32) * scale  # the seed's Normalize
-
-    # per channel: resizing the memmap views directly beats stacking them for a 3-channel resize
-    planes = [
-        cv2.resize(region(channel), (size, size), interpolation=interpolation)[rows, cols]
-        for channel in channels
-    ]
-    # at most one copy: flipped views -> contiguous (C, S, S)
-    chw = np.stack(planes) if len(planes) > 1 else np.ascontiguousarray(planes[0][None])
-    crop = torch.from_numpy(chw)
-    if clamp:
-        crop = scale_intensity(crop, clip_max)
-    return to_three_channels(crop)
-
-
-def limit_opencv_threads(worker_id: int) -> None:
-    """DataLoader worker_init_fn (training and extraction): parallelism comes from the workers;
-    OpenCV's own thread pool would oversubscribe the cores."""
-    cv2.setNumThreads(1)
 
 
 class MultiCrop:

@@ -30,7 +30,7 @@ def build_backbone(
 
     weights: "none" = random init; "hub" = timm's default pretrained download (needs internet);
     anything else = a local weights file (.safetensors or .pth) holding the timm state_dict,
-    e.g. written by `workflow_scripts.train.fetch_weights`.
+    e.g. written by `workflow_scripts.model.fetch_weights`.
     """
     kwargs = dict(model_kwargs, num_classes=0, drop_path_rate=drop_path_rate)
     if weights == NO_WEIGHTS:

@@ -7,7 +7,7 @@ import itertools
 import torch
 from torch import nn
 
-from workflow_scripts.train.backbone import input_standardization
+from workflow_scripts.model.backbone import input_standardization
 from workflow_scripts.train.head import DINOHead
 
 

@@ -1,7 +1,7 @@
 """Download a DINOv3 backbone's pretrained weights once (login node with internet) and store
 its timm state_dict as safetensors, so GPU jobs load a local file offline.
 
-    python -m workflow_scripts.train.fetch_weights --arch vit_small_patch16_dinov3.lvd1689m \\
+    python -m workflow_scripts.model.fetch_weights --arch vit_small_patch16_dinov3.lvd1689m \\
         --out weights/vit_small_patch16_dinov3.lvd1689m.safetensors
 """
 
@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from workflow_scripts.errors import cli
-from workflow_scripts.train.backbone import HUB_WEIGHTS, build_backbone
-from workflow_scripts.train.checkpoint import save_weights
+from workflow_scripts.model.backbone import HUB_WEIGHTS, build_backbone
+from workflow_scripts.model.checkpoint import save_weights
 
 
 @cli

@@ -1,14 +1,8 @@
-"""Memory planner: GB per GPU of a training job under DDP and under FSDP, and the strategy.
+"""Training memory: GB per GPU of a training job under DDP and under FSDP (`plan_architecture`).
 
-    python -m workflow_scripts.train.memory_plan [--configfile config.yaml ...] [--all-models]
-
-prints, for every architecture of the configuration (or every timm DINOv3 model), the
-parameters, the estimated GB per GPU for DDP and for FSDP at the configured GPUs x nodes, and
-the strategy a training job uses, then per architecture the extraction plan (weights GB, MB
-per image, the batch `evaluate.batch_size: auto` derives at resources.gpu_mem_gb, or "does not
-fit"; evaluate/extraction_memory.py). `strategy: auto` picks DDP when its estimate fits
-`resources.gpu_mem_gb`, FSDP otherwise; rules/common.smk refuses (at `snakemake -n`) a
-configuration whose chosen strategy does not fit, with these numbers.
+cluster/memory_plan.py chooses the strategy from it (`strategy: auto` = DDP when its estimate
+fits `resources.gpu_mem_gb`, FSDP otherwise), refuses at `snakemake -n` what cannot fit, and is
+the planner CLI.
 
 The estimate, per GPU (world size W = gpus x nodes):
 - model state, 4 bytes per fp32 element: student parameters + gradients + optimizer state
@@ -28,16 +22,11 @@ The estimate, per GPU (world size W = gpus x nodes):
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import functools
 import json
-import sys
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 from workflow_scripts import config as config_module
-from workflow_scripts.errors import InputError, cli
 from workflow_scripts.memory_margin import FIXED_OVERHEAD_GB, GB, MARGIN_FRACTION
 
 FP32_BYTES = 4
@@ -45,7 +34,6 @@ OPTIMIZER_STATES = {"adamw": 2, "sgd": 1}  # fp32 tensors per parameter
 # the multi-tensor (foreach) optimizer step allocates a parameter-sized temporary
 OPTIMIZER_STEP_TEMPORARIES = 1
 DEFAULT_GPU_MEM_GB = 80.0
-STRATEGIES = ("auto", "ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -86,8 +74,8 @@ class Plan:
 def _meta_student(arch: str, model_kwargs: dict, settings: dict, dtype):
     import torch
 
-    from workflow_scripts.train.backbone import NO_WEIGHTS, build_backbone
-    from workflow_scripts.train.model import build_dino_model
+    from workflow_scripts.model.backbone import NO_WEIGHTS, build_backbone
+    from workflow_scripts.train.dino_model import build_dino_model
 
     with torch.device("meta"):
         backbone = build_backbone(arch, NO_WEIGHTS, model_kwargs, settings["drop_path_rate"])
@@ -190,7 +178,7 @@ def compute_dtype(settings: dict):
     """The dtype activations are kept in on a GPU (precision.py's rule for CUDA)."""
     import torch
 
-    from workflow_scripts.train.precision import Precision
+    from workflow_scripts.model.precision import Precision
 
     return Precision.resolve(settings["precision"], "cuda").autocast_dtype or torch.float32
 
@@ -255,112 +243,3 @@ def plan_architecture(config: dict, arch: str) -> Plan:
         requested=requested,
         strategy=strategy,
     )
-
-
-def training_strategy(config: dict, arch: str) -> str:
-    """ddp or fsdp for this architecture's training job. CPU jobs (gpus 0) are not planned:
-    `auto` is DDP there (a single process unless launched otherwise)."""
-    entry = config_module.architecture(config, arch)
-    requested = entry.get("strategy", "auto")
-    if requested != "auto":
-        return requested
-    if int(entry["gpus"]) == 0:
-        return "ddp"
-    return plan_architecture(config, arch).strategy
-
-
-def check_fits(config: dict) -> None:
-    """InputError, with the numbers, for the first GPU architecture that cannot fit."""
-    for index, entry in enumerate(config["architectures"]):
-        if int(entry.get("gpus", 1)) == 0:
-            continue
-        plan = plan_architecture(config, entry["name"])
-        if not plan.fits:
-            raise InputError(
-                f"config key 'architectures.{index}' ({plan.arch}, {plan.params_m} M "
-                f"parameters): needs about {plan.chosen_gb:.1f} GB per GPU with {plan.strategy} "
-                f"over {plan.world_size} GPU(s) (ddp {plan.ddp_gb:.1f} GB, fsdp "
-                f"{plan.fsdp_gb:.1f} GB, of which activations {plan.activations_gb:.1f} GB); "
-                f"resources.gpu_mem_gb is {plan.gpu_mem_gb:g}. Add gpus or nodes, set "
-                f"activation_checkpointing: true, or lower train.batch_size_per_gpu"
-            )
-
-
-def format_table(plans: list[Plan]) -> str:
-    header = (
-        f"{'architecture':46} {'params M':>9} {'GPUs':>5} {'act GB':>7} {'DDP GB':>8} "
-        f"{'FSDP GB':>8} {'limit':>6} {'strategy':>9} fits"
-    )
-    lines = [header]
-    for p in plans:
-        chosen = p.strategy if p.requested != "auto" else f"auto:{p.strategy}"
-        lines.append(
-            f"{p.arch:46} {p.params_m:9.1f} {p.gpus}x{p.nodes:<3} {p.activations_gb:7.2f} "
-            f"{p.ddp_gb:8.2f} {p.fsdp_gb:8.2f} {p.gpu_mem_gb:6g} {chosen:>9} "
-            f"{'yes' if p.fits else 'NO'}"
-        )
-    return "\n".join(lines)
-
-
-@cli
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--configfile",
-        nargs="+",
-        type=Path,
-        default=[config_module.REPO_DIR / "config.yaml"],
-        help="config.yaml and overlays, in order (default: config.yaml)",
-    )
-    parser.add_argument(
-        "--all-models",
-        action="store_true",
-        help="plan every timm DINOv3 ViT (dinov3_models.yaml) with the first "
-        "architecture's gpus/nodes/strategy instead of the configured list",
-    )
-    parser.add_argument("--gpus", type=int, help="override every architecture's gpus")
-    parser.add_argument("--nodes", type=int, help="override every architecture's nodes")
-    parser.add_argument(
-        "--activation-checkpointing",
-        choices=["true", "false"],
-        help="override every architecture's activation_checkpointing",
-    )
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    args = parser.parse_args(argv)
-    # schema validation where jsonschema is installed (a bare GPU node may lack it)
-    config = config_module.load(args.configfile, schema=config_module.has_schema_checker())
-    if args.all_models:
-        template = {
-            k: v
-            for k, v in config["architectures"][0].items()
-            if k not in ("name", "model_kwargs", "train")
-        }
-        names = [m for m in config_module.known_models() if m.startswith("vit_")]
-        config = {**config, "architectures": [{**template, "name": n} for n in names]}
-    overrides = {"gpus": args.gpus, "nodes": args.nodes}
-    if args.activation_checkpointing:
-        overrides["activation_checkpointing"] = args.activation_checkpointing == "true"
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    config = {**config, "architectures": [{**e, **overrides} for e in config["architectures"]]}
-    names = config_module.architecture_names(config)
-    plans = [plan_architecture(config, name) for name in names]
-    extraction = [extraction_plan(config, name) for name in names]
-    if args.json:
-        print("\n".join(json.dumps(asdict(p)) for p in plans))
-        print("\n".join(json.dumps({"extraction": asdict(e)}) for e in extraction))
-    else:
-        print(format_table(plans))
-        print("\n".join(e.line() for e in extraction))
-    return 0
-
-
-def extraction_plan(config: dict, arch: str):
-    """The extraction line of `arch` at resources.gpu_mem_gb (evaluate/extraction_memory.py)."""
-    from workflow_scripts.evaluate import extraction_memory
-
-    return extraction_memory.plan_for_config(config, arch, gpu_memory_gb(config))
-
-
-if __name__ == "__main__":
-    with contextlib.suppress(BrokenPipeError):
-        sys.exit(main())
