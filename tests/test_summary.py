@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts.evaluate import evaluate, summary
+from workflow_scripts.evaluate import evaluate
+from workflow_scripts.summary import cli
+from workflow_scripts.summary.runs import (
+    confusion_run,
+    headline_pivot,
+    oracle_pivot,
+    read_baselines,
+)
 
 MOAS = ["Actin disruptors", "DNA damage"]
 
@@ -73,7 +80,7 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
     paths, validation = runs
     out_dir = tmp_path / "summary"
     assert (
-        summary.main(
+        cli.main(
             [
                 "--metrics",
                 *map(str, paths),
@@ -153,7 +160,7 @@ def test_summary_without_map_skips_its_plots(tmp_path):
     validation.write_text("{}")
     out_dir = tmp_path / "summary"
     assert (
-        summary.main(
+        cli.main(
             [
                 "--metrics",
                 *map(str, paths),
@@ -179,7 +186,7 @@ def test_bad_metrics_file_gives_one_error_and_no_output(runs, tmp_path, capsys):
     paths[0].write_text(json.dumps(broken))
     out_dir = tmp_path / "summary"
     assert (
-        summary.main(
+        cli.main(
             [
                 "--metrics",
                 *map(str, paths),
@@ -206,7 +213,7 @@ def test_confusion_run_falls_back_to_nsc_at_the_last_epoch():
             "nscb": [float("nan")] * 4,
         }
     )
-    row, metric = summary.confusion_run(runs)
+    row, metric = confusion_run(runs)
     assert metric == "nsc" and (row["arch"], row["epoch"]) == ("b", 4)  # a/0000 scores higher
 
 
@@ -270,7 +277,7 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
     scored = json.loads((baseline_dir / "metrics.json").read_text())
     out_dir = tmp_path / "summary"
     assert (
-        summary.main(
+        cli.main(
             [
                 "--metrics",
                 *map(str, paths),
@@ -302,7 +309,7 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
     assert "cellprofiler" not in set(best["arch"])  # no epochs to pick from
 
     # pivot: one row per arch x channel (+ the baseline), metric x {epoch 0, last} columns
-    pivot = summary.headline_pivot(best, summary.read_baselines([baseline_dir / "metrics.json"]))
+    pivot = headline_pivot(best, read_baselines([baseline_dir / "metrics.json"]))
     assert list(pivot.index) == [
         ("vit_b", "DAPI", "pretrained", 10),
         ("vit_s", "DAPI", "random init", 10),
@@ -322,7 +329,7 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
         baseline_row[("NSC", "epoch 0")]
     )
     assert baseline_row[("mAP (NSCB)", "last")] == pytest.approx(scored["map_nscb"])
-    oracle = summary.oracle_pivot(best)
+    oracle = oracle_pivot(best)
     assert oracle.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "best epoch")] == 5
     assert oracle.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "value")] == 0.8
 
@@ -339,7 +346,7 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**scored, "label": "cellprofiler/all/0000"}))
     assert (
-        summary.main(
+        cli.main(
             [
                 "--metrics",
                 *map(str, paths),
@@ -418,7 +425,7 @@ def test_training_health_is_tabled_plotted_and_flagged(tmp_path):
         "--out-dir",
         str(out_dir),
     ]
-    assert summary.main(args + ["--train-logs", *map(str, logs)]) == 0
+    assert cli.main(args + ["--train-logs", *map(str, logs)]) == 0
 
     health = pd.read_csv(out_dir / "training_health.csv")
     assert len(health) == 20 and set(health["channel"]) == {"DAPI", "Actin"}
@@ -436,9 +443,9 @@ def test_training_health_is_tabled_plotted_and_flagged(tmp_path):
 
     # without --train-logs: no health outputs, summary.csv unchanged in shape
     plain = tmp_path / "plain"
-    assert summary.main(args[:-1] + [str(plain)]) == 0
+    assert cli.main(args[:-1] + [str(plain)]) == 0
     assert not (plain / "training_health.csv").exists()
     assert "training_collapse" not in pd.read_csv(plain / "summary.csv").columns
     # a broken log line names the file and line
     logs[0].write_text('{"epoch": 1}\nnot json\n')
-    assert summary.main(args + ["--train-logs", str(logs[0])]) == 2
+    assert cli.main(args + ["--train-logs", str(logs[0])]) == 2
