@@ -5,7 +5,7 @@ Reads the `metrics.json` of every (arch, channel, epoch) run (label `arch/channe
 summary.csv (one row per run), best_epochs.csv (per arch, channel and metric: the epoch 0 and
 last-epoch values, their difference, and the oracle best epoch and its value),
 figures/ (`{metric}_vs_epoch.png`, confusion_last_epoch.png) and report.html (figures inlined;
-open it in any browser).
+open it in any browser; the headline table first).
 
 External baselines (`--baseline-metrics`: metrics.json of other profile tables, e.g.
 CellProfiler wells, scored by the same evaluation CLI and settings, label `name/baseline/0000`)

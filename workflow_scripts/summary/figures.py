@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from workflow_scripts.summary.runs import METRICS, epoch0_name  # noqa: E402
 
@@ -35,6 +36,12 @@ def png_bytes(fig: plt.Figure) -> bytes:
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def whole_epoch_ticks(ax: plt.Axes) -> None:
+    """Only whole epochs exist: no tick at 0.5 (min_n_ticks=1 keeps that true when a single
+    epoch is drawn)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def metric_vs_epoch_figure(
@@ -64,6 +71,7 @@ def metric_vs_epoch_figure(
         draw_baselines(ax, baselines, metric)
         ax.set_title(arch, fontsize=9)
         ax.set_xlabel(f"epoch (0 = {epoch0_name(runs, arch)})")
+        whole_epoch_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel(METRICS[metric])
@@ -87,9 +95,18 @@ def draw_baselines(ax: plt.Axes, baselines: pd.DataFrame | None, metric: str) ->
 def confusion_figure(confusion: pd.DataFrame, title: str) -> plt.Figure:
     counts = confusion.to_numpy()
     size = 2.5 + 0.55 * len(confusion)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    # constrained: the long rotated MoA names fit inside the figure itself (without it they
+    # hang below its edge, and only a tight-cropped savefig keeps them)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size + 1.5), layout="constrained")
     image = ax.imshow(counts, cmap="Blues")
-    ax.set_xticks(range(counts.shape[1]), confusion.columns, rotation=60, ha="right", fontsize=8)
+    ax.set_xticks(
+        range(counts.shape[1]),
+        confusion.columns,
+        rotation=60,
+        ha="right",
+        rotation_mode="anchor",
+        fontsize=8,
+    )
     ax.set_yticks(range(counts.shape[0]), confusion.index, fontsize=8)
     for (i, j), value in np.ndenumerate(counts):
         if value:
@@ -135,6 +152,7 @@ def training_health_figure(health: pd.DataFrame) -> plt.Figure:
             ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("epoch")
+        whole_epoch_ticks(ax)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Training health per epoch (x = collapsed teacher)")

@@ -1,5 +1,5 @@
-"""The self-contained HTML report: what the metrics mean, the dataset, what each evaluation did,
-the headline and oracle tables, the figures (inlined) and every run."""
+"""The self-contained HTML report: the headline table first, then what the metrics mean, the
+dataset, what each evaluation did, the oracle table, the figures (inlined) and every run."""
 
 from __future__ import annotations
 
@@ -182,6 +182,7 @@ def report_html(
             f"<h2>MoA confusion at the last epoch</h2><p>{escape(caption)}</p>"
             f"{image_html(name, png)}"
         )
+    # the headline first: it is what a reader opens the report for; the rest explains it
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{TITLE}</title>
 <style>
@@ -192,12 +193,12 @@ th {{ background: #f4f4f4; }}
 img {{ max-width: 100%; margin: 0.5em 0; }}
 </style></head><body>
 <h1>{TITLE}</h1>
+<h2>{HEADLINE}</h2>
+<p>Rows: architecture &times; channel (and each baseline); a baseline has no epochs, its value
+stands under <i>last</i>. The metrics are explained below.</p>{pivot_html(headline)}{scales}
 <h2>Metrics</h2>{METRICS_EXPLAINED}
 <h2>Dataset</h2>{validation_html(validation)}
 {evaluation_html(runs)}
-<h2>{HEADLINE}</h2>
-<p>Rows: architecture &times; channel (and each baseline); a baseline has no epochs, its value
-stands under <i>last</i>.</p>{pivot_html(headline)}{scales}
 <h2>Best epoch per architecture, channel and metric ({ORACLE})</h2>
 <p>Each value below is the maximum over all evaluated epochs, chosen on the same treatments it
 is scored on; it overstates what that epoch would score on new compounds.</p>{pivot_html(oracle)}
