@@ -12,7 +12,7 @@ rule summarize:
         baselines=all_baseline_metrics(),
         validation=VALIDATION_REPORT,
         train_logs=expand(TRAIN_LOG, arch=ARCHS, channel=TRAIN_CHANNELS),
-        code=code("evaluate.summary"),
+        code=code("summary.cli"),
     output:
         table=report(SUMMARY_TABLE, caption="../report/summary_table.rst", category="Summary"),
         best=report(
@@ -41,7 +41,7 @@ rule summarize:
         ),
         pixel_scales=as_json(pixel_scale_statements()),
     shell:
-        "python -m workflow_scripts.evaluate.summary --metrics {input.metrics:q} "
+        "python -m workflow_scripts.summary.cli --metrics {input.metrics:q} "
         "--validation-report {input.validation:q} --out-dir {params.out_dir:q} "
         "--baseline-metrics {input.baselines:q} --weights {params.weights:q} "
         "--pixel-scales {params.pixel_scales:q} --train-logs {input.train_logs:q} > {log:q} 2>&1"

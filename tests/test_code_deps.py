@@ -37,3 +37,17 @@ def test_paths_are_relative_to_the_working_directory(tmp_path):
     files = relative_module_files("workflow_scripts.data.cache", start=tmp_path)
     assert all(not os.path.isabs(f) for f in files)
     assert all(os.path.isfile(os.path.join(tmp_path, f)) for f in files)
+
+
+def test_the_summary_reads_files_and_runs_no_training_or_evaluation_code():
+    # an edit to training or evaluation code must not rerun the summary for nothing
+    files = _rel("workflow_scripts.summary.cli")
+    assert {
+        "workflow_scripts/summary/runs.py",
+        "workflow_scripts/summary/health.py",
+        "workflow_scripts/summary/figures.py",
+        "workflow_scripts/summary/html.py",
+    } <= files
+    assert not any(
+        f.startswith(("workflow_scripts/train/", "workflow_scripts/evaluate/")) for f in files
+    )

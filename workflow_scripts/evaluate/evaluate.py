@@ -29,7 +29,7 @@ moa=Metadata_MoA,plate=Metadata_Plate,batch=Metadata_Batch \
 - Log (stderr, also `notes` in metrics.json): features dropped, normalisation, TVN components
   kept of those possible, warnings (e.g. fewer DMSO rows than features).
 - `--label`: `arch/channel/NNNN`, how the summary names the run (any arch and channel text
-  without '/', e.g. `cellprofiler/all/0000`). To compare, run `workflow_scripts.evaluate.summary`
+  without '/', e.g. `cellprofiler/all/0000`). To compare, run `workflow_scripts.summary.cli`
   with this metrics.json added to the workflow's ones.
 """
 

@@ -6,7 +6,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow_scripts.evaluate import evaluate, summary
+from workflow_scripts.evaluate import evaluate
+from workflow_scripts.summary import cli
+from workflow_scripts.summary.figures import (
+    confusion_figure,
+    metric_vs_epoch_figure,
+    training_health_figure,
+)
+from workflow_scripts.summary.health import read_training_logs
+from workflow_scripts.summary.runs import (
+    confusion_run,
+    headline_pivot,
+    oracle_pivot,
+    read_baselines,
+    read_runs,
+)
 
 MOAS = ["Actin disruptors", "DNA damage"]
 
@@ -73,7 +87,7 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
     paths, validation = runs
     out_dir = tmp_path / "summary"
     assert (
-        summary.main(
+        cli.main(
             [
                 "--metrics",
                 *map(str, paths),
@@ -128,9 +142,12 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
     report = (out_dir / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 5
     assert "http://" not in report and "https://" not in report  # nothing fetched when opened
-    # the headline table comes before the oracle one, which says how it was selected
+    # the headline table is the first thing read: before the metric notes, the dataset and the
+    # per-run evaluation tables; the oracle one comes later and says how it was selected
     headline = report.index("Last epoch (pre-declared) vs epoch 0 (before fine-tuning)")
     oracle = report.index("oracle: selected on the evaluation metric itself (optimistic)")
+    assert report.index("<h2>") == headline - len("<h2>")
+    assert headline < report.index("<h2>Dataset</h2>") < report.index("What each evaluation did")
     assert headline < oracle
     # confusion: the last epoch of the highest last-epoch NSCB, not the overall maximum
     # (vit_s/DAPI/0005)
@@ -138,7 +155,7 @@ def test_summary_writes_tables_plots_and_a_self_contained_report(runs, tmp_path)
     assert "vit_s/DAPI/0005" not in report
     assert "3848" in report and "DNA damage" in report and "Week1" in report
     # what each evaluation did, per run (metrics.json of write_run: 1320 DMSO, 384 of 384 features)
-    start, end = report.index("What each evaluation did"), report.index("Last epoch (pre-declared)")
+    start, end = report.index("What each evaluation did"), report.index("Best epoch per")
     evaluation = report[start:end]
     assert evaluation.count("<td>standardize</td>") == 9 and "1320" in evaluation
     assert row["n_dmso"] == 1320 and row["features_dropped"] == 1 and row["tvn_possible"] == 384
@@ -153,7 +170,7 @@ def test_summary_without_map_skips_its_plots(tmp_path):
     validation.write_text("{}")
     out_dir = tmp_path / "summary"
     assert (
-        summary.main(
+        cli.main(
             [
                 "--metrics",
                 *map(str, paths),
@@ -179,7 +196,7 @@ def test_bad_metrics_file_gives_one_error_and_no_output(runs, tmp_path, capsys):
     paths[0].write_text(json.dumps(broken))
     out_dir = tmp_path / "summary"
     assert (
-        summary.main(
+        cli.main(
             [
                 "--metrics",
                 *map(str, paths),
@@ -206,7 +223,7 @@ def test_confusion_run_falls_back_to_nsc_at_the_last_epoch():
             "nscb": [float("nan")] * 4,
         }
     )
-    row, metric = summary.confusion_run(runs)
+    row, metric = confusion_run(runs)
     assert metric == "nsc" and (row["arch"], row["epoch"]) == ("b", 4)  # a/0000 scores higher
 
 
@@ -270,7 +287,7 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
     scored = json.loads((baseline_dir / "metrics.json").read_text())
     out_dir = tmp_path / "summary"
     assert (
-        summary.main(
+        cli.main(
             [
                 "--metrics",
                 *map(str, paths),
@@ -302,7 +319,7 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
     assert "cellprofiler" not in set(best["arch"])  # no epochs to pick from
 
     # pivot: one row per arch x channel (+ the baseline), metric x {epoch 0, last} columns
-    pivot = summary.headline_pivot(best, summary.read_baselines([baseline_dir / "metrics.json"]))
+    pivot = headline_pivot(best, read_baselines([baseline_dir / "metrics.json"]))
     assert list(pivot.index) == [
         ("vit_b", "DAPI", "pretrained", 10),
         ("vit_s", "DAPI", "random init", 10),
@@ -322,7 +339,7 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
         baseline_row[("NSC", "epoch 0")]
     )
     assert baseline_row[("mAP (NSCB)", "last")] == pytest.approx(scored["map_nscb"])
-    oracle = summary.oracle_pivot(best)
+    oracle = oracle_pivot(best)
     assert oracle.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "best epoch")] == 5
     assert oracle.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "value")] == 0.8
 
@@ -331,7 +348,7 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
     assert "random init" in report and "cellprofiler" in report
     assert "training global crops 1.62-2.29" in report
     # the pivoted headline has one row per arch x channel, not one per metric
-    headline = report[report.index("Last epoch (pre-declared)") : report.index("Best epoch per")]
+    headline = report[report.index("Last epoch (pre-declared)") : report.index("<h2>Metrics</h2>")]
     assert (
         headline.count("<tr>") == 3 + 4
     )  # header rows: metric, column, row names; 3 runs + 1 baseline
@@ -339,7 +356,7 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**scored, "label": "cellprofiler/all/0000"}))
     assert (
-        summary.main(
+        cli.main(
             [
                 "--metrics",
                 *map(str, paths),
@@ -418,7 +435,7 @@ def test_training_health_is_tabled_plotted_and_flagged(tmp_path):
         "--out-dir",
         str(out_dir),
     ]
-    assert summary.main(args + ["--train-logs", *map(str, logs)]) == 0
+    assert cli.main(args + ["--train-logs", *map(str, logs)]) == 0
 
     health = pd.read_csv(out_dir / "training_health.csv")
     assert len(health) == 20 and set(health["channel"]) == {"DAPI", "Actin"}
@@ -436,9 +453,91 @@ def test_training_health_is_tabled_plotted_and_flagged(tmp_path):
 
     # without --train-logs: no health outputs, summary.csv unchanged in shape
     plain = tmp_path / "plain"
-    assert summary.main(args[:-1] + [str(plain)]) == 0
+    assert cli.main(args[:-1] + [str(plain)]) == 0
     assert not (plain / "training_health.csv").exists()
     assert "training_collapse" not in pd.read_csv(plain / "summary.csv").columns
     # a broken log line names the file and line
     logs[0].write_text('{"epoch": 1}\nnot json\n')
-    assert summary.main(args + ["--train-logs", str(logs[0])]) == 2
+    assert cli.main(args + ["--train-logs", str(logs[0])]) == 2
+
+
+# BBBC021's MoAs: the long ones are what a figure must leave room for
+BBBC021_MOAS = [
+    "Actin disruptors",
+    "Aurora kinase inhibitors",
+    "Cholesterol-lowering",
+    "DNA damage",
+    "DNA replication",
+    "Eg5 inhibitors",
+    "Epithelial",
+    "Kinase inhibitors",
+    "Microtubule destabilizers",
+    "Microtubule stabilizers",
+    "Protein degradation",
+    "Protein synthesis",
+]
+
+
+def drawn(fig):
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def ticks_in_view(axis):
+    low, high = sorted(axis.get_view_interval())
+    return [t for t in axis.get_major_locator()() if low <= t <= high]
+
+
+def close(fig):
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_epoch_axes_tick_at_whole_epochs_only(runs, tmp_path):
+    # epochs 0, 5, 10 (the fixture) and the demo's 0, 2, 4: a default locator ticks at 2.5 / 0.5
+    paths, _ = runs
+    paths += [write_run(tmp_path / "eval2", "vit_t", "DAPI", e, 0.5) for e in (0, 2, 4)]
+    table = read_runs(paths).assign(epoch0="random init")
+    fig = metric_vs_epoch_figure(table, "nscb")
+    drawn(fig)
+    for ax in fig.axes:
+        ticks = ticks_in_view(ax.xaxis)
+        assert len(ticks) >= 2 and all(t == int(t) for t in ticks), ticks
+    close(fig)
+
+    logs = [write_train_log(tmp_path / "train", "vit_s", "DAPI", {e: None for e in (1, 2, 3, 4)})]
+    fig = training_health_figure(read_training_logs(logs))
+    drawn(fig)
+    for ax in fig.axes:
+        ticks = ticks_in_view(ax.xaxis)
+        assert len(ticks) >= 2 and all(t == int(t) for t in ticks), ticks
+    close(fig)
+
+
+def test_a_single_epoch_still_ticks_at_a_whole_epoch(tmp_path):
+    table = read_runs([write_run(tmp_path, "vit_s", "DAPI", 0, 0.5)]).assign(epoch0="pretrained")
+    fig = metric_vs_epoch_figure(table, "nscb")
+    drawn(fig)
+    assert ticks_in_view(fig.axes[0].xaxis) == [0]
+    close(fig)
+
+
+@pytest.mark.parametrize("n_moas", [3, 12])
+def test_confusion_labels_lie_inside_the_figure(n_moas):
+    # the longest names first: a small matrix has the least room for them
+    moas = sorted(BBBC021_MOAS, key=len, reverse=True)[:n_moas]
+    counts = np.arange(n_moas * n_moas).reshape(n_moas, n_moas) % 4
+    confusion = pd.DataFrame(counts, index=pd.Index(moas, name="moa"), columns=moas)
+    fig = confusion_figure(confusion, "NSC nearest-neighbour MoA, last epoch: vit_s/DAPI/0010")
+    renderer = drawn(fig)
+    (ax, _colorbar) = fig.axes
+    texts = [*ax.get_xticklabels(), *ax.get_yticklabels(), ax.xaxis.label, ax.yaxis.label]
+    assert sorted(t.get_text() for t in ax.get_xticklabels()) == sorted(moas)
+    page = fig.bbox
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert (
+            box.x0 >= page.x0 and box.y0 >= page.y0 and box.x1 <= page.x1 and box.y1 <= page.y1
+        ), f"{text.get_text()!r} at {box} outside the figure {page}"
+    close(fig)

@@ -1,0 +1,1 @@
+"""summary stage: every evaluated run in one table, figures and an HTML report."""

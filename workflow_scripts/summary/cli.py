@@ -1,0 +1,167 @@
+r"""Summary of all evaluated runs: tables, metric-vs-epoch plots and a self-contained HTML report.
+
+Reads the `metrics.json` of every (arch, channel, epoch) run (label `arch/channel/NNNN`), the
+`confusion.csv` of one run (below), and the data validation report. Writes into `--out-dir`:
+summary.csv (one row per run), best_epochs.csv (per arch, channel and metric: the epoch 0 and
+last-epoch values, their difference, and the oracle best epoch and its value),
+figures/ (`{metric}_vs_epoch.png`, confusion_last_epoch.png) and report.html (figures inlined;
+open it in any browser; the headline table first).
+
+External baselines (`--baseline-metrics`: metrics.json of other profile tables, e.g.
+CellProfiler wells, scored by the same evaluation CLI and settings, label `name/baseline/0000`)
+are rows of kind `baseline` in summary.csv, a dashed line in every plot and a row of the report's
+tables. `--weights arch=none,...` (config `architectures[].weights`) names epoch 0 "random init"
+where the weights are none, "pretrained" otherwise. `--pixel-scales` (JSON {arch: sentence})
+states, per architecture, at what scale training and evaluation crops see cells.
+
+BBBC021 has no held-out treatments to choose an epoch on: any epoch picked by its NSC/NSCB is
+picked on the very treatments it is scored on, so its value is optimistic. The headline is
+therefore the last epoch (fixed in advance by train.epochs) against epoch 0 (the backbone before
+fine-tuning). The best epoch of a metric (its earliest maximum) is reported only as an oracle,
+named so in column names and in the report. The confusion matrix is that of the last epoch of the
+(arch, channel) whose last-epoch NSCB is highest (ties: first in summary order; NSC when no run
+has an NSCB).
+
+With `--train-logs` (the `train/{arch}/{channel}/log.jsonl` files) it also writes
+training_health.csv (the per-epoch health statistics that training logs, see
+workflow_scripts.train.health), training_health.png, a `training_collapse` column in summary.csv
+(the collapse verdict of that epoch; for `combined`, every collapsed channel) and a
+training-health section in the report.
+
+The package reads files only (no import of the train or evaluate code): runs.py (the runs table,
+best epochs, the pivots), health.py (training logs), figures.py, html.py and this CLI.
+
+    python -m workflow_scripts.summary.cli --metrics results/eval/*/*/*/metrics.json \
+        --validation-report results/data/validation_report.json --out-dir results/summary \
+        --train-logs results/train/*/*/log.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from workflow_scripts.atomic import atomic_path, write_text
+from workflow_scripts.errors import cli, json_object_option
+from workflow_scripts.summary.figures import (
+    CONFUSION_FIGURE,
+    HEALTH_FIGURE,
+    confusion_figure,
+    metric_vs_epoch_figure,
+    metric_vs_epoch_file,
+    png_bytes,
+    training_health_figure,
+)
+from workflow_scripts.summary.health import add_collapse_flags, read_training_logs
+from workflow_scripts.summary.html import image_html, report_html, training_health_html
+from workflow_scripts.summary.runs import (
+    METRICS,
+    best_epochs,
+    confusion_run,
+    epoch0_name,
+    headline_pivot,
+    mark_runs,
+    oracle_pivot,
+    parse_weights,
+    read_baselines,
+    read_confusion,
+    read_runs,
+    read_validation,
+    run_label,
+)
+from workflow_scripts.tables import write_table
+
+FIGURES_DIR = "figures"  # one folder, so that `snakemake --report` can collect whatever is drawn
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--metrics", nargs="+", required=True, help="metrics.json files")
+    parser.add_argument("--validation-report", required=True, help="data validation report (JSON)")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument(
+        "--baseline-metrics",
+        nargs="*",
+        default=[],
+        help="metrics.json of external baselines (label name/baseline/NNNN)",
+    )
+    parser.add_argument(
+        "--weights", default="", help="arch=weights,...: 'none' names epoch 0 random init"
+    )
+    parser.add_argument("--pixel-scales", default="{}", help="JSON {arch: sentence}")
+    parser.add_argument(
+        "--train-logs",
+        nargs="*",
+        default=[],
+        help="train/{arch}/{channel}/log.jsonl files (training health)",
+    )
+    args = parser.parse_args(argv)
+
+    runs = mark_runs(read_runs([Path(p) for p in args.metrics]), parse_weights(args.weights))
+    baselines = read_baselines([Path(p) for p in args.baseline_metrics])
+    pixel_scales = json_object_option(args.pixel_scales, "--pixel-scales")
+    health = read_training_logs([Path(p) for p in args.train_logs])
+    if args.train_logs:
+        runs = add_collapse_flags(runs, health)
+    validation = read_validation(Path(args.validation_report))
+    best = best_epochs(runs)
+    best["epoch0"] = best["arch"].map(lambda arch: epoch0_name(runs, arch)) if len(best) else []
+
+    epoch_plots = {
+        metric_vs_epoch_file(metric): png_bytes(metric_vs_epoch_figure(runs, metric, baselines))
+        for metric in METRICS
+        if runs[metric].notna().any()
+    }
+    figures = dict(epoch_plots)
+    confusion = label = None
+    picked = confusion_run(runs)
+    if picked is not None:
+        shown, metric = picked
+        label = run_label(shown)
+        caption = (
+            f"NSC nearest-neighbour MoAs of {label}: the last epoch of the architecture and "
+            f"channel whose last-epoch {METRICS[metric]} is highest "
+            f"({shown[metric]:.3f}). Choosing among the runs on that metric is itself "
+            "a selection on the evaluation data."
+        )
+        title = f"NSC nearest-neighbour MoA, last epoch: {label}"
+        png = png_bytes(confusion_figure(read_confusion(shown["run_dir"]), title))
+        figures[CONFUSION_FIGURE] = png
+        confusion = (caption, CONFUSION_FIGURE, png)
+    health_section = ""
+    if len(health):
+        png = png_bytes(training_health_figure(health))
+        figures[HEALTH_FIGURE] = png
+        health_section = training_health_html(health, image_html(HEALTH_FIGURE, png))
+    every_run = runs if baselines.empty else pd.concat([runs, baselines], ignore_index=True)
+    page = report_html(
+        runs,
+        every_run,
+        headline_pivot(best, baselines),
+        oracle_pivot(best),
+        epoch_plots,
+        confusion,
+        validation,
+        pixel_scales,
+        health_section,
+    )
+
+    out_dir = Path(args.out_dir)
+    write_table(every_run.drop(columns=["run_dir"]), out_dir / "summary.csv")
+    write_table(best, out_dir / "best_epochs.csv")
+    if args.train_logs:
+        write_table(health, out_dir / "training_health.csv")
+    for name, data in figures.items():
+        with atomic_path(out_dir / FIGURES_DIR / name) as tmp:
+            tmp.write_bytes(data)
+    write_text(out_dir / "report.html", page)
+    print(f"summarised {len(runs)} runs; confusion matrix of {label}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
