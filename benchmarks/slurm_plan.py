@@ -3,10 +3,12 @@
 A submission is a group job (all its member jobs in one sbatch) or a job of a rule that is
 neither in a group nor a local rule (`localrules:` in rules/*.smk: those run on the login node).
 Prints one row per kind of submission and the total, e.g. for the default config with a stand-in
-image folder (the dry run only checks that it exists):
+image folder (the dry run only checks that it exists), given as an overlay file because
+Snakemake's `--config` refuses dotted keys such as `data.official.image_root`:
 
-    mkdir -p /tmp/images && python benchmarks/slurm_plan.py \\
-        --config data.official.image_root=/tmp/images output_dir=/tmp/plan
+    mkdir -p /tmp/images
+    printf 'output_dir: /tmp/plan\\ndata: {official: {image_root: /tmp/images}}\\n' > /tmp/plan.yaml
+    python benchmarks/slurm_plan.py --configfile /tmp/plan.yaml
 
 Extra arguments go to Snakemake (`--configfile config/demo.yaml`, `--config ...`).
 """
