@@ -5,7 +5,7 @@
    vit_small width). Times TVN, aggregation and NSC + NSCB + mAP (1000 permutations, config.yaml's
    default) separately; best of `--repeats`.
 2. Conditioning (`--conditioning`): the CellProfiler-like and ViT-like tables of
-   tests/profile_tables.py (DMSO variances over 15 orders of magnitude; 4 dimensions at 1e4x;
+   benchmarks/profile_tables.py (DMSO variances over 15 orders of magnitude; 4 dimensions at 1e4x;
    the CellProfiler-like one again with 990 instead of 330 DMSO wells),
    whitened three ways: the seed's rule (eigendecomposition of the DMSO covariance, components
    with eigenvalue > 1e-6 x the largest), the same with eps 0, and this workflow's TVN (SVD,
