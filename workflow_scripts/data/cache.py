@@ -5,12 +5,15 @@ arrays instead of decoding 11,544 TIFFs every epoch. Plates are processed one at
 is ~70 images per channel), so memory stays at a few hundred MB whatever the dataset size.
 Everything is written into a temporary folder beside the cache folder and moved into place at the
 end, `meta.json` last: a failed or killed job never leaves a cache that looks complete.
+`meta.json` records a digest of the pixels (`content_digest`), computed while the images are
+written, so a resumed training can tell a rebuilt cache with other pixels from the same one.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -54,10 +57,29 @@ META_KEYS = (
     "illumination_correction",
     "settings_digest",
 )
+# Not required by readers: caches written before it existed have no `content_digest`.
+CONTENT_DIGEST = "content_digest"
 
 
 def array_name(channel: str) -> str:
     return f"{channel}.npy"
+
+
+def image_digest(image: np.ndarray) -> bytes:
+    """sha256 of one cached image's bytes (uint16, C order)."""
+    return hashlib.sha256(np.ascontiguousarray(image, dtype=CACHE_DTYPE).data).digest()
+
+
+def channel_digest(row_digests: list[bytes]) -> str:
+    """A channel's content digest: sha256 of its images' sha256 digests in row order. Per image
+    first, so the digests are computed in the worker threads while the images are written, in
+    any order, and the whole array is never read again."""
+    return hashlib.sha256(b"".join(row_digests)).hexdigest()
+
+
+def array_content_digest(array: np.ndarray) -> str:
+    """channel_digest of an (N, H, W) array that is already written (tests, benchmarks)."""
+    return channel_digest([image_digest(image) for image in array])
 
 
 def parse_settings(settings: dict) -> tuple[IlluminationSettings | None, float, float]:
@@ -113,6 +135,12 @@ def prepare(
     return np.rint(np.clip(values, 0, clip_max)).astype(CACHE_DTYPE)
 
 
+def prepare_and_digest(image: np.ndarray, **kwargs) -> tuple[np.ndarray, bytes]:
+    """`prepare`, and the prepared image's digest (in the worker thread: sha256 frees the GIL)."""
+    prepared = prepare(image, **kwargs)
+    return prepared, image_digest(prepared)
+
+
 class ImageReader:
     """Reads one channel's raw TIFFs; any problem names the table row, column and file."""
 
@@ -166,6 +194,7 @@ def write_cache(
     if illumination is not None:
         (folder / ILLUMINATION_DIR).mkdir()
     arrays = new_arrays(folder, channels, len(table), shape)
+    row_digests: dict[str, list[bytes]] = {ch: [b""] * len(table) for ch in channels}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for k, (plate, rows) in enumerate(plates.items(), start=1):
             start = time.perf_counter()
@@ -183,9 +212,12 @@ def write_cache(
                             f"{table_path}: plate {plate}, channel {ch}: {err}"
                         ) from err
                     np.save(folder / ILLUMINATION_DIR / f"{plate}_{ch}.npy", function)
-                finish = partial(prepare, function=function, shape=shape, clip_max=clip_max)
-                for row, image in zip(rows, pool.map(finish, raw)):
+                finish = partial(
+                    prepare_and_digest, function=function, shape=shape, clip_max=clip_max
+                )
+                for row, (image, image_sha) in zip(rows, pool.map(finish, raw)):
                     arrays[ch][row] = image
+                    row_digests[ch][row] = image_sha
                 del raw  # freed before the next channel's stack is allocated
             print(
                 f"plate {k}/{len(plates)} {plate}: {len(rows)} images x {len(channels)} channels "
@@ -203,6 +235,7 @@ def write_cache(
         resize_factor=resize_factor,
         illumination_correction=illumination is not None,
         settings_digest=digest(settings),
+        content_digest={ch: channel_digest(row_digests[ch]) for ch in channels},
     )
     write_index(folder, table, meta)
     return meta
@@ -235,6 +268,7 @@ def cache_meta(
     resize_factor: float,
     illumination_correction: bool,
     settings_digest: str,
+    content_digest: dict[str, str],
 ) -> dict:
     """meta.json's content (docs/formats.md)."""
     return {
@@ -246,6 +280,7 @@ def cache_meta(
         "resize_factor": resize_factor,
         "illumination_correction": illumination_correction,
         "settings_digest": settings_digest,
+        CONTENT_DIGEST: content_digest,
     }
 
 
@@ -277,6 +312,7 @@ def writing(
     yield arrays
     for array in arrays.values():
         array.flush()
+    content = {ch: array_content_digest(array) for ch, array in arrays.items()}
     arrays.clear()  # the memmaps close before meta.json marks the cache complete
     meta = cache_meta(
         table,
@@ -286,6 +322,7 @@ def writing(
         resize_factor=resize_factor,
         illumination_correction=illumination_correction,
         settings_digest=settings_digest,
+        content_digest=content,
     )
     write_index(out_dir, table, meta)
 
