@@ -30,6 +30,12 @@ FEATURE_PREFIX = "feat_"
 SORT_KEYS = ["batch", "plate", "well", "site"]
 
 
+def is_control_compound(compound: pd.Series) -> pd.Series:
+    """The control compound in any case, blanks around it ignored (`DMSO`, `dmso`, ` Dmso`):
+    one spelling per stage would silently turn controls into a treated compound."""
+    return compound.astype(str).str.strip().str.upper() == CONTROL_COMPOUND
+
+
 def path_column(channel: str) -> str:
     return f"path_{channel}"
 

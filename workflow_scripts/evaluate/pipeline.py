@@ -22,7 +22,7 @@ from workflow_scripts.evaluate.feature_hygiene import clean_features
 from workflow_scripts.evaluate.metrics import evaluate_profiles
 from workflow_scripts.evaluate.normalize import normalize_per_plate
 from workflow_scripts.evaluate.tvn import whiten
-from workflow_scripts.tables import CONTROL_COMPOUND, feature_columns, treatment_name
+from workflow_scripts.tables import feature_columns, is_control_compound, treatment_name
 
 DEFAULT_SETTINGS = {
     "normalization": {"method": "none"},
@@ -205,7 +205,7 @@ def image_metadata(df: pd.DataFrame, source: str) -> pd.DataFrame:
     if "is_control" in df.columns:
         meta["is_control"] = control_flags(df["is_control"], source)
     else:
-        meta["is_control"] = meta["compound"].str.upper() == CONTROL_COMPOUND.upper()
+        meta["is_control"] = is_control_compound(meta["compound"])
     untyped = meta["moa"].isna() & ~meta["is_control"]
     if untyped.any():
         raise InputError(f"{source}: row {first_position(untyped)} (a treated image) has no moa")
