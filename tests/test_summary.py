@@ -541,3 +541,26 @@ def test_confusion_labels_lie_inside_the_figure(n_moas):
             box.x0 >= page.x0 and box.y0 >= page.y0 and box.x1 <= page.x1 and box.y1 <= page.y1
         ), f"{text.get_text()!r} at {box} outside the figure {page}"
     close(fig)
+
+
+def test_nscb_not_applicable_shows_as_n_a_not_zero_nor_missing(tmp_path):
+    """Issue 23, case 5: runs without any cross-batch candidate have nscb null."""
+    paths = []
+    for epoch in (0, 2):
+        path = write_run(tmp_path / "eval", "vit_s", "DAPI", epoch, 0.5)
+        metrics = json.loads(path.read_text())
+        metrics.update(nscb=None, map_nscb=None, n_queries_without_candidates_nscb=92)
+        path.write_text(json.dumps(metrics))
+        paths.append(path)
+    validation = tmp_path / "v.json"
+    validation.write_text("{}")
+    out_dir = tmp_path / "summary"
+    argv = ["--metrics", *map(str, paths), "--validation-report", str(validation)]
+    assert cli.main([*argv, "--out-dir", str(out_dir)]) == 0
+    best = pd.read_csv(out_dir / "best_epochs.csv")
+    nscb = best[best["metric"] == "nscb"]
+    assert len(nscb) == 1 and nscb[["last_value", "oracle_best_value"]].isna().all(axis=None)
+    html = (out_dir / "report.html").read_text()
+    headline = html[html.index("<table") : html.index("</table>")]
+    assert "NSCB" in headline and "n/a" in headline and "0.000" not in headline
+    assert not (out_dir / "figures" / "nscb_vs_epoch.png").exists()

@@ -102,6 +102,7 @@ def evaluate_table(
         values, metadata, settings["aggregation"]["plate"], settings["aggregation"]["treatment"]
     )
     metrics, predictions, confusion = evaluate_profiles(profiles, table, settings["map"])
+    notes += candidate_notes(metrics)
     return {
         **metrics,
         "n_images": len(features),
@@ -218,6 +219,34 @@ def image_metadata(df: pd.DataFrame, source: str) -> pd.DataFrame:
             "least 2 MoAs"
         )
     return meta.reset_index(drop=True)
+
+
+CANDIDATES = {
+    "nsc": "a treatment of another compound",
+    "nscb": "a treatment of another compound in a batch the query does not occur in",
+}
+
+
+def candidate_notes(metrics: dict) -> list[str]:
+    """Per protocol: not applicable (no query has a candidate), or how many queries without
+    a candidate were counted as misses."""
+    notes = []
+    for name, candidate in CANDIDATES.items():
+        total, without = (
+            metrics[f"n_treatments_{name}"],
+            metrics[f"n_queries_without_candidates_{name}"],
+        )
+        if total and metrics[name] is None:
+            notes.append(
+                f"{name.upper()} not applicable: none of the {total} query treatments has a "
+                f"candidate ({candidate})"
+            )
+        elif without:
+            notes.append(
+                f"{name.upper()}: {without} of {total} query treatments have no candidate "
+                f"({candidate}); counted as misses"
+            )
+    return notes
 
 
 def numeric_column(df: pd.DataFrame, column: str, source: str) -> pd.Series:

@@ -20,7 +20,8 @@ asks whether a treatment's most similar profile (cosine) has the same mechanism 
 <li><b>NSC</b> (not-same-compound): 1-nearest-neighbour MoA accuracy when treatments of the query's
 own compound are excluded.</li>
 <li><b>NSCB</b> (not-same-compound-or-batch): also excludes treatments that share a batch with the
-query, and drops MoAs found in a single batch. The stricter number: batch effects cannot help.</li>
+query, and drops MoAs found in a single batch. The stricter number: batch effects cannot help.
+It is n/a when no treatment has a candidate in another batch (every treatment in every batch).</li>
 <li><b>mAP</b>: mean average precision of ranking all candidates (same exclusions) by similarity,
 positives = same MoA; uses the whole ranking, not only the nearest neighbour.</li>
 </ul>
@@ -41,7 +42,7 @@ def image_html(name: str, png: bytes) -> str:
 
 
 def runs_table_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0)
+    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a", border=0)
 
 
 def evaluation_html(runs: pd.DataFrame) -> str:
@@ -95,14 +96,15 @@ def key_value_table(mapping: dict) -> str:
 
 
 def pivot_html(frame: pd.DataFrame) -> str:
+    # n/a: no value (a baseline has no epoch 0; NSCB without a cross-batch candidate; mAP off)
     def number(value: object) -> str:
-        return "–" if pd.isna(value) else f"{value:.3f}"
+        return "n/a" if pd.isna(value) else f"{value:.3f}"
 
     def epoch(value: object) -> str:
-        return "–" if pd.isna(value) else f"{int(value)}"
+        return "n/a" if pd.isna(value) else f"{int(value)}"
 
     formatters = {c: epoch if c[1] == "best epoch" else number for c in frame.columns}
-    return frame.to_html(formatters=formatters, border=0, na_rep="–")
+    return frame.to_html(formatters=formatters, border=0, na_rep="n/a")
 
 
 def pixel_scales_html(scales: dict[str, str]) -> str:

@@ -123,7 +123,9 @@ def read_baselines(paths: list[Path]) -> pd.DataFrame:
 
 def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (arch, channel, metric): epoch 0 and last-epoch values and their difference (the
-    headline), then the oracle best epoch (earliest maximum) and its value."""
+    headline), then the oracle best epoch (earliest maximum) and its value. A metric no epoch
+    has (mAP disabled; NSCB without any cross-batch candidate) keeps its row, with empty
+    values: the report shows it as n/a instead of leaving it out."""
     rows = []
     for (arch, channel), group in runs.groupby(["arch", "channel"], sort=True):
         group = group.sort_values("epoch")
@@ -131,9 +133,7 @@ def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
         pretrained = group[group["epoch"] == 0]
         for metric in METRICS:
             scored = group.dropna(subset=[metric])
-            if scored.empty:
-                continue
-            best = scored.loc[scored[metric].idxmax()]
+            best = scored.loc[scored[metric].idxmax()] if len(scored) else None
             pretrained_value = pretrained[metric].iloc[0] if len(pretrained) else np.nan
             rows.append(
                 {
@@ -144,8 +144,8 @@ def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
                     "last_epoch": int(last["epoch"]),
                     "last_value": last[metric],
                     "last_minus_pretrained": last[metric] - pretrained_value,
-                    "oracle_best_epoch": int(best["epoch"]),
-                    "oracle_best_value": best[metric],
+                    "oracle_best_epoch": np.nan if best is None else int(best["epoch"]),
+                    "oracle_best_value": np.nan if best is None else best[metric],
                 }
             )
     return pd.DataFrame(rows)
