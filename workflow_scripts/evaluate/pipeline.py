@@ -13,9 +13,8 @@ import functools
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from workflow_scripts.config import SCHEMA_PATH, deep_merge
+from workflow_scripts.config import SCHEMA_PATH, deep_merge, read_yaml
 from workflow_scripts.errors import InputError
 from workflow_scripts.evaluate.aggregate import treatment_profiles
 from workflow_scripts.evaluate.feature_hygiene import clean_features
@@ -147,8 +146,7 @@ def dmso_warnings(metadata: pd.DataFrame, n_features: int, scope: str) -> list[s
 @functools.lru_cache(maxsize=1)
 def settings_schema() -> dict:
     """config.schema.yaml's `evaluate` properties: one definition of valid settings."""
-    with open(SCHEMA_PATH) as fh:
-        schema = yaml.safe_load(fh)
+    schema = read_yaml(SCHEMA_PATH)
     return {"definitions": schema.get("definitions", {}), **schema["properties"]["evaluate"]}
 
 
