@@ -17,6 +17,7 @@ rule extract_pretrained:
         meta=CACHE_META,
         arrays=CACHE_ARRAYS,
         model=lambda w: weights_inputs(w.arch),
+        rerun=RERUN_STAMPS["extract"],
         code=code("evaluate.extract"),
     # Epoch 0: the backbone before fine-tuning; it does not wait for (or rerun with) training.
     output:
@@ -62,6 +63,7 @@ for _arch in ARCHS:
             arrays=CACHE_ARRAYS,
             checkpoints=expand(CHECKPOINT, epoch=_epochs, allow_missing=True),
             metas=expand(CHECKPOINT_META, epoch=_epochs, allow_missing=True),
+            rerun=RERUN_STAMPS["extract"],
             code=code("evaluate.extract"),
         output:
             expand(FEATURES, epoch=_epochs, allow_missing=True),
@@ -101,6 +103,7 @@ localrules:
 rule combine_channel_features:
     input:
         features=expand(FEATURES, channel=DATA_CHANNELS, allow_missing=True),
+        rerun=RERUN_STAMPS["extract"].replace("{channel}", cfg.COMBINED),
         code=code("evaluate.combine"),
     # WS-DINO's "combined" profile: the per-channel features of each image side by side.
     output:
@@ -121,6 +124,7 @@ rule combine_channel_features:
 rule evaluate_features:
     input:
         features=FEATURES,
+        rerun=RERUN_STAMPS["evaluate"],
         code=code("evaluate.evaluate"),
     output:
         metrics=METRICS,

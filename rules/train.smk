@@ -40,6 +40,7 @@ for _arch in ARCHS:
             meta=CACHE_META,
             arrays=CACHE_ARRAYS,
             weights=weights_inputs(_arch),
+            rerun=RERUN_STAMPS["train"].replace("{arch}", _arch),
             code=code("train.cli"),
         output:
             checkpoints=expand(

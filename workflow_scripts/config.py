@@ -195,6 +195,14 @@ def evaluated_epochs(settings: dict, include_pretrained: bool = False) -> list[i
     return sorted(epochs)
 
 
+def scoring_settings(config: dict) -> dict:
+    """What scoring a feature table depends on (the evaluate rules' --settings): the same for
+    the runs and the baselines."""
+    return {
+        k: config["evaluate"].get(k, {}) for k in ("normalization", "tvn", "aggregation", "map")
+    }
+
+
 def digest(obj: Any) -> str:
     """Stable short hash of JSON-able settings (recorded beside every checkpoint)."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -67,7 +67,13 @@ def read_table(path: str | os.PathLike, required: list[str] | None = None) -> pd
         else:
             df = pd.read_csv(path)
     except Exception as err:  # pyarrow/pandas raise many types for corrupt files
-        raise InputError(f"{path}: cannot be read as a table ({err})") from err
+        hint = ""
+        if path.suffix == ".parquet":  # the format of the workflow's own tables
+            hint = (
+                "; if the workflow wrote it (truncated by a full disk or a copy cut short), run "
+                "the workflow again: it finds unreadable outputs at start and makes them again"
+            )
+        raise InputError(f"{path}: cannot be read as a table ({err}){hint}") from err
     missing = [c for c in (required or []) if c not in df.columns]
     if missing:
         delimiter = None if path.suffix == ".parquet" else other_delimiter(path)

@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     write_table(result["predictions"], out_dir / "predictions.csv")
     write_table(result["confusion"].reset_index(), out_dir / "confusion.csv")
     metrics = {"label": args.label, **{k: v for k, v in result.items() if k not in TABLE_KEYS}}
+    metrics["settings"] = settings  # as given: the workflow compares it with its config at start
     write_json(out_dir / "metrics.json", metrics)
     for note in metrics["notes"]:
         print(f"{args.label}: {note}", file=sys.stderr)
