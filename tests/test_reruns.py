@@ -266,6 +266,7 @@ def test_cluster_plan_reruns_one_forced_evaluation_alone(finished):
 
 # ------------------------------------------------------------------ issue 23, cases 4 and 15
 MOVED_DIR = "results/moved"
+SCORING_KEYS = ("normalization", "tvn", "aggregation", "map")
 
 
 def record_settings(workdir: Path, output_dir: str, overlay: dict) -> None:
@@ -281,7 +282,10 @@ def record_settings(workdir: Path, output_dir: str, overlay: dict) -> None:
             "model_kwargs": cfg.architecture(config, arch)["model_kwargs"],
         }
         records.update({p: checkpoint for p in out.glob(f"train/{arch}/*/epoch_*.json")})
-    scoring = {"settings": cfg.scoring_settings(config)}
+    # the evaluate rules' --settings (rules/common.smk), as the evaluation CLI records them
+    scoring = {
+        "settings": {k: config["evaluate"].get(k, {}) for k in SCORING_KEYS},
+    }
     records.update({p: scoring for p in out.glob("eval/**/metrics.json")})
     assert records
     for record_path, record in records.items():

@@ -564,3 +564,19 @@ def test_nscb_not_applicable_shows_as_n_a_not_zero_nor_missing(tmp_path):
     headline = html[html.index("<table") : html.index("</table>")]
     assert "NSCB" in headline and "n/a" in headline and "0.000" not in headline
     assert not (out_dir / "figures" / "nscb_vs_epoch.png").exists()
+
+
+def test_rows_prepare_left_out_are_tabled_in_the_report(runs, tmp_path):
+    """Issue 23, case 2: the validation report's records show as a table, an empty list as none."""
+    paths, validation = runs
+    report = json.loads(validation.read_text())
+    left_out = {"table": "image.csv", "reason": "compound not in the MoA table", "rows": 72}
+    report.update(rows_left_out=[left_out], control_spellings=[])
+    validation.write_text(json.dumps(report))
+    out_dir = tmp_path / "summary"
+    argv = ["--metrics", *map(str, paths), "--validation-report", str(validation)]
+    assert cli.main([*argv, "--out-dir", str(out_dir)]) == 0
+    html = (out_dir / "report.html").read_text()
+    assert "<summary>rows_left_out (72 rows)</summary>" in html
+    assert "<td>compound not in the MoA table</td>" in html
+    assert "<th>control_spellings</th><td>none</td>" in html

@@ -70,15 +70,24 @@ def evaluation_html(runs: pd.DataFrame) -> str:
 
 
 def validation_html(report: dict) -> str:
-    """Scalars (and lists of scalars) as one key/value table; each nested mapping as its own
-    table, folded away (per-plate counts are long)."""
+    """Scalars (and lists of scalars; `none` for an empty list) as one key/value table; each
+    nested mapping and each list of records (the rows prepare left out) as its own table,
+    folded away (per-plate counts are long)."""
+
+    def records(value: object) -> bool:
+        return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
     scalars = {
-        key: ", ".join(map(str, value)) if isinstance(value, list) else value
+        key: (", ".join(map(str, value)) or "none") if isinstance(value, list) else value
         for key, value in report.items()
-        if not isinstance(value, dict)
+        if not isinstance(value, dict) and not records(value)
     }
     parts = [key_value_table(scalars)]
     for key, value in report.items():
+        if records(value):
+            table = pd.DataFrame(value).to_html(index=False, border=0)
+            summary = f"{key} ({sum(int(v.get('rows', 1)) for v in value)} rows)"
+            parts.append(f"<details><summary>{escape(summary)}</summary>{table}</details>")
         if isinstance(value, dict):
             if all(isinstance(v, dict) for v in value.values()):
                 table = pd.DataFrame.from_dict(value, orient="index").to_html(border=0)
