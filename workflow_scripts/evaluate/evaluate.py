@@ -1,6 +1,7 @@
 r"""Evaluate one feature table: TVN -> treatment profiles -> NSC / NSCB / mAP.
 
-Writes `metrics.json`, `predictions.csv` and `confusion.csv` into `--out-dir` (docs/formats.md).
+Writes `metrics.json`, `predictions.csv`, `confusion.csv` and `profiles.parquet` (the treatment
+profiles scored, for the summary's embedding maps) into `--out-dir` (docs/formats.md).
 
 The same command scores any profile table, so CellProfiler features or another model's
 embeddings can be put beside the DINOv3 runs in the summary report:
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     write_table(result["predictions"], out_dir / "predictions.csv")
     write_table(result["confusion"].reset_index(), out_dir / "confusion.csv")
+    write_table(result["profiles"], out_dir / "profiles.parquet")
     metrics = {"label": args.label, **{k: v for k, v in result.items() if k not in TABLE_KEYS}}
     write_json(out_dir / "metrics.json", metrics)
     for note in metrics["notes"]:

@@ -22,7 +22,12 @@ from workflow_scripts.evaluate.feature_hygiene import clean_features
 from workflow_scripts.evaluate.metrics import evaluate_profiles
 from workflow_scripts.evaluate.normalize import normalize_per_plate
 from workflow_scripts.evaluate.tvn import whiten
-from workflow_scripts.tables import CONTROL_COMPOUND, feature_columns, treatment_name
+from workflow_scripts.tables import (
+    CONTROL_COMPOUND,
+    feature_columns,
+    feature_names,
+    treatment_name,
+)
 
 DEFAULT_SETTINGS = {
     "normalization": {"method": "none"},
@@ -34,7 +39,7 @@ REQUIRED_COLUMNS = ("compound", "moa", "plate", "batch")
 # is_control spellings read as booleans (anything else is refused: "no" must not become True).
 CONTROL_VALUES = {"true": True, "false": False, "1": True, "0": False}
 # The keys of evaluate_table's result that hold tables rather than metrics.
-TABLE_KEYS = ("predictions", "confusion")
+TABLE_KEYS = ("predictions", "confusion", "profiles")
 
 
 def evaluate_table(
@@ -51,9 +56,10 @@ def evaluate_table(
     error messages.
 
     Returns the metrics (keys of metrics.json, docs/formats.md), "notes" (what the evaluation
-    did and warnings, one line each, printed by the CLI), and two DataFrames:
-    result["predictions"] (one row per query treatment and protocol) and result["confusion"]
-    (NSC MoA confusion matrix: index = true MoA, columns = nearest neighbour's MoA).
+    did and warnings, one line each, printed by the CLI), and three DataFrames:
+    result["predictions"] (one row per query treatment and protocol), result["confusion"]
+    (NSC MoA confusion matrix: index = true MoA, columns = nearest neighbour's MoA) and
+    result["profiles"] (profile_table: the treatment profiles NSC / NSCB / mAP score).
     """
     settings = deep_merge(DEFAULT_SETTINGS, check_settings(settings))
     columns = feature_cols if feature_cols is not None else feature_columns(features)
@@ -116,7 +122,17 @@ def evaluate_table(
         "notes": notes,
         "predictions": predictions,
         "confusion": confusion,
+        "profiles": profile_table(profiles, table),
     }
+
+
+def profile_table(profiles: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per treatment (sorted by name): its labels, batches (`;`-joined), main_batch,
+    n_plates, n_images, and the profile as `feat_*` columns, as scored (after hygiene,
+    normalisation, TVN and aggregation)."""
+    labels = table.assign(batches=[";".join(b) for b in table["batches"]])
+    values = pd.DataFrame(profiles, columns=feature_names(profiles.shape[1]))
+    return pd.concat([labels.reset_index(drop=True), values], axis=1)
 
 
 def dmso_warnings(metadata: pd.DataFrame, n_features: int, scope: str) -> list[str]:
