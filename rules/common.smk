@@ -21,6 +21,8 @@ DATA_CHANNELS = list(config["data"]["channels"])
 ARCHS = cfg.architecture_names(config)
 TRAIN_CHANNELS = cfg.training_channels(config)
 EVAL_CHANNELS = cfg.evaluation_channels(config)
+# attention maps need attention blocks: the ViTs of the DINOv3 family (timm vit_*), not ConvNeXt
+ATTENTION_ARCHS = [a for a in ARCHS if a.startswith("vit_")]
 
 
 def out(*parts):
@@ -62,6 +64,8 @@ RESUME_DIR = out("resume", "{arch}", "{channel}")  # not an output: survives rer
 FEATURES = out("features", "{arch}", "{channel}", "epoch_{epoch}.parquet")
 EVAL_DIR = out("eval", "{arch}", "{channel}", "epoch_{epoch}")
 METRICS = out("eval", "{arch}", "{channel}", "epoch_{epoch}", "metrics.json")
+PROFILES = out("eval", "{arch}", "{channel}", "epoch_{epoch}", "profiles.parquet")
+ATTENTION_MAPS = out("attention", "{arch}", "{channel}", "maps.npz")
 SUMMARY_DIR = out("summary")
 SUMMARY_TABLE = out("summary", "summary.csv")
 SUMMARY_REPORT = out("summary", "report.html")
@@ -250,6 +254,36 @@ def all_metrics():
         for arch in ARCHS
         for path in expand(METRICS, arch=arch, channel=EVAL_CHANNELS, epoch=eval_epochs(arch))
     ]
+
+
+def last_epoch_tag(arch):
+    return train_epochs(arch)[-1]
+
+
+def mapped_profiles():
+    """The summary's t-SNE maps: epoch 0 (when evaluated) and the last epoch of every run."""
+    return [
+        path
+        for arch in ARCHS
+        for epoch in [epoch_tag(0)] * config["evaluate"]["pretrained_baseline"]
+        + [last_epoch_tag(arch)]
+        for path in expand(PROFILES, arch=arch, channel=EVAL_CHANNELS, epoch=epoch)
+    ]
+
+
+def last_checkpoint_metas():
+    """The last epoch's checkpoint JSON of every training (its train settings: weak label)."""
+    return [
+        path
+        for arch in ARCHS
+        for path in expand(
+            CHECKPOINT_META, arch=arch, channel=TRAIN_CHANNELS, epoch=last_epoch_tag(arch)
+        )
+    ]
+
+
+def all_attention_maps():
+    return expand(ATTENTION_MAPS, arch=ATTENTION_ARCHS, channel=TRAIN_CHANNELS)
 
 
 # ------------------------------------------------------------------ baselines, report

@@ -93,6 +93,49 @@ for _arch in ARCHS:
             "--epoch {params.epochs} --out {output:q} > {log:q} 2>&1"
 
 
+# Attention maps (ViTs): epoch 0 and the last epoch on a few fixed fields. A member of the
+# extraction group: it runs in the (arch, channel)'s extraction job, no SLURM job of its own.
+rule attention_maps:
+    input:
+        cache=CACHE_TABLE,
+        meta=CACHE_META,
+        arrays=CACHE_ARRAYS,
+        model=lambda w: weights_inputs(w.arch),
+        checkpoint=lambda w: CHECKPOINT.format(
+            arch=w.arch, channel=w.channel, epoch=last_epoch_tag(w.arch)
+        ),
+        checkpoint_meta=lambda w: CHECKPOINT_META.format(
+            arch=w.arch, channel=w.channel, epoch=last_epoch_tag(w.arch)
+        ),
+        code=code("evaluate.attention"),
+    output:
+        ATTENTION_MAPS,
+    log:
+        out("logs", "attention", "{arch}", "{channel}.log"),
+    benchmark:
+        out("benchmarks", "attention", "{arch}", "{channel}.tsv")
+    wildcard_constraints:
+        arch="|".join(re.escape(a) for a in ATTENTION_ARCHS) or "(?!)",
+        channel="|".join(TRAIN_CHANNELS),
+    group:
+        EXTRACT_GROUP
+    conda:
+        "../envs/pytorch-cuda.yaml"
+    threads: 4
+    resources:
+        # start-up + one epoch's share of the group's runtime: two forward passes per field
+        **extract_resources(1),
+    params:
+        model_kwargs=lambda w: as_json(arch_entry(w.arch)["model_kwargs"]),
+        model=pretrained_model_arg,
+        cache_dir=lambda w, input: os.path.dirname(input.meta),
+    shell:
+        "python -m workflow_scripts.evaluate.attention --arch {wildcards.arch:q} "
+        "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} {params.model} "
+        "--checkpoint {input.checkpoint:q} --model-kwargs {params.model_kwargs:q} "
+        "--out {output:q} > {log:q} 2>&1"
+
+
 # Seconds of CPU work: not worth a SLURM job (SLURM profile).
 localrules:
     combine_channel_features,
@@ -126,6 +169,7 @@ rule evaluate_features:
         metrics=METRICS,
         predictions=os.path.join(EVAL_DIR, "predictions.csv"),
         confusion=os.path.join(EVAL_DIR, "confusion.csv"),
+        profiles=PROFILES,
     log:
         out("logs", "evaluate", "{arch}", "{channel}", "epoch_{epoch}.log"),
     benchmark:

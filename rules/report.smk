@@ -12,6 +12,9 @@ rule summarize:
         baselines=all_baseline_metrics(),
         validation=VALIDATION_REPORT,
         train_logs=expand(TRAIN_LOG, arch=ARCHS, channel=TRAIN_CHANNELS),
+        checkpoint_metas=last_checkpoint_metas(),
+        profiles=mapped_profiles(),
+        attention_maps=all_attention_maps(),
         code=code("summary.cli"),
     output:
         table=report(SUMMARY_TABLE, caption="../report/summary_table.rst", category="Summary"),
@@ -22,7 +25,7 @@ rule summarize:
         ),
         figures=report(
             directory(out("summary", "figures")),
-            patterns=["{name}.png"],
+            patterns=["{name}.png", "{name}.jpg"],
             caption="../report/figures.rst",
             category="Figures",
         ),
@@ -44,4 +47,6 @@ rule summarize:
         "python -m workflow_scripts.summary.cli --metrics {input.metrics:q} "
         "--validation-report {input.validation:q} --out-dir {params.out_dir:q} "
         "--baseline-metrics {input.baselines:q} --weights {params.weights:q} "
-        "--pixel-scales {params.pixel_scales:q} --train-logs {input.train_logs:q} > {log:q} 2>&1"
+        "--pixel-scales {params.pixel_scales:q} --train-logs {input.train_logs:q} "
+        "--checkpoint-metas {input.checkpoint_metas:q} --profiles {input.profiles:q} "
+        "--attention-maps {input.attention_maps:q} > {log:q} 2>&1"

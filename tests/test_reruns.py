@@ -104,6 +104,7 @@ def test_adding_an_architecture_plans_only_its_jobs_and_the_summary(finished):
         train_rule(THIRD_ARCH),
         "extract_pretrained",
         extract_trained_rule(THIRD_ARCH),
+        "attention_maps",
         "combine_channel_features",
         "evaluate_features",
     }
@@ -192,11 +193,35 @@ def test_editing_the_metrics_module_reruns_evaluation_not_extraction(finished):
 def test_editing_a_module_extraction_imports_reruns_extraction_not_training(finished):
     rows = edited_plan(finished, "workflow_scripts/data/crops.py")
     # the crop resizing is shared by training and extraction: both rerun, the data stage does not
+    # (and the attention maps, which load their models with extraction's code)
     rerun_rules = EVALUATION_RULES | {train_rule(DEMO_ARCH), train_rule(SECOND_ARCH)}
+    rerun_rules |= {"attention_maps"}
     assert pending(rows) == paths(rows, lambda r: r.rule in rerun_rules or is_extraction(r.rule))
     rows = edited_plan(finished, "workflow_scripts/evaluate/extract.py")
-    rerun = paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
+    rerun_rules = EVALUATION_RULES | {"attention_maps"}
+    rerun = paths(rows, lambda r: r.rule in rerun_rules or is_extraction(r.rule))
     assert pending(rows) == rerun
+
+
+def test_editing_figure_code_reruns_only_the_summary(finished):
+    for module in ("embedding_maps.py", "attention_maps.py"):
+        rows = edited_plan(finished, f"workflow_scripts/summary/{module}")
+        assert pending(rows) == paths(rows, lambda r: r.rule == "summarize"), module
+
+
+def test_weak_label_retrains_and_reruns_the_attention_maps_not_epoch0(finished):
+    overlay = {**base_overlay(), "train": {"weak_label": "compound"}}
+    rows = plan(finished, overlay, "weak_label")
+    trained = {train_rule(DEMO_ARCH), train_rule(SECOND_ARCH)}
+    assert {r.rule for r in rows if r.pending} == trained | {
+        extract_trained_rule(DEMO_ARCH),
+        extract_trained_rule(SECOND_ARCH),
+        "attention_maps",
+        "combine_channel_features",
+        "evaluate_features",
+        "summarize",
+    }
+    assert not any(r.pending and r.epoch == 0 for r in rows)
 
 
 def cluster_plan(
@@ -244,7 +269,7 @@ def test_cluster_plan_after_retraining_one_arch_leaves_its_epoch0_out(finished):
     overlay = base_overlay()
     overlay["architectures"][1]["train"] = {"optimizer": {"lr": 5.0e-5}}
     groups, ungrouped = cluster_plan(finished, overlay, "train_override_cluster")
-    trained = [extract_trained_rule(SECOND_ARCH)]
+    trained = sorted(["attention_maps", extract_trained_rule(SECOND_ARCH)])
     evaluations = ["evaluate_features"] * len(TRAINED_EPOCHS)
     expected = {f"extract_{SECOND_ARCH}_{c}": trained for c in TRAIN_CHANNELS}
     expected |= {f"evaluate_{SECOND_ARCH}_{c}": evaluations for c in EVAL_CHANNELS}

@@ -318,30 +318,31 @@ def test_baselines_and_random_init_appear_in_tables_plots_and_the_pivoted_report
     best = pd.read_csv(out_dir / "best_epochs.csv")
     assert "cellprofiler" not in set(best["arch"])  # no epochs to pick from
 
-    # pivot: one row per arch x channel (+ the baseline), metric x {epoch 0, last} columns
+    # pivot: one row per arch x channel (+ the baseline), metric x {epoch 0, last} columns; the
+    # weak label is unknown ("–") without the checkpoints' JSON
     pivot = headline_pivot(best, read_baselines([baseline_dir / "metrics.json"]))
     assert list(pivot.index) == [
-        ("vit_b", "DAPI", "pretrained", 10),
-        ("vit_s", "DAPI", "random init", 10),
-        ("vit_s", "rgb", "random init", 10),
-        ("cellprofiler", "baseline", "–", "–"),
+        ("vit_b", "DAPI", "pretrained", "–", 10),
+        ("vit_s", "DAPI", "random init", "–", 10),
+        ("vit_s", "rgb", "random init", "–", 10),
+        ("cellprofiler", "baseline", "–", "–", "–"),
     ]
     assert list(pivot.columns) == [
         (m, c) for m in ("NSC", "NSCB", "mAP (NSC)", "mAP (NSCB)") for c in ("epoch 0", "last")
     ]
-    assert pivot.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "epoch 0")] == 0.5
-    assert pivot.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "last")] == 0.7
-    assert pivot.loc[("vit_b", "DAPI", "pretrained", 10), ("mAP (NSCB)", "last")] == pytest.approx(
-        0.375
-    )
-    baseline_row = pivot.loc[("cellprofiler", "baseline", "–", "–")]
+    assert pivot.loc[("vit_s", "DAPI", "random init", "–", 10), ("NSCB", "epoch 0")] == 0.5
+    assert pivot.loc[("vit_s", "DAPI", "random init", "–", 10), ("NSCB", "last")] == 0.7
+    assert pivot.loc[
+        ("vit_b", "DAPI", "pretrained", "–", 10), ("mAP (NSCB)", "last")
+    ] == pytest.approx(0.375)
+    baseline_row = pivot.loc[("cellprofiler", "baseline", "–", "–", "–")]
     assert baseline_row[("NSC", "last")] == pytest.approx(scored["nsc"]) and np.isnan(
         baseline_row[("NSC", "epoch 0")]
     )
     assert baseline_row[("mAP (NSCB)", "last")] == pytest.approx(scored["map_nscb"])
     oracle = oracle_pivot(best)
-    assert oracle.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "best epoch")] == 5
-    assert oracle.loc[("vit_s", "DAPI", "random init", 10), ("NSCB", "value")] == 0.8
+    assert oracle.loc[("vit_s", "DAPI", "random init", "–", 10), ("NSCB", "best epoch")] == 5
+    assert oracle.loc[("vit_s", "DAPI", "random init", "–", 10), ("NSCB", "value")] == 0.8
 
     report = (out_dir / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 5

@@ -73,7 +73,7 @@ class PlannedOutput:
     @property
     def arch(self) -> str | None:
         parts = self.path.split("/")
-        return parts[1] if parts[0] in ("train", "features", "eval") else None
+        return parts[1] if parts[0] in ("train", "features", "eval", "attention") else None
 
     @property
     def epoch(self) -> int | None:

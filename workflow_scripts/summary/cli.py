@@ -28,8 +28,18 @@ workflow_scripts.train.health), training_health.png, a `training_collapse` colum
 (the collapse verdict of that epoch; for `combined`, every collapsed channel) and a
 training-health section in the report.
 
+With `--checkpoint-metas` (training checkpoints' JSON) the runs get a `weak_label` column
+(train.weak_label; `MoA (circular)` where the training used the MoA labels NSC/NSCB retrieve),
+also a level of the report's tables. With `--profiles` (the evaluations' profiles.parquet, e.g. of
+epoch 0 and the last epoch) it draws per (arch, channel) a t-SNE map of the treatment profiles
+(embedding_maps.py: figures/embedding_map_{arch}_{channel}.png, the coordinates beside it as
+.csv). With `--attention-maps` (the .npz of workflow_scripts.evaluate.attention) it draws the
+attention maps (attention_maps.py: figures/attention_{arch}_{channel}.jpg, head-averaged, and
+figures/attention_heads_{arch}_{channel}_epoch_NNNN.jpg, per head).
+
 The package reads files only (no import of the train or evaluate code): runs.py (the runs table,
-best epochs, the pivots), health.py (training logs), figures.py, html.py and this CLI.
+best epochs, the pivots, weak labels), health.py (training logs), figures.py, embedding_maps.py,
+attention_maps.py, html.py and this CLI.
 
     python -m workflow_scripts.summary.cli --metrics results/eval/*/*/*/metrics.json \
         --validation-report results/data/validation_report.json --out-dir results/summary \
@@ -46,6 +56,7 @@ import pandas as pd
 
 from workflow_scripts.atomic import atomic_path, write_text
 from workflow_scripts.errors import cli, json_object_option
+from workflow_scripts.summary import attention_maps, embedding_maps
 from workflow_scripts.summary.figures import (
     CONFUSION_FIGURE,
     HEALTH_FIGURE,
@@ -56,20 +67,29 @@ from workflow_scripts.summary.figures import (
     training_health_figure,
 )
 from workflow_scripts.summary.health import add_collapse_flags, read_training_logs
-from workflow_scripts.summary.html import image_html, report_html, training_health_html
+from workflow_scripts.summary.html import (
+    attention_html,
+    embedding_html,
+    image_html,
+    report_html,
+    training_health_html,
+)
 from workflow_scripts.summary.runs import (
     METRICS,
     best_epochs,
+    circular_runs,
     confusion_run,
     epoch0_name,
     headline_pivot,
     mark_runs,
+    mark_weak_labels,
     oracle_pivot,
     parse_weights,
     read_baselines,
     read_confusion,
     read_runs,
     read_validation,
+    read_weak_labels,
     run_label,
 )
 from workflow_scripts.tables import write_table
@@ -99,9 +119,26 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="train/{arch}/{channel}/log.jsonl files (training health)",
     )
+    parser.add_argument(
+        "--checkpoint-metas",
+        nargs="*",
+        default=[],
+        help="train/{arch}/{channel}/epoch_NNNN.json files (train.weak_label per run)",
+    )
+    parser.add_argument(
+        "--profiles",
+        nargs="*",
+        default=[],
+        help="profiles.parquet of evaluations (beside their metrics.json): t-SNE maps",
+    )
+    parser.add_argument(
+        "--attention-maps", nargs="*", default=[], help=".npz files of evaluate.attention"
+    )
     args = parser.parse_args(argv)
 
     runs = mark_runs(read_runs([Path(p) for p in args.metrics]), parse_weights(args.weights))
+    if args.checkpoint_metas:
+        runs = mark_weak_labels(runs, read_weak_labels([Path(p) for p in args.checkpoint_metas]))
     baselines = read_baselines([Path(p) for p in args.baseline_metrics])
     pixel_scales = json_object_option(args.pixel_scales, "--pixel-scales")
     health = read_training_logs([Path(p) for p in args.train_logs])
@@ -110,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     validation = read_validation(Path(args.validation_report))
     best = best_epochs(runs)
     best["epoch0"] = best["arch"].map(lambda arch: epoch0_name(runs, arch)) if len(best) else []
+    tables = {}  # CSVs beside the figures
 
     epoch_plots = {
         metric_vs_epoch_file(metric): png_bytes(metric_vs_epoch_figure(runs, metric, baselines))
@@ -137,6 +175,31 @@ def main(argv: list[str] | None = None) -> int:
         png = png_bytes(training_health_figure(health))
         figures[HEALTH_FIGURE] = png
         health_section = training_health_html(health, image_html(HEALTH_FIGURE, png))
+    points = embedding_maps.embedding_table(runs, {Path(p).parent: Path(p) for p in args.profiles})
+    embedding_figures = {}
+    if len(points):
+        styles = embedding_maps.style_keys(points)
+        for (arch, channel), group in points.groupby(["arch", "channel"], sort=True):
+            figure = embedding_maps.embedding_figure(
+                points, runs, arch, channel, styles, epoch0_name(runs, arch)
+            )
+            embedding_figures[embedding_maps.map_file(arch, channel)] = png_bytes(figure)
+            tables[embedding_maps.map_file(arch, channel, "csv")] = group
+    attention_figures = []  # (arch, channel, {file name: png}), mean first
+    for path in args.attention_maps:
+        maps = attention_maps.read_attention(Path(path))
+        arch, channel = maps["info"]["arch"], maps["info"]["channel"]
+        named = epoch0_name(runs, arch)
+        drawn = {attention_maps.mean_file(arch, channel): attention_maps.mean_figure(maps, named)}
+        for index, epoch in enumerate(maps["epochs"]):
+            drawn[attention_maps.heads_file(arch, channel, int(epoch))] = (
+                attention_maps.heads_figure(maps, index, named)
+            )
+        attention_figures.append(
+            (arch, channel, {n: attention_maps.jpeg_bytes(f) for n, f in drawn.items()})
+        )
+    for drawn in [embedding_figures, *(d for _, _, d in attention_figures)]:
+        figures.update(drawn)
     every_run = runs if baselines.empty else pd.concat([runs, baselines], ignore_index=True)
     page = report_html(
         runs,
@@ -148,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         validation,
         pixel_scales,
         health_section,
+        embedding_html(embedding_figures, points),
+        attention_html(attention_figures),
+        circular_runs(runs),
     )
 
     out_dir = Path(args.out_dir)
@@ -158,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, data in figures.items():
         with atomic_path(out_dir / FIGURES_DIR / name) as tmp:
             tmp.write_bytes(data)
+    for name, table in tables.items():
+        write_table(table, out_dir / FIGURES_DIR / name)
     write_text(out_dir / "report.html", page)
     print(f"summarised {len(runs)} runs; confusion matrix of {label}", file=sys.stderr)
     return 0

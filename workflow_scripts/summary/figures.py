@@ -69,7 +69,7 @@ def metric_vs_epoch_figure(
                 linestyle="none",
             )
         draw_baselines(ax, baselines, metric)
-        ax.set_title(arch, fontsize=9)
+        ax.set_title(arch + weak_label_note(runs, arch), fontsize=9)
         ax.set_xlabel(f"epoch (0 = {epoch0_name(runs, arch)})")
         whole_epoch_ticks(ax)
         ax.grid(alpha=0.3)
@@ -77,6 +77,14 @@ def metric_vs_epoch_figure(
     axes[0][0].set_ylabel(METRICS[metric])
     fig.suptitle(f"{METRICS[metric]} vs fine-tuning epoch")
     return fig
+
+
+def weak_label_note(runs: pd.DataFrame, arch: str) -> str:
+    """A second title line naming the architecture's weak label, when it trained with one."""
+    if "weak_label" not in runs:
+        return ""
+    labels = set(runs.loc[runs["arch"] == arch, "weak_label"]) - {"none", "–"}
+    return "".join(f"\nweak label = {label}" for label in sorted(labels))
 
 
 def draw_baselines(ax: plt.Axes, baselines: pd.DataFrame | None, metric: str) -> None:

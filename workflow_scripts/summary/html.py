@@ -34,10 +34,12 @@ an optimistic upper bound, reported separately and marked <i>oracle</i>.</p>
 """
 
 
-def image_html(name: str, png: bytes) -> str:
-    """The figure inlined as a data URI: the report opens anywhere, fetching nothing."""
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{escape(name)}" src="data:image/png;base64,{data}">'
+def image_html(name: str, image: bytes) -> str:
+    """The figure (PNG, or JPEG by its name) inlined as a data URI: the report opens anywhere,
+    fetching nothing."""
+    data = base64.b64encode(image).decode("ascii")
+    mime = "image/jpeg" if name.endswith(".jpg") else "image/png"
+    return f'<img alt="{escape(name)}" src="data:{mime};base64,{data}">'
 
 
 def runs_table_html(df: pd.DataFrame) -> str:
@@ -158,6 +160,58 @@ effective rank show whether the backbone's embedding still varies across images.
 {warning}{table}{figure}"""
 
 
+def embedding_html(figures: dict[str, bytes], points: pd.DataFrame) -> str:
+    """Report section: the t-SNE maps (embedding_maps.py), one figure per (arch, channel)."""
+    if not figures:
+        return ""
+    perplexities = ", ".join(f"{p:g}" for p in sorted(points["perplexity"].unique()))
+    images = "\n".join(image_html(name, png) for name, png in figures.items())
+    return f"""<h2>Embedding maps (t-SNE of the treatment profiles)</h2>
+<p>One point per treatment: the profiles NSC and NSCB score (after the evaluation's normalisation,
+TVN and aggregation; the treatments of predictions.csv), L2-normalised, mapped to 2-D by
+scikit-learn's t-SNE (perplexity {escape(perplexities)}, PCA initialisation, seed 0) at epoch 0
+and at the last epoch; each panel's title holds that epoch's NSC and NSCB. Colour: MoA. Marker:
+the week holding most of the treatment's plates. t-SNE keeps neighbourhoods, not distances
+between clusters. The coordinates are in <code>figures/embedding_map_*.csv</code>.</p>
+{images}"""
+
+
+def attention_html(figures: list[tuple[str, str, dict[str, bytes]]]) -> str:
+    """Report section: per (arch, channel) the head-averaged maps, the per-head maps folded."""
+    if not figures:
+        return ""
+    parts = []
+    for arch, channel, drawn in figures:
+        (mean_name, mean_png), *heads = drawn.items()
+        folded = "\n".join(image_html(name, png) for name, png in heads)
+        parts.append(
+            f"<h3>{escape(arch)} / {escape(channel)}</h3>{image_html(mean_name, mean_png)}"
+            f"<details><summary>per head</summary>{folded}</details>"
+        )
+    return f"""<h2>Attention maps (ViTs)</h2>
+<p>Where the teacher's CLS token looks: the last block's attention from the CLS token to the
+patch tokens (register tokens left out), on one treated field per MoA (its compound first by
+name, at that compound's highest concentration, the first such field by batch, plate, well and
+site) and the first DMSO field, each at the cache's resolution (the scale of the evaluation
+windows). Each map is scaled between its own minimum and maximum; opacity grows with
+attention; the white line encloses the patches that hold half of it (as WS-DINO's
+<code>visualize_attention.py</code> thresholds at 50 %). Epoch 0 is the backbone before
+fine-tuning.</p>
+{"".join(parts)}"""
+
+
+def circular_html(circular: list[str]) -> str:
+    if not circular:
+        return ""
+    return (
+        "<p><b>weak label = MoA (circular)</b>: "
+        + ", ".join(f"<code>{escape(run)}</code>" for run in circular)
+        + " trained with the MoA labels that NSC / NSCB retrieve (train.weak_label: moa); "
+        "their scores are not an unsupervised measure and cannot be compared with the "
+        "other runs'.</p>"
+    )
+
+
 def report_html(
     runs: pd.DataFrame,
     every_run: pd.DataFrame,
@@ -168,6 +222,9 @@ def report_html(
     validation: dict,
     pixel_scales: dict[str, str] | None = None,
     health_section: str = "",
+    embedding_section: str = "",
+    attention_section: str = "",
+    circular: list[str] | None = None,
 ) -> str:
     """The page. `runs`: the model runs; `every_run`: them and the baselines (the last table);
     `headline` / `oracle`: the pivots of runs.headline_pivot / runs.oracle_pivot;
@@ -195,7 +252,9 @@ img {{ max-width: 100%; margin: 0.5em 0; }}
 <h1>{TITLE}</h1>
 <h2>{HEADLINE}</h2>
 <p>Rows: architecture &times; channel (and each baseline); a baseline has no epochs, its value
-stands under <i>last</i>. The metrics are explained below.</p>{pivot_html(headline)}{scales}
+stands under <i>last</i>. <i>weak label</i>: the training's <code>train.weak_label</code> (WS-DINO's
+weak-label multi-crop; none = plain DINO). The metrics are explained below.</p>
+{circular_html(circular or [])}{pivot_html(headline)}{scales}
 <h2>Metrics</h2>{METRICS_EXPLAINED}
 <h2>Dataset</h2>{validation_html(validation)}
 {evaluation_html(runs)}
@@ -204,6 +263,8 @@ stands under <i>last</i>. The metrics are explained below.</p>{pivot_html(headli
 is scored on; it overstates what that epoch would score on new compounds.</p>{pivot_html(oracle)}
 <h2>Metrics vs epoch</h2>{plots}
 {confusion_section}
+{embedding_section}
+{attention_section}
 {health_section}
 <h2>All runs</h2>
 <details><summary>{len(every_run)} runs (also in summary.csv)</summary>{table}</details>

@@ -17,6 +17,14 @@ RUN_KEYS = ("arch", "channel", "epoch")
 COUNT_KEYS = ("n_treatments_nsc", "n_treatments_nscb", "n_images", "feature_dim", "tvn_components")
 BASELINE_CHANNEL = "baseline"  # the channel part of a baseline's label: name/baseline/0000
 EPOCH0_UNKNOWN = "before fine-tuning"
+# train.weak_label as the summary names it; moa trains on the labels NSC/NSCB retrieve
+WEAK_LABEL_NAMES = {
+    "none": "none",
+    "compound": "compound",
+    "treatment": "treatment",
+    "moa": "MoA (circular)",
+}
+WEAK_LABEL_UNKNOWN = "–"  # no checkpoint JSON was given for the run
 
 
 def parse_label(label: object, path: Path) -> tuple[str, str, int]:
@@ -100,6 +108,43 @@ def mark_runs(runs: pd.DataFrame, epoch0: dict[str, str]) -> pd.DataFrame:
     )
 
 
+def read_weak_labels(paths: list[Path]) -> dict[tuple[str, str], str]:
+    """{(arch, channel): train.weak_label} from training checkpoints' JSON (their recorded
+    train_settings; a checkpoint written before the setting existed trained without: none)."""
+    labels = {}
+    for path in paths:
+        meta = read_json(path, required=("arch", "channel"))
+        label = (meta.get("train_settings") or {}).get("weak_label", "none")
+        if label not in WEAK_LABEL_NAMES:
+            raise InputError(f"{path}: train_settings.weak_label {label!r} is unknown")
+        labels[(meta["arch"], meta["channel"])] = label
+    return labels
+
+
+def mark_weak_labels(runs: pd.DataFrame, labels: dict[tuple[str, str], str]) -> pd.DataFrame:
+    """Column weak_label: the WEAK_LABEL_NAMES name of the run's training; `combined` takes its
+    architecture's channels' (one train section per architecture); "–" where unknown."""
+
+    def name(arch: str, channel: str) -> str:
+        if (arch, channel) in labels:
+            found = {labels[(arch, channel)]}
+        else:
+            found = {label for (a, _), label in labels.items() if a == arch}
+        if not found:
+            return WEAK_LABEL_UNKNOWN
+        return " + ".join(WEAK_LABEL_NAMES[label] for label in sorted(found))
+
+    return runs.assign(weak_label=[name(a, c) for a, c in zip(runs["arch"], runs["channel"])])
+
+
+def circular_runs(runs: pd.DataFrame) -> list[str]:
+    """arch/channel of the runs trained on MoA labels (their NSC/NSCB are circular)."""
+    if "weak_label" not in runs:
+        return []
+    marked = runs[runs["weak_label"].str.contains(WEAK_LABEL_NAMES["moa"], regex=False)]
+    return sorted({f"{a}/{c}" for a, c in zip(marked["arch"], marked["channel"])})
+
+
 def epoch0_name(runs: pd.DataFrame, arch: str) -> str:
     """What epoch 0 of `arch` is: "pretrained", "random init" (weights none), or unknown."""
     names = runs.loc[runs["arch"] == arch, "epoch0"] if "epoch0" in runs else pd.Series()
@@ -128,6 +173,7 @@ def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
     for (arch, channel), group in runs.groupby(["arch", "channel"], sort=True):
         group = group.sort_values("epoch")
         last = group.iloc[-1]
+        weak_label = last.get("weak_label", WEAK_LABEL_UNKNOWN)
         pretrained = group[group["epoch"] == 0]
         for metric in METRICS:
             scored = group.dropna(subset=[metric])
@@ -139,6 +185,7 @@ def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
                 {
                     "arch": arch,
                     "channel": channel,
+                    "weak_label": weak_label,
                     "metric": metric,
                     "pretrained_value": pretrained_value,
                     "last_epoch": int(last["epoch"]),
@@ -170,7 +217,7 @@ def headline_pivot(best: pd.DataFrame, baselines: pd.DataFrame | None = None) ->
         values[(METRICS[row["metric"]], "epoch 0")] = row["pretrained_value"]
         values[(METRICS[row["metric"]], "last")] = row["last_value"]
     for _, row in (baselines if baselines is not None else pd.DataFrame()).iterrows():
-        values = rows.setdefault((row["arch"], BASELINE_CHANNEL, "–", "–"), {})
+        values = rows.setdefault((row["arch"], BASELINE_CHANNEL, "–", "–", "–"), {})
         for metric, name in METRICS.items():
             values[(name, "epoch 0")] = np.nan
             values[(name, "last")] = row[metric]
@@ -188,17 +235,23 @@ def oracle_pivot(best: pd.DataFrame) -> pd.DataFrame:
 
 
 def row_key(row: pd.Series, last_epoch: int | str) -> tuple:
-    return row["arch"], row["channel"], row.get("epoch0", EPOCH0_UNKNOWN), last_epoch
+    return (
+        row["arch"],
+        row["channel"],
+        row.get("epoch0", EPOCH0_UNKNOWN),
+        row.get("weak_label", WEAK_LABEL_UNKNOWN),
+        last_epoch,
+    )
 
 
 def pivot_frame(rows: dict[tuple, dict]) -> pd.DataFrame:
-    """{(arch, channel, epoch 0 =, last epoch): {(metric, column): value}} -> a frame with
-    those row and two-level column labels, metrics in METRICS order."""
+    """{(arch, channel, epoch 0 =, weak label, last epoch): {(metric, column): value}} -> a
+    frame with those row and two-level column labels, metrics in METRICS order."""
     frame = pd.DataFrame.from_dict(rows, orient="index")
     if frame.empty:
         return frame
     frame.index = pd.MultiIndex.from_tuples(
-        frame.index, names=["model", "channel", "epoch 0 =", "last epoch"]
+        frame.index, names=["model", "channel", "epoch 0 =", "weak label", "last epoch"]
     )
     order = list(METRICS.values())
     frame = frame[sorted(frame.columns, key=lambda c: order.index(c[0]))]  # stable: epoch 0 first
