@@ -56,7 +56,7 @@ def summarize(root, run_dirs, *extra):
     return out_dir
 
 
-def test_map_coordinates_are_sklearns_tsne_of_the_scored_profiles(tmp_path):
+def test_map_coordinates_are_sklearns_tsne_of_the_scored_profiles(tmp_path, capsys):
     runs = [evaluated_run(tmp_path, "vit_s", "DAPI", e, seed=e) for e in (0, 5)]
     out_dir = summarize(tmp_path, runs, "--profiles", *(str(d / "profiles.parquet") for d in runs))
     points = pd.read_csv(out_dir / "figures" / "embedding_map_vit_s_DAPI.csv")
@@ -72,7 +72,7 @@ def test_map_coordinates_are_sklearns_tsne_of_the_scored_profiles(tmp_path):
         perplexity = perplexity_for(len(values))
         assert perplexity == 5 and (shown["perplexity"] == perplexity).all()  # 16 treatments
         expected = TSNE(
-            n_components=2, perplexity=perplexity, init="pca", random_state=0
+            n_components=2, perplexity=perplexity, init="pca", method="exact", random_state=0
         ).fit_transform(normalize(values))
         assert np.allclose(shown[["x", "y"]].to_numpy(), expected)
         assert shown["moa"].tolist() == profiles["moa"].tolist()
@@ -80,6 +80,16 @@ def test_map_coordinates_are_sklearns_tsne_of_the_scored_profiles(tmp_path):
     report = (out_dir / "report.html").read_text()
     assert "Embedding maps (t-SNE of the treatment profiles)" in report
     assert 'alt="embedding_map_vit_s_DAPI.png"' in report and "perplexity 5" in report
+    # a profiles file of no listed run is a mistake, named
+    status = cli.main(
+        ["--metrics", str(runs[0] / "metrics.json"), "--validation-report",
+         str(validation_report(tmp_path)), "--out-dir", str(tmp_path / "other"),
+         "--profiles", str(runs[1] / "profiles.parquet")]
+    )  # fmt: skip
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "epoch_0005/profiles.parquet: a --profiles file must lie beside" in error
+    assert not (tmp_path / "other").exists()
 
 
 def test_perplexity_stays_below_a_third_of_the_treatments():

@@ -29,7 +29,7 @@ from workflow_scripts.errors import InputError  # noqa: E402
 HEAT = plt.get_cmap("inferno")
 MAX_OPACITY = 0.65
 MASS_SHOWN = 0.5  # WS-DINO's --threshold 50: the patches that hold half of the attention
-PANEL_INCHES = 2.3
+PANEL_INCHES = 2.8
 JPEG_QUALITY = 80
 DPI = 90
 

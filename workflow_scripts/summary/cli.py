@@ -55,7 +55,7 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.atomic import atomic_path, write_text
-from workflow_scripts.errors import cli, json_object_option
+from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.summary import attention_maps, embedding_maps
 from workflow_scripts.summary.figures import (
     CONFUSION_FIGURE,
@@ -175,7 +175,14 @@ def main(argv: list[str] | None = None) -> int:
         png = png_bytes(training_health_figure(health))
         figures[HEALTH_FIGURE] = png
         health_section = training_health_html(health, image_html(HEALTH_FIGURE, png))
-    points = embedding_maps.embedding_table(runs, {Path(p).parent: Path(p) for p in args.profiles})
+    profiles = {Path(p).parent.resolve(): Path(p) for p in args.profiles}  # by run folder
+    orphans = set(profiles) - {Path(d).resolve() for d in runs["run_dir"]}
+    if orphans:
+        raise InputError(
+            f"{profiles[sorted(orphans)[0]]}: a --profiles file must lie beside a metrics.json "
+            "of --metrics"
+        )
+    points = embedding_maps.embedding_table(runs, profiles)
     embedding_figures = {}
     if len(points):
         styles = embedding_maps.style_keys(points)

@@ -6,10 +6,12 @@ The points are the rows of the evaluation's `profiles.parquet` (one per treatmen
 treatments as predictions.csv; after the evaluation's feature hygiene, normalisation, TVN and
 aggregation), L2-normalised as WS-DINO does, so that the Euclidean neighbourhoods t-SNE keeps are
 NSC's cosine neighbourhoods. scikit-learn's `TSNE(n_components=2, perplexity, init="pca",
-random_state=0)`; perplexity 30 (scikit-learn's default, which WS-DINO used) or, with fewer than
-91 treatments, (treatments - 1) // 3, so that 3 x perplexity < treatments. A treatment's marker is
-its `main_batch`: the week holding most of its plates (ties: the first by name); on BBBC021 nearly
-every treatment lies in one week.
+method="exact", random_state=0)`: exact gradients, since there are only ~100 treatments
+(scikit-learn's default Barnes-Hut approximation, which WS-DINO ran, is there for large sets and
+took 10-20x longer here); perplexity 30 (scikit-learn's default, which WS-DINO used) or, with
+fewer than 91 treatments, (treatments - 1) // 3, so that 3 x perplexity < treatments. A
+treatment's marker is its `main_batch`: the week holding most of its plates (ties: the first by
+name); on BBBC021 nearly every treatment lies in one week.
 """
 
 from __future__ import annotations
@@ -55,16 +57,19 @@ def read_profiles(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
 def tsne_coordinates(profiles: np.ndarray) -> tuple[np.ndarray, float]:
     """(n, 2) t-SNE of the L2-normalised profiles and the perplexity used."""
     perplexity = perplexity_for(len(profiles))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=TSNE_SEED)
+    tsne = TSNE(
+        n_components=2, perplexity=perplexity, init="pca", method="exact", random_state=TSNE_SEED
+    )
     return tsne.fit_transform(normalize(profiles)), perplexity
 
 
 def embedding_table(runs: pd.DataFrame, profiles: dict[Path, Path]) -> pd.DataFrame:
     """One row per (arch, channel, epoch, treatment) with its t-SNE coordinates, for the runs
-    of `runs` (rows with run_dir) whose profiles file is given ({run_dir: profiles.parquet})."""
+    of `runs` (rows with run_dir) whose profiles file is given ({resolved run_dir:
+    profiles.parquet})."""
     frames = []
     for _, run in runs.iterrows():
-        path = profiles.get(Path(run["run_dir"]))
+        path = profiles.get(Path(run["run_dir"]).resolve())
         if path is None:
             continue
         labels, values = read_profiles(path)

@@ -80,11 +80,12 @@ def metric_vs_epoch_figure(
 
 
 def weak_label_note(runs: pd.DataFrame, arch: str) -> str:
-    """A second title line naming the architecture's weak label, when it trained with one."""
+    """The architecture's weak label for its panel title, when it trained with one (one line:
+    a second would run into the figure's title)."""
     if "weak_label" not in runs:
         return ""
     labels = set(runs.loc[runs["arch"] == arch, "weak_label"]) - {"none", "–"}
-    return "".join(f"\nweak label = {label}" for label in sorted(labels))
+    return "".join(f" (weak label = {label})" for label in sorted(labels))
 
 
 def draw_baselines(ax: plt.Axes, baselines: pd.DataFrame | None, metric: str) -> None:

@@ -169,7 +169,8 @@ def embedding_html(figures: dict[str, bytes], points: pd.DataFrame) -> str:
     return f"""<h2>Embedding maps (t-SNE of the treatment profiles)</h2>
 <p>One point per treatment: the profiles NSC and NSCB score (after the evaluation's normalisation,
 TVN and aggregation; the treatments of predictions.csv), L2-normalised, mapped to 2-D by
-scikit-learn's t-SNE (perplexity {escape(perplexities)}, PCA initialisation, seed 0) at epoch 0
+scikit-learn's t-SNE (perplexity {escape(perplexities)}, PCA initialisation, exact gradients,
+seed 0) at epoch 0
 and at the last epoch; each panel's title holds that epoch's NSC and NSCB. Colour: MoA. Marker:
 the week holding most of the treatment's plates. t-SNE keeps neighbourhoods, not distances
 between clusters. The coordinates are in <code>figures/embedding_map_*.csv</code>.</p>
