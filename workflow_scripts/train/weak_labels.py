@@ -15,7 +15,7 @@ each epoch visits every training image once (dataset.py's EpochIndexSampler). Wi
   the label column holds (a control's MoA may be empty): DMSO is then drawn as often as one
   compound (treatment, MoA), and its local crops come from another DMSO field.
 - **`moa`** trains on the very labels NSC / NSCB retrieve, so its scores are circular; allowed
-  (WS-DINO's repository has such runs), and the summary marks such runs "weak label = MoA (circular)".
+  (WS-DINO's repository has such runs), and the summary marks them "weak label = MoA (circular)".
 
 Randomness is keyed, not streamed. An epoch's draws (image and partner per draw; as many draws
 as training images, rounded down to a multiple of the process count) are a function of (seed,
