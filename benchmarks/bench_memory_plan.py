@@ -120,7 +120,12 @@ def main() -> int:
             check=True,
             capture_output=True,
             text=True,
-            env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+            env={
+                "OMP_NUM_THREADS": "1",
+                "HF_HUB_OFFLINE": "1",
+                "PATH": "/usr/bin:/bin",
+                "PYTHONPATH": str(REPO),  # this checkout's workflow_scripts
+            },
         ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)

@@ -52,8 +52,12 @@ def cache_dir(environ: Mapping[str, str] = os.environ) -> Path | None:
     if chosen:
         return Path(chosen).expanduser() / SUBDIR
     xdg = environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path("~/.cache").expanduser()  # XDG: absolute
-    return base / "bbbc021-dinov3" / SUBDIR
+    if os.path.isabs(xdg):  # the XDG spec ignores a relative path
+        return Path(xdg) / "bbbc021-dinov3" / SUBDIR
+    try:
+        return Path.home() / ".cache" / "bbbc021-dinov3" / SUBDIR
+    except (RuntimeError, KeyError):  # no home directory: no cache
+        return None
 
 
 @functools.cache
@@ -115,6 +119,8 @@ def cached(
             _memo[memo_key] = counts
             return dict(counts)
     counts = count(key["inputs"])
+    if sorted(counts) != sorted(fields):
+        raise ValueError(f"{module} counted {sorted(counts)}, expected {sorted(fields)}")
     if path is not None:
         _write(path, {"key": key, "counts": counts})
     _memo[memo_key] = counts

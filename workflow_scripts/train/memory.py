@@ -18,6 +18,9 @@ The estimate, per GPU (world size W = gpus x nodes):
   with activation checkpointing, the saved block inputs plus one block recomputed;
 - margin: x (1 + MARGIN_FRACTION) + FIXED_OVERHEAD_GB (CUDA context, NCCL buffers, allocator
   fragmentation).
+
+The parameter and activation counts come from train/memory_counts.py (torch, timm), through the
+count cache (count_cache.py) under a digest of `count_inputs`: this module imports neither.
 """
 
 from __future__ import annotations
