@@ -11,7 +11,8 @@ Snakemake. Three kinds, cheapest first:
 - files: what must exist before any job runs (the official tables and image root, baseline
   tables, the between-workflow cache folder when --cache is on);
 - models: built on the meta device (torch, timm): model_kwargs that build, and a GPU training
-  that fits resources.gpu_mem_gb under its strategy.
+  that fits resources.gpu_mem_gb under its strategy. What they count is cached on disk
+  (count_cache.py): a configuration checked before is checked again without torch.
 
 A module of its own, imported by the Snakefile and the planner CLI only: workflow_scripts.config
 is imported by the training and cache code, whose rules would otherwise list these checks (and
