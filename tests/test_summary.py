@@ -671,20 +671,21 @@ def test_training_seeds_get_rows_mean_and_sd_and_share_a_pretrained_epoch_0(tmp_
 
     report = (out_dir / "report.html").read_text()
     headline = report[: report.index("<h2>Metrics</h2>")]
-    assert "mean ± sd (2)" in headline
+    assert "mean (2)" in headline
     change_sd = np.std([0.2, 0.85 - (0.5 if weights == "hub" else 0.45)], ddof=1)
-    assert f"&plusmn; {change_sd:.3f}</i>" in headline
-    assert f"<i>{np.mean([0.7, 0.85]):.3f} &plusmn; {np.std([0.7, 0.85], ddof=1):.3f}</i>" in (
-        headline
-    )
+    assert f'<span class="ci">&plusmn; {change_sd:.3f}</span>' in headline
+    mean, sd = np.mean([0.7, 0.85]), np.std([0.7, 0.85], ddof=1)
+    assert f'<i>{mean:.3f}</i><br><span class="ci">&plusmn; {sd:.3f}</span>' in headline
+    # epoch 0 over seeds: one shared evaluation has no sd
+    assert ("<i>0.500</i></td>" in headline) == (weights == "hub")
 
 
-def test_one_seed_writes_no_seed_table_and_a_bad_seed_label_is_refused(tmp_path, capsys):
+def test_one_seed_writes_an_empty_seed_table_and_a_bad_seed_label_is_refused(tmp_path, capsys):
     paths = [write_run(tmp_path / "eval", "vit_s", "DAPI", e, 0.5) for e in (0, 2)]
     out_dir = summarise(tmp_path, paths, "--train-seeds", json.dumps({"vit_s": [0]}))
-    assert not (out_dir / "seeds.csv").exists()
+    assert pd.read_csv(out_dir / "seeds.csv").empty  # header only
     assert set(pd.read_csv(out_dir / "summary.csv")["seed"]) == {0}
-    assert "mean ± sd" not in (out_dir / "report.html").read_text()
+    assert "mean (" not in (out_dir / "report.html").read_text()
 
     bad = json.loads(paths[1].read_text())
     paths[1].write_text(json.dumps({**bad, "label": "vit_s/DAPI/seedx/0002"}))

@@ -7,8 +7,8 @@ the `predictions.csv` beside each (the per-query outcomes behind the error bars)
 summary.csv (one row per run, with the bootstrap interval of every metric), best_epochs.csv (per
 arch, channel, seed and metric: the epoch 0 and last-epoch values with their intervals, their
 difference, and the oracle best epoch and its value), comparisons.csv (paired tests: each
-series' last epoch against its epoch 0 and against each baseline), seeds.csv (with several
-training seeds: mean and sd over seeds per epoch), figures/ (`{metric}_vs_epoch.png`,
+series' last epoch against its epoch 0 and against each baseline), seeds.csv (mean and sd over
+training seeds per epoch; header only without several seeds), figures/ (`{metric}_vs_epoch.png`,
 confusion_last_epoch.png) and report.html (figures inlined; open it in any browser; the headline
 table first).
 
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         shown, metric = picked
         label = run_label(shown)
         caption = (
-            f"NSC nearest-neighbour MoAs of {label}: the last epoch of the architecture and "
-            f"channel whose last-epoch {METRICS[metric]} is highest "
+            f"NSC nearest-neighbour MoAs of {label}: the last epoch of the training series "
+            f"(architecture, channel, seed) whose last-epoch {METRICS[metric]} is highest "
             f"({shown[metric]:.3f}). Choosing among the runs on that metric is itself "
             "a selection on the evaluation data."
         )
@@ -236,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     write_table(every_run.drop(columns=INTERNAL_COLUMNS), out_dir / "summary.csv")
     write_table(best, out_dir / "best_epochs.csv")
     write_table(comparisons, out_dir / "comparisons.csv")
-    if len(spread):
-        write_table(spread, out_dir / "seeds.csv")
+    write_table(spread, out_dir / "seeds.csv")  # header only without several seeds
     if args.train_logs:
         write_table(health, out_dir / "training_health.csv")
     for name, data in figures.items():

@@ -36,7 +36,7 @@ FIELDS = (
     "worsened",
     "p",
 )
-SEED_MEAN = "mean ± sd"  # the seed column of a row over several seeds
+SEED_MEAN = "mean"  # the seed column of a row over several seeds: "mean (n)"
 
 
 def headline_pivot(

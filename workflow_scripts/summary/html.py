@@ -11,6 +11,7 @@ import pandas as pd
 
 from workflow_scripts.summary.bootstrap import Settings
 from workflow_scripts.summary.comparisons import LAST_VS_BASELINE
+from workflow_scripts.summary.headline import SEED_MEAN
 from workflow_scripts.summary.runs import METRICS, seed_text
 
 TITLE = "BBBC021 x DINOv3: MoA retrieval summary"
@@ -58,7 +59,7 @@ those counts for NSC and NSCB, and a paired compound bootstrap for mAP (the boot
 distribution of the difference, centred on it); the interval under a difference is its paired
 compound bootstrap interval. p-values are per comparison, not adjusted for the number of
 comparisons, and none of this covers the variation between training runs: that is what
-<code>train.seeds</code> measures (rows &ldquo;mean &plusmn; sd&rdquo;).</p>
+<code>train.seeds</code> measures (rows &ldquo;mean&rdquo; of the headline).</p>
 """
 
 
@@ -177,8 +178,12 @@ def value_cell(cells: pd.Series, field: str, change: bool = False) -> str:
     value = cells[field]
     if pd.isna(value):
         return "–"
-    if not pd.isna(cells[f"{field} sd"]):  # a row over seeds
-        return f"<i>{show(value)} &plusmn; {cells[f'{field} sd']:.3f}</i>"
+    if not pd.isna(cells[f"{field} sd"]):  # a row over seeds: mean, then ± sd
+        return (
+            f'<i>{show(value)}</i><br><span class="ci">&plusmn; {cells[f"{field} sd"]:.3f}</span>'
+        )
+    if str(cells.name[2]).startswith(SEED_MEAN):  # over seeds, one evaluation: no sd
+        return f"<i>{show(value)}</i>"
     text = show(value) + interval(cells[f"{field} low"], cells[f"{field} high"])
     if change:
         text += test_text(cells["improved"], cells["worsened"], cells["p"])
@@ -337,8 +342,9 @@ def report_html(
         )
     versus = baseline_comparisons_html(comparisons) if comparisons is not None else ""
     seeds_note = (
-        " Rows <i>mean &plusmn; sd (n)</i> summarise the training seeds above them (sd over "
-        "seeds, ddof 1; epoch 0 with pretrained weights is one evaluation every seed shares)."
+        " Rows <i>mean (n)</i> summarise the n training seeds above them: the mean, and under it "
+        "&plusmn; the sd over seeds (ddof 1; none where every seed shares one evaluation, as "
+        "epoch 0 with pretrained weights)."
         if several_seeds
         else ""
     )
