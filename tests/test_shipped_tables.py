@@ -69,3 +69,9 @@ def test_a_clone_alone_plans_the_real_experiment_with_only_the_image_root_set(tm
         expected["train_vit_base_patch16_dinov3_lvd1689m_seeds"] = 4 * (len(seeds) - 1)
     assert counts == expected
     assert sum(counts.values()) == 28 + 8 * (len(seeds or [0]) - 1)
+    # hub weights: every seed starts from the same backbone, whose epoch 0 is extracted once
+    assert "rule extract_pretrained_seeds:" not in result.stdout + result.stderr
+    assert (
+        "rule extract_trained_vit_small_patch16_dinov3_lvd1689m_seeds:"
+        in result.stdout + result.stderr
+    ) == bool(seeds)

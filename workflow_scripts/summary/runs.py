@@ -229,10 +229,10 @@ def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
                     "seed": seed,
                     "metric": metric,
                     "pretrained_value": value,
-                    **ends(pretrained, metric, "pretrained"),
+                    **interval_columns(pretrained, metric, "pretrained"),
                     "last_epoch": int(last["epoch"]),
                     "last_value": last[metric],
-                    **ends(last, metric, "last"),
+                    **interval_columns(last, metric, "last"),
                     "last_minus_pretrained": last[metric] - value,
                     "oracle_best_epoch": int(best["epoch"]),
                     "oracle_best_value": best[metric],
@@ -246,7 +246,7 @@ def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
     return best
 
 
-def ends(run: pd.Series | None, metric: str, name: str) -> dict:
+def interval_columns(run: pd.Series | None, metric: str, name: str) -> dict:
     """The run's bootstrap interval of `metric` as {name}_ci_low / _high (nan without one)."""
     return {
         f"{name}_ci_{end}": np.nan if run is None else run.get(f"{metric}_ci_{end}", np.nan)
