@@ -25,6 +25,7 @@ import os
 from collections.abc import Callable, Mapping
 
 from workflow_scripts import config as config_module
+from workflow_scripts import training_seeds
 from workflow_scripts.errors import InputError
 from workflow_scripts.evaluate import crops as evaluation_crops_module
 
@@ -84,6 +85,12 @@ def training_ranges(config: dict) -> None:
                 )
 
 
+def seed_lists(config: dict) -> None:
+    """Per architecture (its overrides applied): train.seeds, when given, holds train.seed."""
+    for name in config_module.architecture_names(config):
+        training_seeds.check(config_module.train_settings(config, name), f" (architecture {name})")
+
+
 def baseline_names(config: dict) -> None:
     """A baseline's name is neither an architecture's nor an earlier baseline's."""
     seen = set(config_module.architecture_names(config))
@@ -134,6 +141,7 @@ def download_plates(config: dict) -> None:
 SETTINGS_RULES: tuple[Rule, ...] = (
     architecture_names,
     training_ranges,
+    seed_lists,
     baseline_names,
     channel_modes,
     evaluation_windows,
