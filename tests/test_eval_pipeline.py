@@ -288,19 +288,23 @@ def test_cli_bad_tables_give_one_error_and_no_output(tmp_path, capsys, mutate, m
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
-def test_cli_rejects_a_label_the_summary_cannot_read(tmp_path, capsys):
+@pytest.mark.parametrize("label", ["only-arch", "a/b/seed_x/0002", "a/b/seed_1/c/0002"])
+def test_cli_rejects_a_label_the_summary_cannot_read(tmp_path, capsys, label):
     synthetic_features().to_parquet(tmp_path / "f.parquet")
     status = evaluate_cli.main(
-        [
-            "--features",
-            str(tmp_path / "f.parquet"),
-            "--out-dir",
-            str(tmp_path / "e"),
-            "--label",
-            "only-arch",
-        ]
+        ["--features", str(tmp_path / "f.parquet"), "--out-dir", str(tmp_path / "e")]
+        + ["--label", label]
     )
     assert status == 2 and "--label" in capsys.readouterr().err
+
+
+def test_cli_takes_another_training_seeds_label(tmp_path):
+    synthetic_features().to_parquet(tmp_path / "f.parquet")
+    args = ["--features", str(tmp_path / "f.parquet"), "--out-dir", str(tmp_path / "e")]
+    assert evaluate_cli.main([*args, "--label", "vit/DAPI/seed_2/0004"]) == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["label"] == (
+        "vit/DAPI/seed_2/0004"
+    )
 
 
 def run_cli_on_csv(table, tmp_path, settings="{}", extra=()):

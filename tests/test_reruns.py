@@ -284,3 +284,57 @@ def test_cluster_plan_reruns_one_forced_evaluation_alone(finished):
     groups, ungrouped = cluster_plan(finished, base_overlay(), "forced", "--forcerun", str(metrics))
     assert groups == {f"evaluate_{DEMO_ARCH}_Actin": ["evaluate_features"]}
     assert sorted(ungrouped) == ["all", "summarize"]
+
+
+def seeds_rule(rule: str) -> str:
+    """The rule that runs another training seed's jobs of `rule` (rules/*.smk: *_seeds)."""
+    return f"{rule}_seeds"
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "slurm"]], ids=["local", "slurm-profile"])
+def test_listing_only_the_training_seed_plans_nothing(finished, profile):
+    # train.seeds: [train.seed] is one run, the same as no list: same paths, params and code
+    overlay = {**base_overlay(), "train": {"seeds": [0]}}
+    rows = plan(finished, overlay, "one_seed", *profile)
+    assert rows and pending(rows) == set()
+
+
+def test_another_seed_plans_only_its_own_jobs_and_the_summary(finished):
+    overlay = {**base_overlay(), "train": {"seeds": [0, 1]}}
+    rows = plan(finished, overlay, "two_seeds")
+    new = paths(rows, lambda r: "/seed_1/" in r.path)
+    assert new and pending(rows) == new | paths(rows, lambda r: r.rule == "summarize")
+    assert all(r.status == "missing" for r in rows if r.path in new)
+    assert {r.rule for r in rows if r.pending} == {
+        *(seeds_rule(train_rule(a)) for a in (DEMO_ARCH, SECOND_ARCH)),
+        *(seeds_rule(extract_trained_rule(a)) for a in (DEMO_ARCH, SECOND_ARCH)),
+        "extract_pretrained_seeds",  # the demo's random init: another seed, another network
+        "combine_channel_features_seeds",
+        "evaluate_features_seeds",
+        "summarize",
+    }
+    summary_outputs = {r.path for r in rows if r.rule == "summarize"}
+    assert "summary/seeds.csv" in summary_outputs and "summary/comparisons.csv" in summary_outputs
+
+
+def test_another_seed_adds_only_its_training_submissions_on_a_cluster(finished):
+    # its extractions and evaluations join the groups of their (architecture, channel)
+    overlay = {**base_overlay(), "train": {"seeds": [0, 1]}}
+    args = config_args(finished, overlay, "two_seeds_cluster")
+    result = snakemake(finished, "--dry-run", "--profile", "slurm", *args)
+    groups, _ = parse_plan(result.stdout + result.stderr)
+    expected = {}
+    for arch in (DEMO_ARCH, SECOND_ARCH):
+        for channel in TRAIN_CHANNELS:
+            members = ["extract_pretrained_seeds", seeds_rule(extract_trained_rule(arch))]
+            expected[f"extract_{arch}_{channel}"] = sorted(members)
+        for channel in EVAL_CHANNELS:
+            n_epochs = 1 + len(TRAINED_EPOCHS)
+            expected[f"evaluate_{arch}_{channel}"] = ["evaluate_features_seeds"] * n_epochs
+    assert {group: sorted(rules) for group, rules in groups.items()} == expected
+    assert submissions(result.stdout + result.stderr, local_rules()) == {
+        "extract (group)": 2 * len(TRAIN_CHANNELS),
+        "evaluate (group)": 2 * len(EVAL_CHANNELS),
+        seeds_rule(train_rule(DEMO_ARCH)): len(TRAIN_CHANNELS),
+        seeds_rule(train_rule(SECOND_ARCH)): len(TRAIN_CHANNELS),
+    }

@@ -15,14 +15,19 @@ from workflow_scripts.errors import InputError
 from workflow_scripts.evaluate import evaluate
 from workflow_scripts.summary import attention_maps, cli
 from workflow_scripts.summary.embedding_maps import perplexity_for
+from workflow_scripts.summary.figures import metric_vs_epoch_figure
+from workflow_scripts.summary.headline import headline_pivot
+from workflow_scripts.summary.runs import read_runs, read_weak_labels
 
 
-def evaluated_run(root, arch, channel, epoch, seed):
-    """An evaluation (metrics.json, predictions.csv, profiles.parquet) of synthetic features."""
-    features = root / f"features_{arch}_{channel}_{epoch}.parquet"
+def evaluated_run(root, arch, channel, epoch, seed, training_seed=None):
+    """An evaluation (metrics.json, predictions.csv, profiles.parquet) of synthetic features;
+    `training_seed`: another training seed's (folder and label part seed_S)."""
+    seed_part = "" if training_seed is None else f"seed_{training_seed}/"
+    features = root / f"features_{arch}_{channel}_{seed_part.strip('/')}{epoch}.parquet"
     synthetic_features(seed=seed).to_parquet(features)
-    out_dir = root / "eval" / arch / channel / f"epoch_{epoch:04d}"
-    label = f"{arch}/{channel}/{epoch:04d}"
+    out_dir = root / "eval" / arch / channel / seed_part / f"epoch_{epoch:04d}"
+    label = f"{arch}/{channel}/{seed_part}{epoch:04d}"
     status = evaluate.main(
         ["--features", str(features), "--settings", write_settings(), "--out-dir", str(out_dir),
          "--label", label]
@@ -123,6 +128,84 @@ def test_weak_labels_from_checkpoints_and_moa_marked_circular(tmp_path):
     plain = summarize(tmp_path / "plain", runs)
     assert "weak_label" not in pd.read_csv(plain / "summary.csv")
     assert "weak label = MoA" not in (plain / "report.html").read_text()
+
+
+def test_every_training_seed_carries_the_weak_label_and_the_maps_show_the_first(tmp_path, capsys):
+    # seed 0 (train.seed: labels without a seed part) and seed 3, pretrained weights: seed 3
+    # shares the first seed's epoch 0; one checkpoint JSON (the first seed's) names the label
+    first = [evaluated_run(tmp_path, "vit_s", "DAPI", e, seed=e) for e in (0, 5)]
+    other = evaluated_run(tmp_path, "vit_s", "DAPI", 5, seed=7, training_seed=3)
+    meta = checkpoint_meta(tmp_path, "vit_s", "DAPI", "moa")
+    common = [
+        "--train-seeds", json.dumps({"vit_s": [0, 3]}), "--weights", "vit_s=hub",
+        "--bootstrap", json.dumps({"resamples": 200}), "--checkpoint-metas", str(meta),
+    ]  # fmt: skip
+    profiles = [str(d / "profiles.parquet") for d in first]
+    out_dir = summarize(tmp_path, [*first, other], *common, "--profiles", *profiles)
+
+    table = pd.read_csv(out_dir / "summary.csv")
+    assert sorted(zip(table["seed"], table["epoch"])) == [(0, 0), (0, 5), (3, 5)]
+    assert set(table["weak_label"]) == {"MoA (circular)"}
+    best = pd.read_csv(out_dir / "best_epochs.csv")
+    assert sorted(best["seed"].unique()) == [0, 3]
+    assert set(best["weak_label"]) == {"MoA (circular)"}
+    # the headline: each seed's row and the mean row carry the weak label as an index level
+    pivot = headline_pivot(best)
+    names = ["model", "channel", "seed", "epoch 0 =", "weak label", "last epoch"]
+    assert pivot.index.names == names
+    assert list(pivot.index) == [
+        ("vit_s", "DAPI", seed, "pretrained", "MoA (circular)", 5)
+        for seed in ("0", "3", "mean (2)")
+    ]
+    report = (out_dir / "report.html").read_text()
+    headline = report[: report.index("<h2>Metrics</h2>")]
+    assert "weak label = MoA (circular)" in headline and "mean (2)" in headline
+    assert headline.count("MoA (circular)</th>") == 3  # the index cell of every row
+    assert "[" in headline  # intervals under the values
+
+    # the t-SNE map: the first seed's epochs, its scores in the panel titles
+    points = pd.read_csv(out_dir / "figures" / "embedding_map_vit_s_DAPI.csv")
+    assert sorted(points["epoch"].unique()) == [0, 5]
+    first_profiles = pd.read_parquet(first[1] / "profiles.parquet")
+    assert (points.loc[points["epoch"] == 5, "treatment"].tolist()) == (
+        first_profiles["treatment"].tolist()
+    )
+    # another seed's profiles are refused by name, not mixed into the first seed's map
+    status = cli.main(
+        ["--metrics", *(str(d / "metrics.json") for d in [*first, other]),
+         "--validation-report", str(validation_report(tmp_path)),
+         "--out-dir", str(tmp_path / "other"), *common,
+         "--profiles", *profiles, str(other / "profiles.parquet")]
+    )  # fmt: skip
+    assert status == 2
+    error = capsys.readouterr().err
+    assert "seed_3/epoch_0005/profiles.parquet: a --profiles file must lie beside" in error
+    assert not (tmp_path / "other").exists()
+
+
+def test_checkpoints_that_disagree_on_the_weak_label_are_refused(tmp_path):
+    runs = [evaluated_run(tmp_path, "vit_s", "DAPI", 5, seed=1)]
+    metas = [checkpoint_meta(tmp_path / "a", "vit_s", "DAPI", "moa")]
+    metas.append(checkpoint_meta(tmp_path / "b", "vit_s", "DAPI", "compound"))
+    with pytest.raises(InputError, match="b/train/vit_s/DAPI/epoch_0005.json: .*'compound'"):
+        read_weak_labels(metas)
+    status = cli.main(
+        ["--metrics", str(runs[0] / "metrics.json"), "--validation-report",
+         str(validation_report(tmp_path)), "--out-dir", str(tmp_path / "out"),
+         "--checkpoint-metas", *map(str, metas)]
+    )  # fmt: skip
+    assert status == 2 and not (tmp_path / "out").exists()
+
+
+def test_a_panel_names_its_weak_label(tmp_path):
+    runs = [evaluated_run(tmp_path, "vit_s", c, 5, seed=1) for c in ("DAPI", "rgb")]
+    table = read_runs([d / "metrics.json" for d in runs]).assign(
+        epoch0="pretrained", weak_label=["compound", "none"]
+    )
+    fig = metric_vs_epoch_figure(table, "nsc")
+    titles = [ax.get_title(loc="left") for ax in fig.axes]
+    plt.close(fig)
+    assert titles == ["vit_s\nDAPI\nweak label = compound", "rgb"]
 
 
 def attention_file(path, epochs=(0, 4), heads=3, patch=8, grid=(4, 5)):

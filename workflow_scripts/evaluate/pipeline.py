@@ -20,7 +20,11 @@ from workflow_scripts.errors import InputError
 from workflow_scripts.evaluate.aggregate import treatment_profiles
 from workflow_scripts.evaluate.feature_hygiene import clean_features
 from workflow_scripts.evaluate.metrics import evaluate_profiles
-from workflow_scripts.evaluate.normalize import normalize_per_plate
+from workflow_scripts.evaluate.normalize import (
+    control_groups,
+    few_controls_warning,
+    normalize_per_group,
+)
 from workflow_scripts.evaluate.tvn import whiten
 from workflow_scripts.tables import (
     CONTROL_COMPOUND,
@@ -30,7 +34,7 @@ from workflow_scripts.tables import (
 )
 
 DEFAULT_SETTINGS = {
-    "normalization": {"method": "none"},
+    "normalization": {"method": "none", "scope": "plate"},
     "tvn": {"enabled": True, "scope": "global", "max_components": None, "eps": None},
     "aggregation": {"plate": "mean", "treatment": "median"},
     "map": {"enabled": True, "permutations": 1000, "seed": 0, "null_model": "shared"},
@@ -68,12 +72,13 @@ def evaluate_table(
     metadata = image_metadata(features, source)
     values = feature_matrix(features, columns, source)
     is_control = metadata["is_control"].to_numpy()
-    plates = metadata["plate"].to_numpy()
     notes: list[str] = []
 
     method = settings["normalization"]["method"]
+    scope = settings["normalization"]["scope"]
+    groups = control_groups(metadata["plate"].to_numpy(), metadata["batch"].to_numpy(), scope)
     values, used, hygiene, statistics = clean_features(
-        values, list(columns), is_control, plates, method, source
+        values, list(columns), is_control, groups, method, source, scope
     )
     for reason, names in hygiene["dropped"].items():
         if names:
@@ -82,8 +87,12 @@ def evaluate_table(
                 f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
             )
     if statistics is not None:
-        values = normalize_per_plate(values, plates, statistics)
-        notes.append(f"normalised per plate against its DMSO rows: {method}")
+        values = normalize_per_group(values, groups, statistics)
+        where = "the whole table" if scope == "all" else f"per {scope}"
+        notes.append(f"normalised {where} against its DMSO rows: {method}")
+        warning = few_controls_warning(is_control, groups, scope)
+        if warning:
+            notes.append(warning)
 
     tvn = settings["tvn"]
     report = None
@@ -116,6 +125,8 @@ def evaluate_table(
         "features_used": len(used),
         "features_dropped": {reason: names for reason, names in hygiene["dropped"].items()},
         "normalization": method,
+        # only where it matters, so that metrics.json stays as it was with the default scope
+        **({"normalization_scope": scope} if method != "none" and scope != "plate" else {}),
         "tvn_components": None if report is None else report["components"],
         "tvn": report,
         "map_null": settings["map"]["null_model"] if settings["map"]["enabled"] else None,
@@ -152,8 +163,8 @@ def dmso_warnings(metadata: pd.DataFrame, n_features: int, scope: str) -> list[s
     return [
         f"warning: TVN on {where}: {n} DMSO rows support at most {n - 1} whitened dimensions of "
         f"{n_features} features; treated variation outside them is discarded and the smallest "
-        "components are poorly estimated (consider evaluate.tvn.max_components or "
-        "evaluate.normalization)"
+        "components are poorly estimated (evaluate.tvn.max_components caps them; what helped on "
+        "real BBBC021 profiles: docs/evaluation.md, 'Normalisation on real data')"
         for where, n in groups
         if n - 1 < n_features
     ]
