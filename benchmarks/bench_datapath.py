@@ -69,8 +69,10 @@ def write_cache(
     table = pd.DataFrame(
         {"image_id": [f"P/W{i:03d}/s1" for i in range(len(fields))], "is_control": False}
     )
-    settings = dict(clip_max=clip_max, resize_factor=resize_factor, settings_digest="benchmark")
-    with cache.writing(cache_dir, table, CHANNELS, (height, width), **settings) as arrays:
+    meta = cache.cache_meta(
+        table, (height, width), CHANNELS, clip_max=clip_max, resize_factor=resize_factor
+    )
+    with cache.writing(cache_dir, table, meta) as arrays:
         for channel, array in arrays.items():
             for i, field in enumerate(fields):
                 pixels = np.minimum(tifffile.imread(field[channel]), clip_max)

@@ -3,7 +3,8 @@
 1. Metrics: a synthetic feature table shaped like real BBBC021 (10 batches, 55 plates, 38
    compounds / 103 treatments / 12 MoAs, ~3,800 images of which 1,320 DMSO, 384 features: the
    vit_small width). Times TVN, aggregation and NSC + NSCB + mAP (1000 permutations, config.yaml's
-   default) separately; best of `--repeats`.
+   default) separately, and the summary's error bars of that run (compound-bootstrap intervals of
+   the 4 metrics, 1000 resamples) and one paired comparison (4 metrics); best of `--repeats`.
 2. Conditioning (`--conditioning`): the CellProfiler-like and ViT-like tables of
    benchmarks/profile_tables.py (DMSO variances over 15 orders of magnitude; 4 dimensions at 1e4x;
    the CellProfiler-like one again with 990 instead of 330 DMSO wells),
@@ -46,6 +47,7 @@ from workflow_scripts.evaluate.extraction_memory import CPU_BATCH_SIZE  # noqa: 
 from workflow_scripts.evaluate.metrics import evaluate_profiles  # noqa: E402
 from workflow_scripts.evaluate.pipeline import DEFAULT_SETTINGS, feature_matrix, image_metadata  # noqa: E402
 from workflow_scripts.evaluate.tvn import apply_tvn  # noqa: E402
+from workflow_scripts.summary import bootstrap, paired  # noqa: E402
 from workflow_scripts.tables import feature_names  # noqa: E402
 
 CLIP_MAX = 10000
@@ -98,8 +100,17 @@ def bench_metrics(repeats: int) -> dict:
         lambda: apply_tvn(values, meta["is_control"].to_numpy(), meta["batch"].to_numpy()), repeats
     )
     aggregate_s, (profiles, table) = best_time(lambda: treatment_profiles(whitened, meta), repeats)
-    metrics_s, (metrics, _, _) = best_time(
+    metrics_s, (metrics, predictions, _) = best_time(
         lambda: evaluate_profiles(profiles, table, DEFAULT_SETTINGS["map"]), repeats
+    )
+    # the summary's error bars of this run (4 metrics, config.yaml's 1000 resamples) and one
+    # paired comparison (last epoch vs epoch 0: here the run against a reshuffled copy)
+    settings = bootstrap.Settings(**bootstrap.DEFAULTS)
+    intervals_s, _ = best_time(lambda: bootstrap.metric_intervals(predictions, settings), repeats)
+    other = predictions.sample(frac=1, random_state=0)
+    paired_s, _ = best_time(
+        lambda: [paired.compare(predictions, other, m, settings) for m in bootstrap.OUTCOMES],
+        repeats,
     )
     return {
         "images": len(features),
@@ -111,6 +122,8 @@ def bench_metrics(repeats: int) -> dict:
         "tvn_s": round(tvn_s, 4),
         "aggregate_s": round(aggregate_s, 4),
         "nsc_nscb_map_s": round(metrics_s, 4),
+        "bootstrap_intervals_s": round(intervals_s, 4),
+        "paired_comparison_s": round(paired_s, 4),
         "nsc": round(metrics["nsc"], 3),
         "nscb": round(metrics["nscb"], 3),
         "map_nscb": round(metrics["map_nscb"], 3),

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 import torch  # noqa: E402
 
+from workflow_scripts.evaluate import extraction_counts  # noqa: E402
 from workflow_scripts.evaluate import extraction_memory as em  # noqa: E402
 
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
@@ -75,12 +76,12 @@ def child(model_kwargs: dict) -> dict:
     torch.set_num_threads(1)
     model = _model(model_kwargs)
     windows = em.window_sizes(*FIELD, SETTINGS)
-    em.forward_peak_bytes(model, windows, 1, "cpu", None)  # warm-up: kernels, caches
+    extraction_counts.forward_peak_bytes(model, windows, 1, "cpu", None)  # warm-up: kernels, caches
     growth = {}
     for batch in BATCHES:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         base = _status("VmRSS")
-        em.forward_peak_bytes(model, windows, batch, "cpu", None)
+        extraction_counts.forward_peak_bytes(model, windows, batch, "cpu", None)
         growth[batch] = _status("VmHWM") - base
     return growth
 
@@ -101,7 +102,9 @@ def process_per_image(model_kwargs: dict) -> float:
 def tracked_per_image(model_kwargs: dict) -> float:
     model = _model(model_kwargs)
     windows = em.window_sizes(*FIELD, SETTINGS)
-    low, high = (em.forward_peak_bytes(model, windows, b, "cpu", None) for b in BATCHES)
+    low, high = (
+        extraction_counts.forward_peak_bytes(model, windows, b, "cpu", None) for b in BATCHES
+    )
     return (high - low) / (BATCHES[1] - BATCHES[0])
 
 

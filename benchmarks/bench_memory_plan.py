@@ -86,18 +86,7 @@ def measure(case: str, steps: int) -> dict:
         update_teacher(student, teacher, 0.99)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    size = memory_plan.model_size(
-        ARCH,
-        json.dumps(spec["model_kwargs"], sort_keys=True),
-        json.dumps(settings["head"], sort_keys=True),
-    )
-    activations = memory_plan.activation_bytes(
-        ARCH,
-        json.dumps(spec["model_kwargs"], sort_keys=True),
-        json.dumps(settings, sort_keys=True),
-        "float32",
-        False,
-    )
+    size, activations = memory_plan.meta_counts(config, ARCH)  # fp32: precision fp32
     raw = memory_plan.estimate_bytes(size, activations, settings, 1, 4)
     single_process = raw["ddp"] - size.params * memory_plan.FP32_BYTES  # no DDP buckets
     measured = peak - baseline
@@ -131,7 +120,12 @@ def main() -> int:
             check=True,
             capture_output=True,
             text=True,
-            env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+            env={
+                "OMP_NUM_THREADS": "1",
+                "HF_HUB_OFFLINE": "1",
+                "PATH": "/usr/bin:/bin",
+                "PYTHONPATH": str(REPO),  # this checkout's workflow_scripts
+            },
         ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)

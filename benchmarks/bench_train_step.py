@@ -126,8 +126,10 @@ def write_cache(
     table = pd.DataFrame(
         {"image_id": [f"P/W{i:05d}/s1" for i in range(n_images)], "is_control": False}
     )
-    settings = dict(clip_max=clip_max, resize_factor=resize_factor, settings_digest="benchmark")
-    with cache.writing(cache_dir, table, channels, (height, width), **settings) as arrays:
+    meta = cache.cache_meta(
+        table, (height, width), channels, clip_max=clip_max, resize_factor=resize_factor
+    )
+    with cache.writing(cache_dir, table, meta) as arrays:
         for array in arrays.values():
             for i in range(n_images):
                 array[i] = rows[i % len(rows)]

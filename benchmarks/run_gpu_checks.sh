@@ -6,6 +6,10 @@
 #   bash benchmarks/run_gpu_checks.sh              # GPU: at most DEADLINE_S=480 s by construction
 #   bash benchmarks/run_gpu_checks.sh --scale-out  # GPU: preflight + the scale-out sections only
 #   bash benchmarks/run_gpu_checks.sh --cpu-smoke [--scale-out]  # the same steps on CPU, toy sizes
+#   bash benchmarks/run_gpu_checks.sh --dry-run ...  # list the steps (limit, command), run none
+#
+# STEP_CAPS=off in the environment runs every step to its end, with no cap and no deadline (the
+# CPU smoke test: a slow machine must not fail it); the default caps the steps as below.
 #
 # Steps, most wanted first, each capped by its own limit and by the overall deadline
 # (benchmarks/gpu_checks_lib.sh: a step gets min(limit, time left), a cut or failed step is
@@ -56,7 +60,8 @@ for arg in "$@"; do
     case "$arg" in
         --cpu-smoke) SMOKE=1 ;;
         --scale-out) SCALE_OUT_ONLY=1 ;;  # FSDP/planner + extraction memory (issue #12)
-        *) echo "usage: $0 [--cpu-smoke] [--scale-out]" >&2; exit 2 ;;
+        --dry-run) DRY_RUN=1 ;;  # gpu_checks_lib.sh: record the steps, run none
+        *) echo "usage: $0 [--cpu-smoke] [--scale-out] [--dry-run]" >&2; exit 2 ;;
     esac
 done
 if [[ $SMOKE -eq 1 ]]; then

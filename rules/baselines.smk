@@ -18,6 +18,7 @@ rule evaluate_baseline:
         metrics=BASELINE_METRICS,
         predictions=os.path.join(BASELINE_DIR, "predictions.csv"),
         confusion=os.path.join(BASELINE_DIR, "confusion.csv"),
+        profiles=os.path.join(BASELINE_DIR, "profiles.parquet"),
     log:
         out("logs", "evaluate_baseline", "{baseline}.log"),
     benchmark:

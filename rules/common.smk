@@ -10,6 +10,7 @@ sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without in
 
 from workflow_scripts import config as cfg
 from workflow_scripts import output_lock
+from workflow_scripts import training_seeds
 from workflow_scripts.cluster import resources as cluster
 from workflow_scripts.code_deps import relative_module_files
 from workflow_scripts.data import manifest as raw_manifest
@@ -22,6 +23,8 @@ DATA_CHANNELS = list(config["data"]["channels"])
 ARCHS = cfg.architecture_names(config)
 TRAIN_CHANNELS = cfg.training_channels(config)
 EVAL_CHANNELS = cfg.evaluation_channels(config)
+# attention maps need attention blocks: the ViTs of the DINOv3 family (timm vit_*), not ConvNeXt
+ATTENTION_ARCHS = [a for a in ARCHS if a.startswith("vit_")]
 
 
 def out(*parts):
@@ -44,6 +47,7 @@ wildcard_constraints:
     arch="|".join(re.escape(a) for a in ARCHS),
     channel="|".join(EVAL_CHANNELS),
     epoch=r"\d{4}",
+    seed=r"-?\d+",
 
 
 # ------------------------------------------------------------------ paths between stages
@@ -63,11 +67,23 @@ RESUME_DIR = out("resume", "{arch}", "{channel}")  # not an output: survives rer
 FEATURES = out("features", "{arch}", "{channel}", "epoch_{epoch}.parquet")
 EVAL_DIR = out("eval", "{arch}", "{channel}", "epoch_{epoch}")
 METRICS = out("eval", "{arch}", "{channel}", "epoch_{epoch}", "metrics.json")
+PROFILES = out("eval", "{arch}", "{channel}", "epoch_{epoch}", "profiles.parquet")
+ATTENTION_MAPS = out("attention", "{arch}", "{channel}", "maps.npz")
 SUMMARY_DIR = out("summary")
 SUMMARY_TABLE = out("summary", "summary.csv")
 SUMMARY_REPORT = out("summary", "report.html")
 LOGS = out("logs")
 BENCH = out("benchmarks")
+# another training seed than train.seed (train.seeds): the same files one folder deeper
+# (workflow_scripts/training_seeds.py); train.seed's run keeps the paths above
+SEED_DIR = "seed_{seed}"
+CHECKPOINT_SEED = out("train", "{arch}", "{channel}", SEED_DIR, "epoch_{epoch}.safetensors")
+CHECKPOINT_META_SEED = out("train", "{arch}", "{channel}", SEED_DIR, "epoch_{epoch}.json")
+TRAIN_LOG_SEED = out("train", "{arch}", "{channel}", SEED_DIR, "log.jsonl")
+FEATURES_SEED = out("features", "{arch}", "{channel}", SEED_DIR, "epoch_{epoch}.parquet")
+EVAL_DIR_SEED = out("eval", "{arch}", "{channel}", SEED_DIR, "epoch_{epoch}")
+METRICS_SEED = os.path.join(EVAL_DIR_SEED, "metrics.json")
+PROFILES_SEED = os.path.join(EVAL_DIR_SEED, "profiles.parquet")
 # An empty stamp per job kind, an input of its jobs: rewritten at start when one of the job's
 # outputs was made with other settings than the configuration's (an output_dir moved or copied
 # has no Snakemake records) or cannot be read, so the job reruns (workflow_scripts/stale_outputs.py)
@@ -102,6 +118,12 @@ def stage_outputs():
         "checkpoint_meta": CHECKPOINT_META,
         "features": FEATURES,
         "metrics": METRICS,
+        "checkpoint_seed": CHECKPOINT_SEED,
+        "checkpoint_meta_seed": CHECKPOINT_META_SEED,
+        "features_seed": FEATURES_SEED,
+        "metrics_seed": METRICS_SEED,
+        "attention_maps": ATTENTION_MAPS,
+        "attention_archs": ATTENTION_ARCHS,  # (the architectures with attention maps)
         "baseline_metrics": BASELINE_METRICS,
     }
 
@@ -129,8 +151,22 @@ def arch_entry(arch):
     return cfg.architecture(config, arch)
 
 
-def arch_train(arch):
-    return cfg.train_settings(config, arch)
+def arch_train(arch, seed=None):
+    """One fine-tuning's train settings: `seeds` left out, `seed` = `seed` (default train.seed)."""
+    return training_seeds.run_settings(cfg.train_settings(config, arch), seed)
+
+
+def arch_seeds(arch):
+    """All training seeds of an architecture, train.seed first."""
+    return training_seeds.seeds(cfg.train_settings(config, arch))
+
+
+def extra_seeds(arch):
+    """The seeds after train.seed: each a fine-tuning under seed_S/ folders."""
+    return training_seeds.extra_seeds(cfg.train_settings(config, arch))
+
+
+SEEDED_ARCHS = [a for a in ARCHS if extra_seeds(a)]
 
 
 def train_epochs(arch):
@@ -144,6 +180,13 @@ def eval_epochs(arch):
             arch_train(arch), include_pretrained=config["evaluate"]["pretrained_baseline"]
         )
     ]
+
+
+def seed_eval_epochs(arch):
+    """Evaluated epochs of another seed's run: its trained epochs, and epoch 0 only with
+    random init (pretrained weights are the same backbone for every seed: one epoch 0)."""
+    own_epoch0 = config["evaluate"]["pretrained_baseline"] and weights_file(arch) is None
+    return [epoch_tag(e) for e in cfg.evaluated_epochs(arch_train(arch), own_epoch0)]
 
 
 def weights_file(arch):
@@ -242,8 +285,10 @@ SCORING_SETTINGS = cfg.scoring_settings(config)
 
 
 def pretrained_model_arg(wildcards):
-    """Epoch 0 sees images as this architecture's training does (checkpoints record it)."""
-    settings = arch_train(wildcards.arch)
+    """Epoch 0 sees images as this architecture's training does (checkpoints record it); with
+    random init it is the network the training of its seed starts from."""
+    seed = int(wildcards.seed) if wildcards.get("seed") is not None else None
+    settings = arch_train(wildcards.arch, seed)
     # several arguments in one param, so each value is shell-quoted here (paths may hold
     # spaces, quotes or `$(...)`)
     return (
@@ -269,11 +314,70 @@ def extract_resources(n_epochs):
 
 
 def all_metrics():
+    """metrics.json of every evaluation: train.seed's runs, then the other seeds'."""
     return [
         path
         for arch in ARCHS
         for path in expand(METRICS, arch=arch, channel=EVAL_CHANNELS, epoch=eval_epochs(arch))
+    ] + [
+        path
+        for arch in SEEDED_ARCHS
+        for path in expand(
+            METRICS_SEED,
+            arch=arch,
+            channel=EVAL_CHANNELS,
+            seed=extra_seeds(arch),
+            epoch=seed_eval_epochs(arch),
+        )
     ]
+
+
+def all_predictions():
+    """predictions.csv beside every metrics.json (the summary's error bars read them)."""
+    return [os.path.join(os.path.dirname(path), "predictions.csv") for path in all_metrics()]
+
+
+def all_train_logs():
+    return expand(TRAIN_LOG, arch=ARCHS, channel=TRAIN_CHANNELS) + [
+        path
+        for arch in SEEDED_ARCHS
+        for path in expand(
+            TRAIN_LOG_SEED, arch=arch, channel=TRAIN_CHANNELS, seed=extra_seeds(arch)
+        )
+    ]
+
+
+def last_epoch_tag(arch):
+    return train_epochs(arch)[-1]
+
+
+def mapped_profiles():
+    """The summary's t-SNE maps: epoch 0 (when evaluated) and the last epoch of every run of
+    train.seed (the first training seed: the maps leave the other seeds out)."""
+    return [
+        path
+        for arch in ARCHS
+        for epoch in [epoch_tag(0)] * config["evaluate"]["pretrained_baseline"]
+        + [last_epoch_tag(arch)]
+        for path in expand(PROFILES, arch=arch, channel=EVAL_CHANNELS, epoch=epoch)
+    ]
+
+
+def last_checkpoint_metas():
+    """The last epoch's checkpoint JSON of every (arch, channel)'s first training seed (its
+    train settings: the weak label, which the other seeds share)."""
+    return [
+        path
+        for arch in ARCHS
+        for path in expand(
+            CHECKPOINT_META, arch=arch, channel=TRAIN_CHANNELS, epoch=last_epoch_tag(arch)
+        )
+    ]
+
+
+def all_attention_maps():
+    """Attention maps of the first training seed's runs (rule attention_maps)."""
+    return expand(ATTENTION_MAPS, arch=ATTENTION_ARCHS, channel=TRAIN_CHANNELS)
 
 
 # ------------------------------------------------------------------ baselines, report
@@ -285,6 +389,10 @@ HANDCRAFTED_PROFILES = out("baselines", "handcrafted_profiles.csv")
 
 def all_baseline_metrics():
     return expand(BASELINE_METRICS, baseline=list(BASELINES))
+
+
+def all_baseline_predictions():
+    return expand(os.path.join(BASELINE_DIR, "predictions.csv"), baseline=list(BASELINES))
 
 
 def metadata_map_arg(wildcards):

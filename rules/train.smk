@@ -27,8 +27,20 @@ rule fetch_weights:
         "--arch {params.arch:q} --out {output:q} > {log:q} 2>&1"
 
 
+TRAIN_SHELL = (
+    "{params.launcher} -m workflow_scripts.train.cli --arch {params.arch:q} "
+    "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
+    "--weights {params.weights:q} --model-kwargs {params.model_kwargs:q} "
+    "--settings {params.settings:q} --out-dir {params.out_dir:q} "
+    "--resume-dir {params.resume_dir:q} {params.strategy} --gpus {resources.gpus_per_node} "
+    "--allow-cpu-fallback {resources.allow_cpu_fallback} > {log:q} 2>&1"
+)
+
+
 # One rule per architecture: its epoch list (an output list) may differ from the others', and
 # its params carry only its own settings, so editing one architecture retrains only that one.
+# train.seeds: a second rule per architecture trains its other seeds ({seed} wildcard), one job
+# (one SLURM submission) per seed and channel, under seed_S/ folders.
 for _arch in ARCHS:
     _slug = re.sub(r"\W", "_", _arch)
 
@@ -72,9 +84,51 @@ for _arch in ARCHS:
             out_dir=lambda w, output: os.path.dirname(output.log_jsonl[0]),
             resume_dir=lambda w, a=_arch: out("resume", a, w.channel),
         shell:
-            "{params.launcher} -m workflow_scripts.train.cli --arch {params.arch:q} "
-            "--channel {wildcards.channel} --cache-dir {params.cache_dir:q} "
-            "--weights {params.weights:q} --model-kwargs {params.model_kwargs:q} "
-            "--settings {params.settings:q} --out-dir {params.out_dir:q} "
-            "--resume-dir {params.resume_dir:q} {params.strategy} --gpus {resources.gpus_per_node} "
-            "--allow-cpu-fallback {resources.allow_cpu_fallback} > {log:q} 2>&1"
+            TRAIN_SHELL
+
+    if not extra_seeds(_arch):
+        continue
+
+    rule:
+        name:
+            f"train_{_slug}_seeds"
+        input:
+            cache=CACHE_TABLE,
+            meta=CACHE_META,
+            arrays=CACHE_ARRAYS,
+            weights=weights_inputs(_arch),
+            rerun=RERUN_STAMPS["train_seed"].replace("{arch}", _arch),
+            code=code("train.cli"),
+        output:
+            checkpoints=expand(
+                CHECKPOINT_SEED, arch=_arch, epoch=train_epochs(_arch), allow_missing=True
+            ),
+            metas=expand(
+                CHECKPOINT_META_SEED, arch=_arch, epoch=train_epochs(_arch), allow_missing=True
+            ),
+            log_jsonl=expand(TRAIN_LOG_SEED, arch=_arch, allow_missing=True),
+        log:
+            out("logs", "train", _arch, SEED_DIR, "{channel}.log"),
+        benchmark:
+            out("benchmarks", "train", _arch, SEED_DIR, "{channel}.tsv")
+        wildcard_constraints:
+            channel="|".join(TRAIN_CHANNELS),
+            seed="|".join(str(s) for s in extra_seeds(_arch)),
+        conda:
+            "../envs/pytorch-cuda.yaml"
+        threads: cluster.training_threads(config, _arch)
+        resources:
+            **cluster.training_request(config, _arch),
+            allow_cpu_fallback=int(config.get("allow_cpu_fallback", False)),
+        params:
+            arch=_arch,
+            settings=lambda w, a=_arch: as_json(arch_train(a, int(w.seed))),
+            model_kwargs=as_json(arch_entry(_arch)["model_kwargs"]),
+            weights=weights_file(_arch) or "none",
+            launcher=cluster.train_launcher(config, _arch),
+            strategy=cluster.strategy_args(config, _arch),
+            cache_dir=lambda w, input: os.path.dirname(input.meta),
+            out_dir=lambda w, output: os.path.dirname(output.log_jsonl[0]),
+            resume_dir=lambda w, a=_arch: out("resume", a, w.channel, f"seed_{w.seed}"),
+        shell:
+            TRAIN_SHELL

@@ -83,6 +83,16 @@ def test_unknown_architecture_names_key_and_valid_models(demo_config):
             "baselines.0.name",
         ),
         (lambda c: c["baselines"][0]["metadata_map"].update(MoA="moa"), "baselines.0.metadata_map"),
+        (lambda c: c["train"].update(seeds=[1, 2]), "train.seeds"),  # without train.seed 0
+        (lambda c: c["train"].update(seeds=[0, 0]), "train.seeds"),
+        (
+            lambda c: c["evaluate"].update(normalization={"scope": "well"}),
+            "evaluate.normalization.scope",
+        ),
+        (
+            lambda c: c["evaluate"].update(bootstrap={"confidence": 1.0}),
+            "evaluate.bootstrap.confidence",
+        ),
     ],
 )
 def test_invalid_settings_name_the_key(demo_config, mutate, key):
@@ -343,3 +353,26 @@ def test_baseline_table_paths_expand_output_dir(demo_config):
     assert cfg.baselines({"output_dir": "x", "baselines": [{"name": "cp", "table": "t.csv"}]}) == [
         {"name": "cp", "table": "t.csv", "feature_columns": "^feat_", "metadata_map": {}}
     ]
+
+
+def test_training_seeds_keep_the_first_run_as_a_single_run(demo_config):
+    from workflow_scripts import training_seeds
+
+    settings = dict(demo_config["train"])
+    assert training_seeds.seeds(settings) == [0] and training_seeds.extra_seeds(settings) == []
+    assert training_seeds.run_settings(settings) == settings  # no list: unchanged
+    listed = {**settings, "seeds": [2, 0, 5]}
+    assert training_seeds.seeds(listed) == [0, 2, 5]  # train.seed first: today's paths
+    assert training_seeds.extra_seeds(listed) == [2, 5]
+    assert training_seeds.run_settings(listed) == settings  # the first run's settings as before
+    assert training_seeds.run_settings(listed, 5) == {**settings, "seed": 5}
+    # an architecture's override of train.seed must be in the list it inherits
+    config = copy.deepcopy(demo_config)
+    config["train"]["seeds"] = [0, 1]
+    config["architectures"][0]["train"] = {"seed": 3}
+    with pytest.raises(
+        InputError, match=r"train.seeds' \(architecture vit_small.*train.seed \(3\)"
+    ):
+        check(config)
+    config["architectures"][0]["train"] = {"seed": 3, "seeds": [3, 4]}
+    check(config)

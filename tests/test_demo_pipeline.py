@@ -123,6 +123,28 @@ def test_snakemake_report_bundles_the_summary_with_captions(demo_run):
     assert {"summary.csv", "best_epochs.csv", "report.html"} <= bundled
     figures = {name for name in bundled if name.endswith(".png")}
     assert {"nsc_vs_epoch.png", "nscb_vs_epoch.png", "confusion_last_epoch.png"} <= figures
+    arch = demo_config()["architectures"][0]["name"]
+    assert f"embedding_map_{arch}_combined.png" in figures
+    assert f"attention_{arch}_rgb.jpg" in bundled
+
+
+def test_report_has_the_embedding_and_attention_maps(demo_run):
+    _, out = demo_run
+    arch = demo_config()["architectures"][0]["name"]
+    report = (out / "summary" / "report.html").read_text()
+    channels = ["DAPI", "Tubulin", "Actin", "rgb"]
+    for channel in [*channels, "combined"]:
+        assert f'alt="embedding_map_{arch}_{channel}.png"' in report
+        points = pd.read_csv(out / "summary" / "figures" / f"embedding_map_{arch}_{channel}.csv")
+        predictions = pd.read_csv(out / "eval" / arch / channel / "epoch_0004" / "predictions.csv")
+        shown = points[points["epoch"] == 4]
+        assert sorted(shown["treatment"]) == sorted(
+            predictions.query("protocol == 'nsc'")["treatment"]
+        )
+    for channel in channels:  # the ViT's trained channels: field, epoch 0 and 4, per head
+        assert f'alt="attention_{arch}_{channel}.jpg"' in report
+        for epoch in (0, 4):
+            assert f'alt="attention_heads_{arch}_{channel}_epoch_{epoch:04d}.jpg"' in report
 
 
 def test_demo_training_learns_and_is_not_collapsed(demo_run):

@@ -1,14 +1,18 @@
-"""Feature hygiene (features the DMSO rows cannot calibrate are dropped and counted) and per-plate
-normalisation against DMSO (pycytominer's standardize / mad_robustize), checked against sklearn's
-StandardScaler and a brute-force median/MAD per plate."""
+"""Feature hygiene (features the DMSO rows cannot calibrate are dropped and counted) and
+normalisation against DMSO (pycytominer's standardize / mad_robustize) per plate, batch or table,
+checked against sklearn's StandardScaler and brute-force loops over the rows of each group."""
+
+from statistics import NormalDist
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.preprocessing import StandardScaler
 from test_eval_pipeline import FAST, synthetic_features
 
 from workflow_scripts.errors import InputError
-from workflow_scripts.evaluate.normalize import normalize_per_plate, plate_statistics
+from workflow_scripts.evaluate import normalize
+from workflow_scripts.evaluate.normalize import control_statistics, normalize_per_group
 from workflow_scripts.evaluate.pipeline import evaluate_table
 
 FEATURES = [f"feat_{i:04d}" for i in range(12)]
@@ -36,9 +40,9 @@ def test_standardize_equals_sklearn_standard_scaler_fitted_on_each_plates_dmso()
     values = table[FEATURES].to_numpy(dtype=float)
     is_control = (table["compound"] == "DMSO").to_numpy()
     plates = table["plate"].to_numpy()
-    stats = plate_statistics(values, is_control, plates, "standardize")
+    stats = control_statistics(values, is_control, plates, "standardize")
     np.testing.assert_allclose(
-        normalize_per_plate(values, plates, stats), expected[FEATURES], atol=1e-9
+        normalize_per_group(values, plates, stats), expected[FEATURES], atol=1e-9
     )
     # end to end: the option equals evaluating the sklearn-standardised table without it
     ours = evaluate_table(table, {**FAST, "normalization": {"method": "standardize"}})
@@ -55,8 +59,8 @@ def test_mad_robustize_equals_a_brute_force_median_and_mad_per_plate():
     values = table[FEATURES].to_numpy(dtype=float)
     is_control = (table["compound"] == "DMSO").to_numpy()
     plates = table["plate"].to_numpy()
-    stats = plate_statistics(values, is_control, plates, "mad_robustize")
-    normalised = normalize_per_plate(values, plates, stats)
+    stats = control_statistics(values, is_control, plates, "mad_robustize")
+    normalised = normalize_per_group(values, plates, stats)
     for i in range(len(values)):
         for j in range(12):
             dmso = [
@@ -124,3 +128,119 @@ def test_no_usable_feature_is_one_clear_error():
     table.loc[table["compound"] == "DMSO", FEATURES] = np.float32(0.0)
     with pytest.raises(InputError, match="no usable feature column: 12 constant in DMSO"):
         evaluate_table(table, FAST)
+
+
+def brute_force_normalised(table, method, scope):
+    """Each row's features against the DMSO rows of its plate, its batch or the whole table:
+    a loop over rows, every statistic computed from a Python list."""
+    out = table.copy()
+    for i in range(len(table)):
+        row = table.iloc[i]
+        same = {
+            "plate": table["plate"] == row["plate"],
+            "batch": table["batch"] == row["batch"],
+            "all": pd.Series(True, index=table.index),
+        }[scope]
+        dmso = table[same & (table["compound"] == "DMSO")]
+        for feature in FEATURES:
+            controls = [float(v) for v in dmso[feature]]
+            if method == "standardize":
+                centre = sum(controls) / len(controls)
+                scale = (sum((v - centre) ** 2 for v in controls) / len(controls)) ** 0.5
+            else:
+                centre = float(pd.Series(controls).median())
+                # 1.4826...: the MAD of a normal distribution is 1 / that of its std
+                consistency = 1 / NormalDist().inv_cdf(0.75)
+                scale = consistency * float(pd.Series([abs(v - centre) for v in controls]).median())
+            out.loc[table.index[i], feature] = (float(row[feature]) - centre) / scale
+    return out
+
+
+@pytest.mark.parametrize("method", ["standardize", "mad_robustize"])
+@pytest.mark.parametrize("scope", ["plate", "batch", "all"])
+def test_each_scope_equals_a_brute_force_loop_over_its_groups(method, scope):
+    # plates differ by gains, and the batches' plates differ from each other: each scope gives
+    # other statistics, so a row normalised against the wrong group's DMSO would show
+    table = with_plate_gains(synthetic_features(), seed=3)
+    expected = brute_force_normalised(table, method, scope)
+    values = table[FEATURES].to_numpy(dtype=float)
+    is_control = (table["compound"] == "DMSO").to_numpy()
+    groups = normalize.control_groups(table["plate"].to_numpy(), table["batch"].to_numpy(), scope)
+    stats = control_statistics(values, is_control, groups, method, scope)
+    assert len(stats) == {"plate": 4, "batch": 2, "all": 1}[scope]
+    normalised = normalize_per_group(values, groups, stats)
+    np.testing.assert_allclose(normalised, expected[FEATURES].to_numpy(float), rtol=1e-6)
+    # end to end: the option equals scoring the brute-force normalised table without it
+    ours = evaluate_table(table, {**FAST, "normalization": {"method": method, "scope": scope}})
+    reference = evaluate_table(expected, FAST)
+    for key in ("nsc", "nscb", "map_nsc", "map_nscb", "tvn_components"):
+        assert ours[key] == pytest.approx(reference[key]), key
+    assert ours["predictions"]["neighbour"].equals(reference["predictions"]["neighbour"])
+
+
+def test_the_scopes_differ_on_this_table():
+    # the brute-force test above is only a check if the scopes normalise differently here
+    table = with_plate_gains(synthetic_features(), seed=3)
+    by_scope = [brute_force_normalised(table, "standardize", s)[FEATURES] for s in normalize.SCOPES]
+    for i, a in enumerate(by_scope):
+        for b in by_scope[i + 1 :]:
+            assert np.abs(a.to_numpy(float) - b.to_numpy(float)).max() > 0.1
+
+
+def test_the_default_scope_is_per_plate_and_metrics_json_keeps_its_keys():
+    table = with_plate_gains(synthetic_features(), seed=3)
+    plain = evaluate_table(table, {**FAST, "normalization": {"method": "standardize"}})
+    per_plate = evaluate_table(
+        table, {**FAST, "normalization": {"method": "standardize", "scope": "plate"}}
+    )
+    assert {k: v for k, v in plain.items() if k not in ("predictions", "confusion")} == {
+        k: v for k, v in per_plate.items() if k not in ("predictions", "confusion")
+    }
+    assert "normalization_scope" not in plain
+    assert list(plain["features_dropped"])[2] == "zero DMSO spread on a plate"
+    per_batch = evaluate_table(
+        table, {**FAST, "normalization": {"method": "standardize", "scope": "batch"}}
+    )
+    assert per_batch["normalization_scope"] == "batch"
+    assert "normalised per batch against its DMSO rows: standardize" in per_batch["notes"]
+    assert list(per_batch["features_dropped"])[2] == "zero DMSO spread in a batch"
+
+
+def test_few_control_rows_per_group_are_warned_about_with_the_counts(monkeypatch):
+    table = synthetic_features()  # 4 DMSO rows per plate, 8 per batch, 16 in all
+    warnings = {}
+    for scope in normalize.SCOPES:
+        result = evaluate_table(
+            table, {**FAST, "normalization": {"method": "standardize", "scope": scope}}
+        )
+        warnings[scope] = [n for n in result["notes"] if n.startswith("warning: normalising")]
+    assert warnings["plate"] == [
+        "warning: normalising per plate from few control rows: 4 of 4 plates have fewer than "
+        f"{normalize.MIN_CONTROL_ROWS} DMSO rows (min 4, median 4, max 4)"
+        + warnings["plate"][0].split("max 4)")[1]
+    ]
+    assert (
+        "2 of 2 batches have fewer than 20 DMSO rows (min 8, median 8, max 8)"
+        in (warnings["batch"][0])
+    )
+    assert "the whole table has fewer than 20 DMSO rows (min 16" in warnings["all"][0]
+    # no warning without normalisation, nor at the threshold itself
+    assert not any("normalising" in n for n in evaluate_table(table, FAST)["notes"])
+    monkeypatch.setattr(normalize, "MIN_CONTROL_ROWS", 4)
+    result = evaluate_table(table, {**FAST, "normalization": {"method": "standardize"}})
+    assert not any(n.startswith("warning: normalising") for n in result["notes"])
+    monkeypatch.setattr(normalize, "MIN_CONTROL_ROWS", 5)
+    result = evaluate_table(table, {**FAST, "normalization": {"method": "standardize"}})
+    assert any("4 of 4 plates have fewer than 5" in n for n in result["notes"])
+
+
+def test_a_scope_needs_two_dmso_rows_in_each_group():
+    table = synthetic_features()
+    lonely = np.flatnonzero((table["batch"] == "W2") & (table["compound"] == "DMSO"))[1:]
+    with pytest.raises(InputError, match="batch 'W2': .* at least 2 DMSO rows per batch, found 1"):
+        evaluate_table(
+            table.drop(index=lonely).reset_index(drop=True),
+            {**FAST, "normalization": {"method": "standardize", "scope": "batch"}},
+        )
+    with pytest.raises(InputError, match="settings key 'normalization.scope'"):
+        evaluate_table(table, {"normalization": {"scope": "well"}})

@@ -9,7 +9,7 @@ import pytest
 from workflow_scripts.errors import InputError
 from workflow_scripts.evaluate import evaluate as evaluate_cli
 from workflow_scripts.evaluate.aggregate import treatment_profiles
-from workflow_scripts.evaluate.pipeline import evaluate_table
+from workflow_scripts.evaluate.pipeline import TABLE_KEYS, evaluate_table
 
 FAST = {"map": {"permutations": 50}}
 
@@ -42,7 +42,7 @@ def synthetic_features(seed=0, dim=12):
 
 
 def metric_values(result):
-    return {k: v for k, v in result.items() if k not in ("predictions", "confusion")}
+    return {k: v for k, v in result.items() if k not in TABLE_KEYS}
 
 
 def test_aggregation_levels_follow_the_settings():
@@ -75,6 +75,14 @@ def test_aggregation_levels_follow_the_settings():
         assert profiles[:, 0] == pytest.approx([value])
     assert table.loc[0, "batches"] == ("W1", "W2")
     assert table.loc[0, "n_plates"] == 3 and table.loc[0, "n_images"] == 6
+    # main_batch: the batch of most plates (W1: P1, P2; W2: P3), counted per plate, not image
+    assert table.loc[0, "main_batch"] == "W1"
+    more_images_in_w2 = meta.assign(plate=["P1", "P1", "P1", "P1", "P3", "P3", "P1"])
+    assert treatment_profiles(values, more_images_in_w2)[1].loc[0, "main_batch"] == "W1"
+    mostly_w2 = meta.assign(batch=["W2", "W2", "W2", "W1", "W2", "W2", "W1"])  # P2 alone in W1
+    assert treatment_profiles(values, mostly_w2)[1].loc[0, "main_batch"] == "W2"
+    tie = mostly_w2.assign(plate=["P1", "P1", "P1", "P2", "P1", "P1", "P1"])  # P1 W2, P2 W1
+    assert treatment_profiles(values, tie)[1].loc[0, "main_batch"] == "W1"  # first by name
 
 
 def test_a_treatment_with_two_moas_is_an_error():
@@ -173,6 +181,29 @@ def test_cli_writes_metrics_predictions_and_confusion(tmp_path):
     assert len(predictions) == 32  # 16 treatments x 2 protocols
     confusion = pd.read_csv(out_dir / "confusion.csv", index_col="moa")
     assert list(confusion.index) == list(confusion.columns) == ["moa0", "moa1", "moa2", "moa3"]
+    profiles = pd.read_parquet(out_dir / "profiles.parquet")
+    assert set(profiles["treatment"]) == set(predictions["treatment"]) and len(profiles) == 16
+
+
+def test_profiles_are_the_ones_nsc_scored():
+    """Brute force on the returned profiles (sklearn's cosine) finds predictions' neighbours."""
+    from sklearn.metrics.pairwise import cosine_similarity
+
+    result = evaluate_table(synthetic_features(dim=6), FAST)
+    profiles = result["profiles"]
+    values = profiles.filter(regex="^feat_").to_numpy()
+    assert values.shape == (16, result["features_used"])
+    similarity = cosine_similarity(values)
+    compound = profiles["compound"].to_numpy()
+    nsc = result["predictions"].query("protocol == 'nsc'").set_index("treatment")
+    assert list(nsc.index) == list(profiles["treatment"])  # one row per treatment, same order
+    for query, row in profiles.iterrows():
+        candidates = np.flatnonzero(compound != compound[query])
+        best = candidates[np.argmax(similarity[query, candidates])]
+        assert nsc.loc[row["treatment"], "neighbour"] == profiles["treatment"][best]
+        assert nsc.loc[row["treatment"], "similarity"] == pytest.approx(similarity[query, best])
+    assert set(profiles["main_batch"]) == {"W1", "W2"}
+    assert profiles["batches"].str.split(";").map(len).eq(1).all()
 
 
 def test_cli_scores_an_external_per_well_csv_like_our_own_table(tmp_path):
@@ -258,19 +289,23 @@ def test_cli_bad_tables_give_one_error_and_no_output(tmp_path, capsys, mutate, m
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
-def test_cli_rejects_a_label_the_summary_cannot_read(tmp_path, capsys):
+@pytest.mark.parametrize("label", ["only-arch", "a/b/seed_x/0002", "a/b/seed_1/c/0002"])
+def test_cli_rejects_a_label_the_summary_cannot_read(tmp_path, capsys, label):
     synthetic_features().to_parquet(tmp_path / "f.parquet")
     status = evaluate_cli.main(
-        [
-            "--features",
-            str(tmp_path / "f.parquet"),
-            "--out-dir",
-            str(tmp_path / "e"),
-            "--label",
-            "only-arch",
-        ]
+        ["--features", str(tmp_path / "f.parquet"), "--out-dir", str(tmp_path / "e")]
+        + ["--label", label]
     )
     assert status == 2 and "--label" in capsys.readouterr().err
+
+
+def test_cli_takes_another_training_seeds_label(tmp_path):
+    synthetic_features().to_parquet(tmp_path / "f.parquet")
+    args = ["--features", str(tmp_path / "f.parquet"), "--out-dir", str(tmp_path / "e")]
+    assert evaluate_cli.main([*args, "--label", "vit/DAPI/seed_2/0004"]) == 0
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["label"] == (
+        "vit/DAPI/seed_2/0004"
+    )
 
 
 def run_cli_on_csv(table, tmp_path, settings="{}", extra=()):

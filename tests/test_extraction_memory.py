@@ -16,7 +16,7 @@ from test_eval_extract import TINY, cache_dir, run_extract  # noqa: F401  (cache
 
 from workflow_scripts.cluster import memory_plan
 from workflow_scripts.errors import InputError
-from workflow_scripts.evaluate import extract
+from workflow_scripts.evaluate import extract, extraction_counts, extraction_plan
 from workflow_scripts.evaluate import extraction_memory as em
 from workflow_scripts.model import backbone
 from workflow_scripts.model.checkpoint import load_backbone_checkpoint, save_backbone_checkpoint
@@ -51,9 +51,11 @@ def test_autocast_emulation_matches_a_real_bf16_autocast_forward_on_cpu():
         meta_model = bench._model(TINY)
     for batch in (1, 3):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            real = em.forward_peak_bytes(model, windows, batch, "cpu", None)
-        emulated = em.forward_peak_bytes(meta_model, windows, batch, "meta", torch.bfloat16)
-        fp32 = em.forward_peak_bytes(meta_model, windows, batch, "meta", None)
+            real = extraction_counts.forward_peak_bytes(model, windows, batch, "cpu", None)
+        emulated = extraction_counts.forward_peak_bytes(
+            meta_model, windows, batch, "meta", torch.bfloat16
+        )
+        fp32 = extraction_counts.forward_peak_bytes(meta_model, windows, batch, "meta", None)
         assert abs(emulated - real) <= 0.02 * real and emulated < fp32, (emulated, real, fp32)
 
 
@@ -92,7 +94,7 @@ def test_7b_fits_one_80gb_gpu_with_a_batch_of_at_least_8():
         80 * em.GB
     )
     assert "vit_7b" in plan.line() and "does not fit" not in plan.line()
-    assert em.host_mem_mb(ARCH_7B, {}) > 40000  # asks for more than the default 32000
+    assert extraction_plan.host_mem_mb(ARCH_7B, {}) > 40000  # asks for more than the default 32000
 
 
 def test_auto_on_a_full_gpu_is_one_line_naming_the_architecture(monkeypatch):

@@ -64,8 +64,8 @@ def test_the_cycle_finder_finds_a_planted_circle():
 
 
 def test_the_graph_sees_lazy_imports():
-    # evaluate/extraction_memory imports the backbone builder inside a function
-    assert "workflow_scripts.model.backbone" in GRAPH["workflow_scripts.evaluate.extraction_memory"]
+    # evaluate/extraction_counts imports the backbone builder inside a function
+    assert "workflow_scripts.model.backbone" in GRAPH["workflow_scripts.evaluate.extraction_counts"]
 
 
 def test_no_import_circle():

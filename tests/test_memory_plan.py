@@ -4,7 +4,6 @@ bytes against real CPU models, the auto strategy, the refusal at `snakemake -n`,
 from __future__ import annotations
 
 import copy
-import json
 import re
 
 import pytest
@@ -16,7 +15,7 @@ from workflow_scripts import config_check
 from workflow_scripts.cluster import memory_plan, resources
 from workflow_scripts.errors import InputError
 from workflow_scripts.model.backbone import build_backbone
-from workflow_scripts.train import memory
+from workflow_scripts.train import memory, memory_counts
 from workflow_scripts.train.dino_model import build_dino_model
 from workflow_scripts.train.loss import DINOLoss
 
@@ -52,46 +51,51 @@ def real_saved_bytes(student, crops, loss) -> int:
 
 @pytest.mark.parametrize("model_kwargs", [TINY, {"depth": 3, "embed_dim": 96, "num_heads": 3}])
 def test_parameters_and_activations_match_a_real_cpu_model(model_kwargs):
-    config = demo_with([{"name": ARCH, "weights": "none", "gpus": 1, "model_kwargs": model_kwargs}])
+    batch = 3
+    entry = {"name": ARCH, "weights": "none", "gpus": 1, "model_kwargs": model_kwargs}
+    config = demo_with([{**entry, "train": {"precision": "fp32", "batch_size_per_gpu": batch}}])
     settings = cfg.train_settings(config, ARCH)
-    settings["precision"] = "fp32"
-    kwargs_json = json.dumps(model_kwargs, sort_keys=True)
-    size = memory.model_size(ARCH, kwargs_json, json.dumps(settings["head"], sort_keys=True))
+    counts = memory_counts.count(memory.count_inputs(config, ARCH))
 
     torch.manual_seed(0)
     backbone = build_backbone(ARCH, "none", model_kwargs, settings["drop_path_rate"])
     student = build_dino_model(backbone, settings["head"]).train()
-    assert size.backbone_params == sum(p.numel() for p in backbone.parameters())
-    assert size.params == sum(p.numel() for p in student.parameters())
-    assert size.depth == model_kwargs["depth"]
+    assert counts["backbone_params"] == sum(p.numel() for p in backbone.parameters())
+    assert counts["head_params"] == sum(p.numel() for p in student.head.parameters())
+    assert counts["depth"] == model_kwargs["depth"]
 
-    batch = 3
     g, loc = settings["global_crops"], settings["local_crops"]
     crops = [torch.rand(batch, 3, g["size"], g["size"])] * g["number"] + [
         torch.rand(batch, 3, loc["size"], loc["size"])
     ] * loc["number"]
     loss = DINOLoss(settings["head"]["out_dim"], g["number"], loc["number"])
     measured = real_saved_bytes(student, crops, loss)
-    settings["batch_size_per_gpu"] = batch
-    estimated = memory.activation_bytes(
-        ARCH, kwargs_json, json.dumps(settings, sort_keys=True), "float32", False
-    )
+    estimated = counts["activation_bytes"]
     # meta counts attention as the math kernel (seq^2 weights) and misses storage slack
     # (the oracle counts whole storages): within -10% .. +50% of the real CPU graph
     assert 0.9 * measured <= estimated <= 1.5 * measured, (measured, estimated)
 
 
 def test_activation_checkpointing_lowers_the_estimate():
-    settings = cfg.train_settings(demo_with([{"name": ARCH, "model_kwargs": TINY}]), ARCH)
-    args = (
-        ARCH,
-        json.dumps({"depth": 6, "embed_dim": 64, "num_heads": 2}),
-        json.dumps(settings, sort_keys=True),
-        "float32",
-    )
-    full = memory.activation_bytes(*args, False)
-    checkpointed = memory.activation_bytes(*args, True)
-    assert 0 < checkpointed < 0.6 * full
+    entry = {"name": ARCH, "model_kwargs": {"depth": 6, "embed_dim": 64, "num_heads": 2}}
+    config = demo_with([entry])
+    config["train"]["precision"] = "fp32"
+    inputs = memory.count_inputs(config, ARCH)
+    full = memory_counts.count(inputs)["activation_bytes"]
+    checkpointed = memory_counts.count({**inputs, "activation_checkpointing": True})
+    assert 0 < checkpointed["activation_bytes"] < 0.6 * full
+
+
+def test_compute_dtype_names_follow_the_precision_rule_on_cuda():
+    """The planner's torch-free table against precision.py, for every precision setting."""
+    from workflow_scripts.model.precision import Precision
+
+    for name in ("auto", "bf16", "fp16", "fp32"):
+        dtype = Precision.resolve(name, "cuda").autocast_dtype or torch.float32
+        assert memory.compute_dtype_name({"precision": name}) == str(dtype).split(".")[1]
+        assert memory.DTYPE_BYTES[memory.compute_dtype_name({"precision": name})] == (
+            dtype.itemsize
+        )
 
 
 def test_auto_picks_fsdp_when_ddp_exceeds_gpu_memory():
@@ -138,6 +142,32 @@ def test_cli_prints_every_configured_architecture(capsys):
     for name in cfg.architecture_names(cfg.load([REPO / "config.yaml"])):
         assert name in table
     assert "DDP GB" in table and "FSDP GB" in table
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--gpus", "0"), ("--gpus", "-2"), ("--nodes", "0"), ("--nodes", "-1")]
+)
+def test_cli_refuses_fewer_than_one_gpu_or_node_with_one_usage_error(option, value, capsys):
+    """Issue 23 (6): these printed a plan marked as fitting (--nodes 0: ZeroDivisionError)."""
+    with pytest.raises(SystemExit) as stopped:
+        memory_plan.main(["--all-models", option, value])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"error: argument {option}: must be at least 1, got {value}")
+    assert err[0].startswith("usage:") and sum("error" in line for line in err) == 1, err
+
+
+def test_cli_configfiles_are_overlays_on_config_yaml(capsys):
+    """Issue 23 (13): `--configfile config/demo.yaml` alone stopped on a schema error
+    ('channel_modes' is a required property); it overlays config.yaml as Snakemake does."""
+    assert memory_plan.main(["--configfile", str(REPO / "config" / "demo.yaml")]) == 0
+    demo_only = capsys.readouterr().out
+    assert memory_plan.main(["--configfile", str(REPO / "config.yaml"), "config/demo.yaml"]) == 0
+    assert capsys.readouterr().out == demo_only  # config.yaml named first: the same
+    (demo_arch,) = cfg.load([REPO / "config.yaml", REPO / "config" / "demo.yaml"])["architectures"]
+    assert demo_only.splitlines()[1].split()[:2] == [demo_arch["name"], "0.3"]  # tiny: 0.3 M
+    assert memory_plan.main([]) == 0
+    assert "vit_base_patch16_dinov3" in capsys.readouterr().out  # no overlay: config.yaml
 
 
 @pytest.mark.slow

@@ -92,26 +92,37 @@ UNQUOTED_OK = {
     "params.plates": "'--plates' + BBBC021 plate names checked against the known list",
     "wildcards.channel": "constrained to the configured channel names (schema enum)",
     "wildcards.epoch": r"constrained to \d{4}",
+    "wildcards.seed": r"constrained to -?\d+ (common.smk) and the listed train.seeds",
     "wildcards.arch": "constrained to the configured, known timm names",
     "wildcards.plate": r"constrained to Week\d+_\d+",
     "source_args()": "an f-string call whose result holds :q placeholders",
 }
 
 
-def test_every_shell_placeholder_is_quoted_or_known_safe():
-    unsafe = []
-    for smk in sorted((REPO / "rules").glob("*.smk")):
-        lines = smk.read_text().splitlines()
-        for i, line in enumerate(lines):
-            if line.strip() != "shell:":
-                continue
+def shell_texts(lines: list[str]):
+    """The lines of every shell command: the body of each `shell:` directive and of each
+    `*_SHELL = (...)` constant (a command shared by a rule and its train.seeds copy)."""
+    for i, line in enumerate(lines):
+        if line.strip() == "shell:" or re.match(r"\s*\w+_SHELL = \($", line):
             indent = len(line) - len(line.lstrip())
             for body in lines[i + 1 :]:
                 if body.strip() and len(body) - len(body.lstrip()) <= indent:
                     break
-                for name, quoted in re.findall(r"\{([^{}:]+)(:q)?\}", body):
-                    if not quoted and name not in UNQUOTED_OK:
-                        unsafe.append(f"{smk.name}: {{{name}}} in {body.strip()}")
+                yield body
+
+
+def test_every_shell_placeholder_is_quoted_or_known_safe():
+    unsafe = []
+    constants = 0
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        lines = smk.read_text().splitlines()
+        constants += sum(bool(re.match(r"\w+_SHELL = \($", line)) for line in lines)
+        for body in shell_texts(lines):
+            # {{...}}: a placeholder of a str.format template (EVALUATE_SHELL), the same check
+            for name, quoted in re.findall(r"\{+([^{}:]+)(:q)?\}+", body):
+                if not quoted and name not in UNQUOTED_OK and name != "label":
+                    unsafe.append(f"{smk.name}: {{{name}}} in {body.strip()}")
+    assert constants >= 4  # the shared commands are scanned too
     assert unsafe == []
 
 
@@ -148,6 +159,7 @@ def test_a_replaced_raw_tiff_reruns_the_stages_after_it_and_only_those(run):
         "evaluate_features",
         "handcrafted_profiles",  # the demo's baseline reads the image cache
         "evaluate_baseline",
+        "attention_maps",  # draws on the cached fields
         "summarize",
     }, pending
     # the rerun (and a dry run before it) rewrites nothing the user did not change

@@ -35,6 +35,7 @@ from workflow_copy import (
 )
 
 from workflow_scripts import config as cfg
+from workflow_scripts import training_seeds
 
 OUTPUT_DIR = "results/rerun"
 DEMO_ARCH = demo_config()["architectures"][0]["name"]
@@ -107,6 +108,7 @@ def test_adding_an_architecture_plans_only_its_jobs_and_the_summary(finished):
         train_rule(THIRD_ARCH),
         "extract_pretrained",
         extract_trained_rule(THIRD_ARCH),
+        "attention_maps",
         "combine_channel_features",
         "evaluate_features",
     }
@@ -195,11 +197,35 @@ def test_editing_the_metrics_module_reruns_evaluation_not_extraction(finished):
 def test_editing_a_module_extraction_imports_reruns_extraction_not_training(finished):
     rows = edited_plan(finished, "workflow_scripts/data/crops.py")
     # the crop resizing is shared by training and extraction: both rerun, the data stage does not
+    # (and the attention maps, which load their models with extraction's code)
     rerun_rules = EVALUATION_RULES | {train_rule(DEMO_ARCH), train_rule(SECOND_ARCH)}
+    rerun_rules |= {"attention_maps"}
     assert pending(rows) == paths(rows, lambda r: r.rule in rerun_rules or is_extraction(r.rule))
     rows = edited_plan(finished, "workflow_scripts/evaluate/extract.py")
-    rerun = paths(rows, lambda r: r.rule in EVALUATION_RULES or is_extraction(r.rule))
+    rerun_rules = EVALUATION_RULES | {"attention_maps"}
+    rerun = paths(rows, lambda r: r.rule in rerun_rules or is_extraction(r.rule))
     assert pending(rows) == rerun
+
+
+def test_editing_figure_code_reruns_only_the_summary(finished):
+    for module in ("embedding_maps.py", "attention_maps.py"):
+        rows = edited_plan(finished, f"workflow_scripts/summary/{module}")
+        assert pending(rows) == paths(rows, lambda r: r.rule == "summarize"), module
+
+
+def test_weak_label_retrains_and_reruns_the_attention_maps_not_epoch0(finished):
+    overlay = {**base_overlay(), "train": {"weak_label": "compound"}}
+    rows = plan(finished, overlay, "weak_label")
+    trained = {train_rule(DEMO_ARCH), train_rule(SECOND_ARCH)}
+    assert {r.rule for r in rows if r.pending} == trained | {
+        extract_trained_rule(DEMO_ARCH),
+        extract_trained_rule(SECOND_ARCH),
+        "attention_maps",
+        "combine_channel_features",
+        "evaluate_features",
+        "summarize",
+    }
+    assert not any(r.pending and r.epoch == 0 for r in rows)
 
 
 def cluster_plan(
@@ -247,7 +273,7 @@ def test_cluster_plan_after_retraining_one_arch_leaves_its_epoch0_out(finished):
     overlay = base_overlay()
     overlay["architectures"][1]["train"] = {"optimizer": {"lr": 5.0e-5}}
     groups, ungrouped = cluster_plan(finished, overlay, "train_override_cluster")
-    trained = [extract_trained_rule(SECOND_ARCH)]
+    trained = sorted(["attention_maps", extract_trained_rule(SECOND_ARCH)])
     evaluations = ["evaluate_features"] * len(TRAINED_EPOCHS)
     expected = {f"extract_{SECOND_ARCH}_{c}": trained for c in TRAIN_CHANNELS}
     expected |= {f"evaluate_{SECOND_ARCH}_{c}": evaluations for c in EVAL_CHANNELS}
@@ -278,7 +304,7 @@ def record_settings(workdir: Path, output_dir: str, overlay: dict) -> None:
     records = {}
     for arch in cfg.architecture_names(config):
         checkpoint = {
-            "train_settings": cfg.train_settings(config, arch),
+            "train_settings": training_seeds.run_settings(cfg.train_settings(config, arch)),
             "model_kwargs": cfg.architecture(config, arch)["model_kwargs"],
         }
         records.update({p: checkpoint for p in out.glob(f"train/{arch}/*/epoch_*.json")})
@@ -354,3 +380,113 @@ def test_a_truncated_feature_table_is_extracted_again(finished, tmp_path):
         f"features/{DEMO_ARCH}/DAPI/epoch_{epoch:04d}.parquet" for epoch in [0, *TRAINED_EPOCHS]
     }
     assert not any(r.pending for r in rows if r.rule.startswith("train_"))
+
+
+def cut_short(path: Path, data: bytes | None = None) -> None:
+    """A copy cut short (or `data` written instead), its modification time kept."""
+    stat = path.stat()
+    path.write_bytes(path.read_bytes()[: stat.st_size // 2] if data is None else data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.slow
+def test_truncated_attention_maps_and_predictions_rerun_only_their_jobs(finished, tmp_path):
+    """Case 15 for the outputs the summary reads: an attention-map .npz and a predictions.csv
+    with fewer complete rows than its metrics.json has queries (it still parses)."""
+    workdir = tmp_path / "repo"
+    shutil.copytree(finished, workdir, symlinks=True)
+    out = workdir / OUTPUT_DIR
+    cut_short(out / "attention" / DEMO_ARCH / "DAPI" / "maps.npz", b"PK\x03\x04 cut short")
+    run = out / "eval" / DEMO_ARCH / "Tubulin" / "epoch_0002"
+    queries = {"n_treatments_nsc": 3, "n_treatments_nscb": 2}
+    cut_short(run / "metrics.json", json.dumps(queries).encode())
+    cut_short(run / "predictions.csv", b"protocol,treatment\nnsc,a@1\nnsc,b@1\nnsc,c")
+    args = config_args(workdir, base_overlay(), "truncated_summary_inputs")
+    note = snakemake(workdir, "-n", "--cores", "1", *args).stderr
+    assert f"{run.relative_to(workdir)}/predictions.csv is incomplete (2 complete rows" in note
+    rows = summary(workdir, OUTPUT_DIR, *args)
+    assert pending(rows) == paths(
+        rows,
+        lambda r: (
+            r.rule == "summarize"
+            or (r.rule == "attention_maps" and r.path.startswith(f"attention/{DEMO_ARCH}/DAPI/"))
+            or (r.rule == "evaluate_features" and r.path.startswith(f"eval/{DEMO_ARCH}/Tubulin/"))
+        ),
+    )
+
+
+@pytest.mark.slow
+def test_another_seeds_truncated_checkpoint_retrains_that_seed_only(finished, tmp_path):
+    """Another training seed's outputs (seed_S/) are read at start too, with stamps of their
+    own: a truncated seed-1 checkpoint reruns seed 1's training of that channel and what
+    follows from it, not train.seed's run."""
+    workdir = tmp_path / "repo"
+    shutil.copytree(finished, workdir, symlinks=True)
+    overlay = {**base_overlay(), "train": {"seeds": [0, 1]}}
+    mark_up_to_date(workdir, OUTPUT_DIR, *config_args(workdir, overlay, "two_seeds_done"))
+    seed_dir = workdir / OUTPUT_DIR / "train" / DEMO_ARCH / "DAPI" / "seed_1"
+    cut_short(seed_dir / "epoch_0002.safetensors", b"\x10\x00")
+    rows = plan(workdir, overlay, "two_seeds_truncated")
+    assert {r.rule for r in rows if r.pending} == {
+        seeds_rule(train_rule(DEMO_ARCH)),
+        seeds_rule(extract_trained_rule(DEMO_ARCH)),
+        "combine_channel_features_seeds",
+        "evaluate_features_seeds",
+        "summarize",
+    }
+    retrained = paths(rows, lambda r: r.pending and r.rule == seeds_rule(train_rule(DEMO_ARCH)))
+    assert retrained and all(p.startswith(f"train/{DEMO_ARCH}/DAPI/seed_1/") for p in retrained)
+
+
+def seeds_rule(rule: str) -> str:
+    """The rule that runs another training seed's jobs of `rule` (rules/*.smk: *_seeds)."""
+    return f"{rule}_seeds"
+
+
+@pytest.mark.parametrize("profile", [[], ["--profile", "slurm"]], ids=["local", "slurm-profile"])
+def test_listing_only_the_training_seed_plans_nothing(finished, profile):
+    # train.seeds: [train.seed] is one run, the same as no list: same paths, params and code
+    overlay = {**base_overlay(), "train": {"seeds": [0]}}
+    rows = plan(finished, overlay, "one_seed", *profile)
+    assert rows and pending(rows) == set()
+
+
+def test_another_seed_plans_only_its_own_jobs_and_the_summary(finished):
+    overlay = {**base_overlay(), "train": {"seeds": [0, 1]}}
+    rows = plan(finished, overlay, "two_seeds")
+    new = paths(rows, lambda r: "/seed_1/" in r.path)
+    assert new and pending(rows) == new | paths(rows, lambda r: r.rule == "summarize")
+    assert all(r.status == "missing" for r in rows if r.path in new)
+    assert {r.rule for r in rows if r.pending} == {
+        *(seeds_rule(train_rule(a)) for a in (DEMO_ARCH, SECOND_ARCH)),
+        *(seeds_rule(extract_trained_rule(a)) for a in (DEMO_ARCH, SECOND_ARCH)),
+        "extract_pretrained_seeds",  # the demo's random init: another seed, another network
+        "combine_channel_features_seeds",
+        "evaluate_features_seeds",
+        "summarize",
+    }
+    summary_outputs = {r.path for r in rows if r.rule == "summarize"}
+    assert "summary/seeds.csv" in summary_outputs and "summary/comparisons.csv" in summary_outputs
+
+
+def test_another_seed_adds_only_its_training_submissions_on_a_cluster(finished):
+    # its extractions and evaluations join the groups of their (architecture, channel)
+    overlay = {**base_overlay(), "train": {"seeds": [0, 1]}}
+    args = config_args(finished, overlay, "two_seeds_cluster")
+    result = snakemake(finished, "--dry-run", "--profile", "slurm", *args)
+    groups, _ = parse_plan(result.stdout + result.stderr)
+    expected = {}
+    for arch in (DEMO_ARCH, SECOND_ARCH):
+        for channel in TRAIN_CHANNELS:
+            members = ["extract_pretrained_seeds", seeds_rule(extract_trained_rule(arch))]
+            expected[f"extract_{arch}_{channel}"] = sorted(members)
+        for channel in EVAL_CHANNELS:
+            n_epochs = 1 + len(TRAINED_EPOCHS)
+            expected[f"evaluate_{arch}_{channel}"] = ["evaluate_features_seeds"] * n_epochs
+    assert {group: sorted(rules) for group, rules in groups.items()} == expected
+    assert submissions(result.stdout + result.stderr, local_rules()) == {
+        "extract (group)": 2 * len(TRAIN_CHANNELS),
+        "evaluate (group)": 2 * len(EVAL_CHANNELS),
+        seeds_rule(train_rule(DEMO_ARCH)): len(TRAIN_CHANNELS),
+        seeds_rule(train_rule(SECOND_ARCH)): len(TRAIN_CHANNELS),
+    }

@@ -7,6 +7,7 @@ import hashlib
 import re
 
 import pandas as pd
+import pytest
 from slurm_plan import local_rules, submissions
 from workflow_copy import REPO, copy_repo, snakemake, write_overlay
 
@@ -39,19 +40,23 @@ def test_config_yaml_reads_the_shipped_tables_by_a_path_inside_the_repository():
         assert (REPO / path).resolve().parent == TABLES.resolve()
 
 
-def test_a_clone_alone_plans_the_real_experiment_with_only_the_image_root_set(tmp_path):
+@pytest.mark.parametrize("seeds", [None, [0, 1, 2]], ids=["one seed", "three seeds"])
+def test_a_clone_alone_plans_the_real_experiment_with_only_the_image_root_set(tmp_path, seeds):
     """A copy of the repository in an empty folder (nothing beside it), the default config and
-    an (empty) image folder: the dry run through the SLURM profile plans all 28 submissions."""
+    an (empty) image folder: the dry run through the SLURM profile plans all 28 submissions.
+    Each more training seed adds its trainings only (its extractions and evaluations join the
+    groups of their architecture and channel)."""
     repo = copy_repo(tmp_path / "clone")
     images = tmp_path / "images"
     images.mkdir()
-    overlay = write_overlay(
-        tmp_path / "images.yaml", {"data": {"official": {"image_root": str(images)}}}
-    )
+    overlay = {"data": {"official": {"image_root": str(images)}}}
+    if seeds:
+        overlay["train"] = {"seeds": seeds}
+    overlay = write_overlay(tmp_path / "images.yaml", overlay)
     result = snakemake(repo, "--dry-run", "--profile", "slurm", "--configfile", str(overlay))
     counts = submissions(result.stdout + result.stderr, local_rules(repo))
     # 2 architectures x 4 training channels (DAPI, Tubulin, Actin, rgb), + combined for scoring
-    assert counts == {
+    expected = {
         "train_vit_small_patch16_dinov3_lvd1689m": 4,
         "train_vit_base_patch16_dinov3_lvd1689m": 4,
         "extract (group)": 8,
@@ -59,4 +64,14 @@ def test_a_clone_alone_plans_the_real_experiment_with_only_the_image_root_set(tm
         "validate_images": 1,
         "build_image_cache": 1,
     }
-    assert sum(counts.values()) == 28
+    if seeds:
+        expected["train_vit_small_patch16_dinov3_lvd1689m_seeds"] = 4 * (len(seeds) - 1)
+        expected["train_vit_base_patch16_dinov3_lvd1689m_seeds"] = 4 * (len(seeds) - 1)
+    assert counts == expected
+    assert sum(counts.values()) == 28 + 8 * (len(seeds or [0]) - 1)
+    # hub weights: every seed starts from the same backbone, whose epoch 0 is extracted once
+    assert "rule extract_pretrained_seeds:" not in result.stdout + result.stderr
+    assert (
+        "rule extract_trained_vit_small_patch16_dinov3_lvd1689m_seeds:"
+        in result.stdout + result.stderr
+    ) == bool(seeds)

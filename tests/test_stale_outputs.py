@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from workflow_scripts import config as cfg
-from workflow_scripts import stale_outputs
+from workflow_scripts import stale_outputs, training_seeds
 
 REPO = cfg.REPO_DIR
 
@@ -61,7 +61,7 @@ def finished(tmp_path):
     meta.write_text(
         json.dumps(
             {
-                "train_settings": cfg.train_settings(config, arch),
+                "train_settings": training_seeds.run_settings(cfg.train_settings(config, arch)),
                 "model_kwargs": cfg.architecture(config, arch)["model_kwargs"],
             }
         )
@@ -85,6 +85,14 @@ def layout(output_dir: str) -> dict:
         "checkpoint_meta": str(out / "train/{arch}/{channel}/epoch_{epoch}.json"),
         "features": str(out / "features/{arch}/{channel}/epoch_{epoch}.parquet"),
         "metrics": str(out / "eval/{arch}/{channel}/epoch_{epoch}/metrics.json"),
+        "checkpoint_seed": str(
+            out / "train/{arch}/{channel}/seed_{seed}/epoch_{epoch}.safetensors"
+        ),
+        "checkpoint_meta_seed": str(out / "train/{arch}/{channel}/seed_{seed}/epoch_{epoch}.json"),
+        "features_seed": str(out / "features/{arch}/{channel}/seed_{seed}/epoch_{epoch}.parquet"),
+        "metrics_seed": str(out / "eval/{arch}/{channel}/seed_{seed}/epoch_{epoch}/metrics.json"),
+        "attention_maps": str(out / "attention/{arch}/{channel}/maps.npz"),
+        "attention_archs": ["vit_small_patch16_dinov3.lvd1689m"],
         "baseline_metrics": str(out / "eval/baselines/{baseline}/metrics.json"),
     }
 
@@ -142,3 +150,82 @@ def test_refresh_makes_old_empty_stamps_and_rewrites_only_those_of_findings(fini
     assert stale_outputs.notes([finding]) == [
         "note: some/output.json cannot be read (x): its job reruns"
     ]
+
+
+def checkpoint_record(config: dict, arch: str, seed: int | None) -> str:
+    """What the training CLI records: one run's settings (rules: training_seeds.run_settings)."""
+    settings = training_seeds.run_settings(cfg.train_settings(config, arch), seed)
+    model_kwargs = cfg.architecture(config, arch)["model_kwargs"]
+    return json.dumps({"train_settings": settings, "model_kwargs": model_kwargs})
+
+
+@pytest.mark.parametrize("weights", ["none", "hub"])
+def test_another_training_seed_has_stamps_of_its_own_and_its_own_settings(finished, weights):
+    """train.seeds: the first seed's checkpoints record one run's settings (no `seeds` list):
+    not a difference; seed 3's files under seed_3/ are compared with seed 3's settings, and a
+    difference there reruns seed 3's jobs only (their own stamps)."""
+    config, arch = finished
+    config["train"]["seeds"] = [config["train"]["seed"], 3]
+    config["architectures"][0]["weights"] = weights
+    out = Path(config["output_dir"])
+    (out / "train" / arch / "DAPI" / "epoch_0002.json").write_text(
+        checkpoint_record(config, arch, None)
+    )
+    seed_meta = out / "train" / arch / "DAPI" / "seed_3" / "epoch_0002.json"
+    seed_meta.parent.mkdir(parents=True)
+    seed_meta.write_text(checkpoint_record(config, arch, 3))
+    every, findings = find(config)
+    assert findings == []
+    stamps = stale_outputs.stamp_templates(config["output_dir"])
+    for kind, channel in (("train", "rgb"), ("extract", "combined"), ("evaluate", "combined")):
+        assert stamps[f"{kind}_seed"].format(arch=arch, channel=channel, seed=3) in every
+    assert stamps["attention"].format(arch=arch, channel="DAPI") in every
+
+    # the first seed's record where seed 3's belongs (e.g. folders copied by hand)
+    seed_meta.write_text(checkpoint_record(config, arch, None))
+    _, findings = find(config)
+    assert [(f.stamp, f.path) for f in findings] == [
+        (f"{out}/.rerun/train/{arch}/DAPI/seed_3.stamp", str(seed_meta))
+    ]
+    assert f"train.seed: {config['train']['seed']} -> 3" in findings[0].reason
+
+    # epoch 0 of another seed exists only with random init (pretrained: one backbone)
+    epoch0 = out / "features" / arch / "DAPI" / "seed_3" / "epoch_0000.parquet"
+    epoch0.parent.mkdir(parents=True)
+    epoch0.write_bytes(b"PAR1 cut short")
+    _, findings = find(config)
+    assert (str(epoch0) in {f.path for f in findings}) == (weights == "none")
+
+
+def test_truncated_evaluation_outputs_and_attention_maps_rerun_their_own_jobs(finished):
+    """Beside metrics.json: profiles.parquet (read at the header, as parquet) and predictions.csv,
+    whose complete rows must be metrics.json's queries (a truncated CSV still parses: the
+    summary would refuse it as another evaluation's); the attention maps' .npz."""
+    config, arch = finished
+    run = Path(config["output_dir"]) / "eval" / arch / "DAPI" / "epoch_0002"
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics.update(n_treatments_nsc=30, n_treatments_nscb=25)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    rows = pd.DataFrame({"protocol": ["nsc"] * 30 + ["nscb"] * 25, "treatment": "t@1"})
+    rows.to_csv(run / "predictions.csv", index=False)
+    pd.DataFrame({"feat_0000": np.arange(55.0)}).to_parquet(run / "profiles.parquet")
+    maps = Path(config["output_dir"]) / "attention" / arch / "DAPI" / "maps.npz"
+    maps.parent.mkdir(parents=True)
+    np.savez_compressed(maps, attention=np.random.default_rng(0).random((2, 3, 4, 4)))
+    assert find(config)[1] == []
+
+    for path in (run / "predictions.csv", run / "profiles.parquet", maps):
+        truncated(path)
+    assert pd.read_csv(run / "predictions.csv").shape[0] < 55  # it parses, shorter
+    _, findings = find(config)
+    found = {(f.stamp, f.path): f.reason for f in findings}
+    out = config["output_dir"]
+    assert set(found) == {
+        (f"{out}/.rerun/evaluate/{arch}/DAPI.stamp", str(run / "profiles.parquet")),
+        (f"{out}/.rerun/evaluate/{arch}/DAPI.stamp", str(run / "predictions.csv")),
+        (f"{out}/.rerun/attention/{arch}/DAPI.stamp", str(maps)),
+    }
+    lines = len((run / "predictions.csv").read_bytes().splitlines()) - 2  # header, cut line
+    assert found[(f"{out}/.rerun/evaluate/{arch}/DAPI.stamp", str(run / "predictions.csv"))] == (
+        f"is incomplete ({lines} complete rows, 55 queries in metrics.json)"
+    )

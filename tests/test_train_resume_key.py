@@ -43,6 +43,9 @@ def test_same_inputs_same_key_and_result_neutral_settings_ignored(cache):
 def test_changed_training_inputs_change_the_key(cache, tmp_path):
     base = key(cache)
     assert key(cache, settings={"epochs": 5, "num_workers": 0}) != base
+    weak = {"epochs": 4, "num_workers": 0, "weak_label": "compound"}
+    assert key(cache, settings=weak) != base  # train.weak_label is a train setting like any
+    assert key(cache, settings={**weak, "weak_label": "moa"}) != key(cache, settings=weak)
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"x")
     first = key(cache, weights=str(weights))

@@ -283,8 +283,9 @@ def test_ddp_state_of_one_process_is_continued_by_two_when_opted_in(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_two_process_ddp_ranks_end_identical(tmp_path, cache):
-    job = make_job(tmp_path, cache, epochs=1)
+@pytest.mark.parametrize("weak_label", ["none", "compound"])
+def test_two_process_ddp_ranks_end_identical(tmp_path, cache, weak_label):
+    job = make_job(tmp_path, cache, epochs=1, weak_label=weak_label)
     driver = tmp_path / "driver.py"
     # Trainer.fit as the CLI runs it, then every rank saves what it holds for comparison
     driver.write_text(

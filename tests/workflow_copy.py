@@ -75,7 +75,7 @@ class PlannedOutput:
     @property
     def arch(self) -> str | None:
         parts = self.path.split("/")
-        return parts[1] if parts[0] in ("train", "features", "eval") else None
+        return parts[1] if parts[0] in ("train", "features", "eval", "attention") else None
 
     @property
     def epoch(self) -> int | None:
@@ -101,14 +101,16 @@ def summary(workdir: Path, output_dir: str, *args: str) -> list[PlannedOutput]:
 
 def write_placeholder(path: Path) -> None:
     """The smallest file of its format that reads without error (the workflow reads JSON,
-    parquet, .npy and safetensors outputs at start: workflow_scripts/stale_outputs.py); records
-    no settings, so it is never compared with the configuration. Other formats: empty."""
+    parquet, .npy, .npz and safetensors outputs at start: workflow_scripts/stale_outputs.py);
+    records no settings, so it is never compared with the configuration. Other formats: empty."""
     if path.suffix == ".json":
         path.write_text("{}")
     elif path.suffix == ".parquet":
         pd.DataFrame({"x": []}).to_parquet(path)
     elif path.suffix == ".npy":
         np.save(path, np.zeros(0, dtype=np.uint16))
+    elif path.suffix == ".npz":
+        np.savez(path)
     elif path.suffix == ".safetensors":
         path.write_bytes(len(b"{}").to_bytes(8, "little") + b"{}")
     else:

@@ -12,7 +12,8 @@ Snakemake. Three kinds, cheapest first:
   tables, weights files, the between-workflow cache folder when --cache is on) and the
   output_dir (a writable folder of its own, not the checkout);
 - models: built on the meta device (torch, timm): model_kwargs that build, and a GPU training
-  that fits resources.gpu_mem_gb under its strategy.
+  that fits resources.gpu_mem_gb under its strategy. What they count is cached on disk
+  (count_cache.py): a configuration checked before is checked again without torch.
 
 A module of its own, imported by the Snakefile and the planner CLI only: workflow_scripts.config
 is imported by the training and cache code, whose rules would otherwise list these checks (and
@@ -35,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from workflow_scripts import config as config_module
+from workflow_scripts import training_seeds
 from workflow_scripts.errors import InputError, cli
 from workflow_scripts.evaluate import crops as evaluation_crops_module
 
@@ -112,6 +114,12 @@ def training_ranges(config: dict) -> None:
                 )
 
 
+def seed_lists(config: dict) -> None:
+    """Per architecture (its overrides applied): train.seeds, when given, holds train.seed."""
+    for name in config_module.architecture_names(config):
+        training_seeds.check(config_module.train_settings(config, name), f" (architecture {name})")
+
+
 def baseline_names(config: dict) -> None:
     """A baseline's name is neither an architecture's nor an earlier baseline's."""
     seen = set(config_module.architecture_names(config))
@@ -162,6 +170,7 @@ def download_plates(config: dict) -> None:
 SETTINGS_RULES: tuple[Rule, ...] = (
     architecture_names,
     training_ranges,
+    seed_lists,
     baseline_names,
     channel_modes,
     evaluation_windows,

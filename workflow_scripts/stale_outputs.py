@@ -15,7 +15,13 @@ recorded settings compared:
 - `train/{arch}/{channel}.stamp`: checkpoint `.json` (train settings, model_kwargs), `.safetensors`
 - `extract/{arch}/{channel}.stamp`: features `.parquet` (extraction settings, model_kwargs);
   `extract/{arch}/combined.stamp` the combined features (read only)
-- `evaluate/{arch}/{channel}.stamp`, `baseline/{name}.stamp`: `metrics.json` (scoring settings)
+- `evaluate/{arch}/{channel}.stamp`, `baseline/{name}.stamp`: `metrics.json` (scoring settings),
+  `profiles.parquet` (read only) and `predictions.csv` (as many rows as metrics.json's queries:
+  the summary reads it)
+- another training seed's jobs (`train.seeds`, files under `seed_S/`): the same, with the
+  stamps `train|extract|evaluate/{arch}/{channel}/seed_{seed}.stamp` and that seed's train
+  settings
+- `attention/{arch}/{channel}.stamp`: the attention maps' `.npz` (read only)
 
 Each stamp is an input of its job. It is created empty with modification time 0 (older than any
 output: nothing reruns) and rewritten only when an output of its job was made with other
@@ -41,11 +47,15 @@ from pathlib import Path
 import numpy as np
 
 from workflow_scripts import config as config_module
+from workflow_scripts import training_seeds
 from workflow_scripts.atomic import write_text
 from workflow_scripts.evaluate.crops import extraction_settings
 
 STAMP_DIR = ".rerun"
 EXTRACTION_ATTR = "extraction"  # features parquet attrs: {"settings", "model_kwargs"}
+# what evaluate.py writes beside metrics.json (--out-dir)
+PREDICTIONS = "predictions.csv"
+PROFILES = "profiles.parquet"
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,8 @@ def unreadable(path: str) -> str | None:
             pq.read_schema(path)
         elif path.endswith(".npy"):
             np.load(path, mmap_mode="r")  # the header, and the size it implies
+        elif path.endswith(".npz"):
+            np.load(path).close()  # reads the zip's directory, at the end of the file
         elif path.endswith(".safetensors"):
             return safetensors_problem(path)
     except Exception as err:  # each reader raises its own types for damaged files
@@ -94,6 +106,21 @@ def safetensors_problem(path: str) -> str | None:
         default=0,
     )
     return f"data ends at byte {8 + n + end}, file has {size}" if 8 + n + end > size else None
+
+
+def missing_rows(path: str, metrics_path: str) -> str | None:
+    """predictions.csv against the metrics.json beside it: one complete line per query of each
+    protocol (n_treatments_nsc + n_treatments_nscb), or why not. A truncated CSV still parses,
+    so its lines are counted (those that end with a newline: a cut last line does not)."""
+    metrics = json_record(metrics_path) or {}
+    if not all(isinstance(metrics.get(f"n_treatments_{p}"), int) for p in ("nsc", "nscb")):
+        return None
+    expected = metrics["n_treatments_nsc"] + metrics["n_treatments_nscb"]
+    with open(path, "rb") as fh:
+        rows = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b"")) - 1
+    if rows == expected:
+        return None
+    return f"{max(rows, 0)} complete rows, {expected} queries in {os.path.basename(metrics_path)}"
 
 
 def json_record(path: str) -> dict | None:
@@ -147,9 +174,25 @@ def fill(template: str, **wildcards: str) -> str:
     return template
 
 
+def seed_epochs(config: dict, arch: str) -> list[str]:
+    """Another training seed's evaluated epochs: its own epoch 0 only with random init."""
+    own_epoch0 = config_module.architecture(config, arch)["weights"] == "none"
+    return epochs(config, arch, pretrained=own_epoch0)
+
+
+def evaluation_outputs(stamp: str, metrics: str, scoring: dict) -> Iterator[tuple[str, str, dict]]:
+    """An evaluation's metrics.json (scoring settings), profiles and predictions beside it."""
+    yield stamp, metrics, {"metrics": scoring}
+    folder = os.path.dirname(metrics)
+    yield stamp, os.path.join(folder, PROFILES), {}
+    yield stamp, os.path.join(folder, PREDICTIONS), {"rows_of": metrics}
+
+
 def checks(config: dict, layout: Mapping, stamps: Mapping) -> Iterator[tuple[str, str, dict]]:
     """(stamp, output path, what to compare) for every output of the configured DAG; the
-    comparison: {"record": how to read the recorded settings, "expected": the config's}."""
+    comparison names the record to read ("validation", "cache", "checkpoint", "features",
+    "metrics": the configuration's settings it must equal; "rows_of": the metrics.json whose
+    queries a predictions.csv lists)."""
     data = config["data"]
     shape = list(data["image_shape"])
     report = {"channels": list(data["channels"]), "image_shape": shape}
@@ -165,28 +208,51 @@ def checks(config: dict, layout: Mapping, stamps: Mapping) -> Iterator[tuple[str
     for arch in config_module.architecture_names(config):
         model_kwargs = config_module.architecture(config, arch)["model_kwargs"]
         train = config_module.train_settings(config, arch)
+        extracted = {"features": {"settings": extraction, "model_kwargs": model_kwargs}}
+        # train.seed's run (the single-run paths), then each other seed's under seed_S/
+        runs = [("", None, epochs(config, arch, pretrained=True))] + [
+            ("_seed", str(seed), seed_epochs(config, arch))
+            for seed in training_seeds.extra_seeds(train)
+        ]
+        for suffix, seed, evaluated in runs:
+            s = {} if seed is None else {"seed": seed}
+            trained = {
+                "checkpoint": {
+                    "train_settings": training_seeds.run_settings(
+                        train, None if seed is None else int(seed)
+                    ),
+                    "model_kwargs": model_kwargs,
+                }
+            }
+            for channel in config_module.training_channels(config):
+                w = {"arch": arch, "channel": channel, **s}
+                train_stamp = fill(stamps["train" + suffix], **w)
+                for epoch in epochs(config, arch, pretrained=False):
+                    meta = fill(layout["checkpoint_meta" + suffix], epoch=epoch, **w)
+                    yield train_stamp, meta, trained
+                    yield train_stamp, fill(layout["checkpoint" + suffix], epoch=epoch, **w), {}
+                for epoch in evaluated:
+                    features = fill(layout["features" + suffix], epoch=epoch, **w)
+                    yield fill(stamps["extract" + suffix], **w), features, extracted
+            for channel in config_module.evaluation_channels(config):
+                w = {"arch": arch, "channel": channel, **s}
+                for epoch in evaluated:
+                    if channel == config_module.COMBINED:
+                        features = fill(layout["features" + suffix], epoch=epoch, **w)
+                        yield fill(stamps["extract" + suffix], **w), features, {}
+                    metrics = fill(layout["metrics" + suffix], epoch=epoch, **w)
+                    yield from evaluation_outputs(
+                        fill(stamps["evaluate" + suffix], **w), metrics, scoring
+                    )
+    for arch in layout["attention_archs"]:
         for channel in config_module.training_channels(config):
             w = {"arch": arch, "channel": channel}
-            for epoch in epochs(config, arch, pretrained=False):
-                expected = {"train_settings": train, "model_kwargs": model_kwargs}
-                meta = fill(layout["checkpoint_meta"], epoch=epoch, **w)
-                yield fill(stamps["train"], **w), meta, {"checkpoint": expected}
-                yield fill(stamps["train"], **w), fill(layout["checkpoint"], epoch=epoch, **w), {}
-            for epoch in epochs(config, arch, pretrained=True):
-                features = fill(layout["features"], epoch=epoch, **w)
-                expected = {"settings": extraction, "model_kwargs": model_kwargs}
-                yield fill(stamps["extract"], **w), features, {"features": expected}
-        for channel in config_module.evaluation_channels(config):
-            w = {"arch": arch, "channel": channel}
-            for epoch in epochs(config, arch, pretrained=True):
-                if channel == config_module.COMBINED:
-                    features = fill(layout["features"], epoch=epoch, **w)
-                    yield fill(stamps["extract"], **w), features, {}
-                metrics = fill(layout["metrics"], epoch=epoch, **w)
-                yield fill(stamps["evaluate"], **w), metrics, {"metrics": scoring}
+            yield fill(stamps["attention"], **w), fill(layout["attention_maps"], **w), {}
     for entry in config_module.baselines(config):
         metrics = fill(layout["baseline_metrics"], baseline=entry["name"])
-        yield fill(stamps["baseline"], baseline=entry["name"]), metrics, {"metrics": scoring}
+        yield from evaluation_outputs(
+            fill(stamps["baseline"], baseline=entry["name"]), metrics, scoring
+        )
 
 
 def recorded_difference(path: str, compare: dict) -> list[str]:
@@ -232,14 +298,20 @@ def recorded_difference(path: str, compare: dict) -> list[str]:
 def stamp_templates(output_dir: str) -> dict[str, str]:
     """The stamp of each job kind (wildcards as in rules/common.smk)."""
     root = os.path.join(output_dir, STAMP_DIR)
-    return {
+    per_job = {
         "validation": os.path.join(root, "validation.stamp"),
         "cache": os.path.join(root, "cache.stamp"),
         "train": os.path.join(root, "train", "{arch}", "{channel}.stamp"),
         "extract": os.path.join(root, "extract", "{arch}", "{channel}.stamp"),
         "evaluate": os.path.join(root, "evaluate", "{arch}", "{channel}.stamp"),
+        "attention": os.path.join(root, "attention", "{arch}", "{channel}.stamp"),
         "baseline": os.path.join(root, "baseline", "{baseline}.stamp"),
     }
+    # another training seed's jobs (rules *_seeds): a stamp each, one folder deeper
+    for kind in ("train", "extract", "evaluate"):
+        folder = per_job[kind].removesuffix(".stamp")
+        per_job[f"{kind}_seed"] = os.path.join(folder, "seed_{seed}.stamp")
+    return per_job
 
 
 def find(config: dict, layout: Mapping, stamps: Mapping) -> tuple[list[str], list[Finding]]:
@@ -252,6 +324,11 @@ def find(config: dict, layout: Mapping, stamps: Mapping) -> tuple[list[str], lis
         problem = unreadable(path)
         if problem:
             findings.append(Finding(stamp, path, f"cannot be read ({problem})"))
+            continue
+        if "rows_of" in compare:
+            problem = missing_rows(path, compare["rows_of"])
+            if problem:
+                findings.append(Finding(stamp, path, f"is incomplete ({problem})"))
             continue
         lines = recorded_difference(path, compare)
         if lines:

@@ -1,15 +1,17 @@
 """Memory planner: which strategy a training job runs, whether it fits, and the planner CLI.
 
-    python -m workflow_scripts.cluster.memory_plan [--configfile config.yaml ...] [--all-models]
+    python -m workflow_scripts.cluster.memory_plan [--configfile OVERLAY ...] [--all-models]
 
 prints, for every architecture of the configuration (or every timm DINOv3 model), the
 parameters, the estimated GB per GPU for DDP and for FSDP at the configured GPUs x nodes
 (train/memory.py), and the strategy a training job uses, then per architecture the extraction
 plan (weights GB, MB per image, the batch `evaluate.batch_size: auto` derives at
-resources.gpu_mem_gb, or "does not fit"; evaluate/extraction_memory.py). `strategy: auto` picks
+resources.gpu_mem_gb, or "does not fit"; evaluate/extraction_plan.py). `strategy: auto` picks
 DDP when its estimate fits `resources.gpu_mem_gb`, FSDP otherwise; the Snakefile's config check
 refuses (at `snakemake -n`) a configuration whose chosen strategy does not fit, with these
-numbers.
+numbers. The configuration is config.yaml with the --configfile overlays, as Snakemake reads it.
+The meta-device counts are cached (count_cache.py): a configuration counted once plans without
+importing torch.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ def format_table(plans: list[Plan]) -> str:
     return "\n".join(lines)
 
 
+def at_least_one(text: str) -> int:
+    """argparse type of --gpus and --nodes: an integer >= 1 (0 GPUs is a CPU job: not planned)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -50,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         "--configfile",
         nargs="+",
         type=Path,
-        default=[config_module.REPO_DIR / "config.yaml"],
-        help="config.yaml and overlays, in order (default: config.yaml)",
+        default=[],
+        help="overlays applied in order on config.yaml, which is always read first, as "
+        "`snakemake --configfile` does (e.g. --configfile config/demo.yaml)",
     )
     parser.add_argument(
         "--all-models",
@@ -59,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         help="plan every timm DINOv3 ViT (dinov3_models.yaml) with the first "
         "architecture's gpus/nodes/strategy instead of the configured list",
     )
-    parser.add_argument("--gpus", type=int, help="override every architecture's gpus")
-    parser.add_argument("--nodes", type=int, help="override every architecture's nodes")
+    parser.add_argument("--gpus", type=at_least_one, help="override every architecture's gpus")
+    parser.add_argument("--nodes", type=at_least_one, help="override every architecture's nodes")
     parser.add_argument(
         "--activation-checkpointing",
         choices=["true", "false"],
@@ -69,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
     # schema validation where jsonschema is installed (a bare GPU node may lack it)
-    config = config_module.load(args.configfile, schema=config_module.has_schema_checker())
+    files = [config_module.REPO_DIR / "config.yaml", *args.configfile]
+    config = config_module.load(files, schema=config_module.has_schema_checker())
     config_check.check(config, files=False, models=False)  # planning needs no data
     if args.all_models:
         template = {
@@ -86,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {**config, "architectures": [{**e, **overrides} for e in config["architectures"]]}
     names = config_module.architecture_names(config)
     plans = [plan_architecture(config, name) for name in names]
-    extraction = [extraction_plan(config, name) for name in names]
+    extraction = [extraction_line(config, name) for name in names]
     if args.json:
         print("\n".join(json.dumps(asdict(p)) for p in plans))
         print("\n".join(json.dumps({"extraction": asdict(e)}) for e in extraction))
@@ -96,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def extraction_plan(config: dict, arch: str):
-    """The extraction line of `arch` at resources.gpu_mem_gb (evaluate/extraction_memory.py)."""
-    from workflow_scripts.evaluate import extraction_memory
+def extraction_line(config: dict, arch: str):
+    """The extraction plan of `arch` at resources.gpu_mem_gb (evaluate/extraction_plan.py)."""
+    from workflow_scripts.evaluate import extraction_plan
 
-    return extraction_memory.plan_for_config(config, arch, gpu_memory_gb(config))
+    return extraction_plan.plan_for_config(config, arch, gpu_memory_gb(config))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ training job of `gpus` GPUs per node on `nodes` nodes runs one process per GPU, 
 on one node or srun (one SLURM task per GPU) on several; `strategy: auto` trains with DDP when
 the memory estimate (train/memory.py) fits resources.gpu_mem_gb, else with FSDP. Extraction jobs
 ask for the configured host memory or, for a GPU architecture's large weights, more
-(evaluate/extraction_memory.py). The estimates import torch, so only GPU architectures call them.
+(evaluate/extraction_plan.py). The estimates count on the meta device (torch) unless the count
+cache holds them (count_cache.py), so only GPU architectures call them.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def training_strategy(config: dict, arch: str) -> str:
         return requested
     if gpus(config, arch) == 0:
         return "ddp"
-    from workflow_scripts.train.memory import plan_architecture  # torch: GPU jobs only
+    from workflow_scripts.train.memory import plan_architecture  # torch unless cached
 
     return plan_architecture(config, arch).strategy
 
@@ -134,7 +135,7 @@ def extract_mem_mb(config: dict, arch: str) -> int:
     configured = config["resources"]["extract_mem_mb"]
     if not gpus(config, arch):
         return configured
-    from workflow_scripts.evaluate import extraction_memory  # torch: GPU jobs only
+    from workflow_scripts.evaluate import extraction_plan  # torch unless cached: GPU jobs only
 
     kwargs = config_module.architecture(config, arch)["model_kwargs"]
-    return max(configured, extraction_memory.host_mem_mb(arch, kwargs))
+    return max(configured, extraction_plan.host_mem_mb(arch, kwargs))

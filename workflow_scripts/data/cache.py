@@ -193,9 +193,17 @@ def write_cache(
     plates = table.groupby("plate", sort=False).indices
     if illumination is not None:
         (folder / ILLUMINATION_DIR).mkdir()
-    arrays = new_arrays(folder, channels, len(table), shape)
     row_digests: dict[str, list[bytes]] = {ch: [b""] * len(table) for ch in channels}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    meta = cache_meta(
+        table,
+        shape,
+        channels,
+        clip_max=clip_max,
+        resize_factor=resize_factor,
+        illumination_correction=illumination is not None,
+        settings_digest=digest(settings),
+    )
+    with writing(folder, table, meta) as arrays, ThreadPoolExecutor(max_workers=workers) as pool:
         for k, (plate, rows) in enumerate(plates.items(), start=1):
             start = time.perf_counter()
             for ch in channels:
@@ -224,20 +232,8 @@ def write_cache(
                 f"in {time.perf_counter() - start:.1f} s",
                 flush=True,
             )
-    for array in arrays.values():
-        array.flush()
-    del arrays
-    meta = cache_meta(
-        table,
-        shape,
-        channels,
-        clip_max=clip_max,
-        resize_factor=resize_factor,
-        illumination_correction=illumination is not None,
-        settings_digest=digest(settings),
-        content_digest={ch: channel_digest(row_digests[ch]) for ch in channels},
-    )
-    write_index(folder, table, meta)
+        # digested in the worker threads as the images were written: `writing` reads nothing back
+        meta[CONTENT_DIGEST] = {ch: channel_digest(row_digests[ch]) for ch in channels}
     return meta
 
 
@@ -265,12 +261,13 @@ def cache_meta(
     channels: list[str],
     *,
     clip_max: float,
-    resize_factor: float,
-    illumination_correction: bool,
-    settings_digest: str,
-    content_digest: dict[str, str],
+    resize_factor: float = 1.0,
+    illumination_correction: bool = False,
+    settings_digest: str = "arrays",
+    content_digest: dict[str, str] | None = None,
 ) -> dict:
-    """meta.json's content (docs/formats.md)."""
+    """meta.json's content (docs/formats.md); a `content_digest` of None is filled in by
+    `writing` from the written arrays."""
     return {
         "n_images": len(table),
         "height": shape[0],
@@ -292,51 +289,36 @@ def write_index(folder: Path, table: pd.DataFrame, meta: dict) -> None:
 
 @contextlib.contextmanager
 def writing(
-    out_dir: str | os.PathLike,
-    table: pd.DataFrame,
-    channels: list[str],
-    shape: tuple[int, int],
-    *,
-    clip_max: float,
-    resize_factor: float = 1.0,
-    illumination_correction: bool = False,
-    settings_digest: str = "arrays",
+    out_dir: str | os.PathLike, table: pd.DataFrame, meta: dict
 ) -> Iterator[dict[str, np.memmap]]:
-    """A cache of fields the caller makes (tests, benchmarks): yields one writable
-    (len(table), height, width) uint16 array per channel, rows in table order; on a clean exit
-    the arrays are flushed and the table and meta.json written, in the layout `load_cache`
-    reads."""
+    """The one writer of the cache format (the cache build, and tests and benchmarks that make
+    their own fields): yields one writable (n_images, height, width) uint16 array per channel
+    of `meta` (cache_meta), rows in table order; on a clean exit the arrays are flushed, meta's
+    content digest taken from them unless the caller recorded it while writing (write_cache),
+    then the table and meta.json written, in the layout `load_cache` reads."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    arrays = new_arrays(out_dir, channels, len(table), shape)
+    arrays = new_arrays(out_dir, meta["channels"], len(table), (meta["height"], meta["width"]))
     yield arrays
     for array in arrays.values():
         array.flush()
-    content = {ch: array_content_digest(array) for ch, array in arrays.items()}
+    if meta.get(CONTENT_DIGEST) is None:
+        content = {ch: array_content_digest(array) for ch, array in arrays.items()}
+        meta = {**meta, CONTENT_DIGEST: content}
     arrays.clear()  # the memmaps close before meta.json marks the cache complete
-    meta = cache_meta(
-        table,
-        shape,
-        channels,
-        clip_max=clip_max,
-        resize_factor=resize_factor,
-        illumination_correction=illumination_correction,
-        settings_digest=settings_digest,
-        content_digest=content,
-    )
     write_index(out_dir, table, meta)
 
 
 def write_arrays(
     out_dir: str | os.PathLike, table: pd.DataFrame, arrays: dict[str, np.ndarray], **meta
 ) -> Path:
-    """A cache of ready-made (N, H, W) arrays, one per channel (`writing`'s keywords)."""
+    """A cache of ready-made (N, H, W) arrays, one per channel (`cache_meta`'s keywords)."""
     first = next(iter(arrays.values()))
     if len(first) != len(table):
         raise ValueError(f"{len(first)} images in the arrays, {len(table)} rows in the table")
-    with writing(out_dir, table, list(arrays), first.shape[1:], **meta) as targets:
+    with writing(out_dir, table, cache_meta(table, first.shape[1:], list(arrays), **meta)) as out:
         for channel, array in arrays.items():
-            targets[channel][:] = array
+            out[channel][:] = array
     return Path(out_dir)
 
 

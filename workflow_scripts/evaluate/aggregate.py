@@ -29,7 +29,8 @@ def treatment_profiles(
     `metadata` needs columns treatment, compound, concentration, moa, plate, batch, is_control.
     Returns (profiles (T, D), profile table) with rows sorted by treatment name; the table has
     treatment, compound, concentration, moa, batches (sorted tuple of the batches the treatment
-    occurs in), n_plates, n_images.
+    occurs in), main_batch (the batch holding most of its plates; ties: the first by name),
+    n_plates, n_images.
     """
     for key, value in (("plate", plate_statistic), ("treatment", treatment_statistic)):
         if value not in STATISTICS:
@@ -51,6 +52,10 @@ def treatment_profiles(
     grouped = meta.groupby("treatment", sort=True)
     table = grouped[list(TREATMENT_LABELS)].first()
     table["batches"] = grouped["batch"].agg(lambda s: tuple(sorted(set(s))))
+    plates_per_batch = meta.drop_duplicates(["treatment", "plate"]).groupby(
+        ["treatment", "batch"], sort=True
+    )
+    table["main_batch"] = plates_per_batch.size().groupby(level="treatment").idxmax().str[1]
     table["n_plates"] = grouped["plate"].nunique()
     table["n_images"] = grouped.size()
     table = table.loc[per_treatment.index].reset_index()

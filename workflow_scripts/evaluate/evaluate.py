@@ -1,6 +1,7 @@
 r"""Evaluate one feature table: TVN -> treatment profiles -> NSC / NSCB / mAP.
 
-Writes `metrics.json`, `predictions.csv` and `confusion.csv` into `--out-dir` (docs/formats.md).
+Writes `metrics.json`, `predictions.csv`, `confusion.csv` and `profiles.parquet` (the treatment
+profiles scored, for the summary's embedding maps) into `--out-dir` (docs/formats.md).
 
 The same command scores any profile table, so CellProfiler features or another model's
 embeddings can be put beside the DINOv3 runs in the summary report:
@@ -29,7 +30,8 @@ moa=Metadata_MoA,plate=Metadata_Plate,batch=Metadata_Batch \
 - Log (stderr, also `notes` in metrics.json): features dropped, normalisation, TVN components
   kept of those possible, warnings (e.g. fewer DMSO rows than features).
 - `--label`: `arch/channel/NNNN`, how the summary names the run (any arch and channel text
-  without '/', e.g. `cellprofiler/all/0000`). To compare, run `workflow_scripts.summary.cli`
+  without '/', e.g. `cellprofiler/all/0000`); `arch/channel/seed_S/NNNN` for a run trained with
+  another seed (train.seeds). To compare, run `workflow_scripts.summary.cli`
   with this metrics.json added to the workflow's ones.
 """
 
@@ -47,7 +49,8 @@ from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.evaluate.pipeline import TABLE_KEYS, evaluate_table
 from workflow_scripts.tables import FEATURE_PREFIX, METADATA_COLUMNS, read_table, write_table
 
-LABEL = re.compile(r"[^/]+/[^/]+/\d+")
+# arch/channel/NNNN; another training seed's run (train.seeds): arch/channel/seed_S/NNNN
+LABEL = re.compile(r"[^/]+/[^/]+/(seed_-?\d+/)?\d+")
 EVALUATION_COLUMNS = (
     "compound",
     "concentration",
@@ -110,13 +113,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--features", required=True, help="feature table (.parquet or .csv)")
     parser.add_argument("--settings", default="{}", help="JSON: tvn, aggregation, map")
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--label", required=True, help="arch/channel/NNNN")
+    parser.add_argument(
+        "--label", required=True, help="arch/channel/NNNN (or arch/channel/seed_S/NNNN)"
+    )
     parser.add_argument("--feature-columns", default=f"^{FEATURE_PREFIX}", help="regex")
     parser.add_argument("--metadata-map", default="", help="ours=theirs,...")
     args = parser.parse_args(argv)
 
     if not LABEL.fullmatch(args.label):
-        raise InputError(f"--label: '{args.label}' is not arch/channel/NNNN")
+        raise InputError(
+            f"--label: '{args.label}' is not arch/channel/NNNN (or arch/channel/seed_S/NNNN)"
+        )
     settings = json_object_option(args.settings, "--settings")
     source = str(args.features)
     df = apply_metadata_map(
@@ -128,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     write_table(result["predictions"], out_dir / "predictions.csv")
     write_table(result["confusion"].reset_index(), out_dir / "confusion.csv")
+    write_table(result["profiles"], out_dir / "profiles.parquet")
     metrics = {"label": args.label, **{k: v for k, v in result.items() if k not in TABLE_KEYS}}
     metrics["settings"] = settings  # as given: the workflow compares it with its config at start
     write_json(out_dir / "metrics.json", metrics)

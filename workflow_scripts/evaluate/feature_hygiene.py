@@ -4,7 +4,8 @@ A feature is dropped (counted and named in the report, never silently kept) when
 rows, it
 - has a non-finite value (NaN, inf: CellProfiler writes NaN for failed measurements), or
 - is constant (no control variation: TVN cannot whiten it, it carries no calibrated signal), or
-- has a zero spread on some plate's DMSO, when a per-plate normalisation divides by it.
+- has a zero spread in some group's DMSO (plate, batch or table: normalization.scope), when a
+  normalisation divides by it.
 
 A non-finite value in a treated row of a kept feature stays an error that names row and column:
 dropping the feature would hide a broken measurement of one treatment.
@@ -15,24 +16,37 @@ from __future__ import annotations
 import numpy as np
 
 from workflow_scripts.errors import InputError
-from workflow_scripts.evaluate.normalize import plate_statistics, zero_scale_features
+from workflow_scripts.evaluate.normalize import control_statistics, zero_scale_features
 
-REASONS = ("non-finite in DMSO", "constant in DMSO", "zero DMSO spread on a plate")
+NONFINITE, CONSTANT = "non-finite in DMSO", "constant in DMSO"
+# the third reason names the normalisation's group (metrics.json keys: "on a plate" as before)
+ZERO_SPREAD = {
+    "plate": "zero DMSO spread on a plate",
+    "batch": "zero DMSO spread in a batch",
+    "all": "zero DMSO spread in the table",
+}
+
+
+def reasons(scope: str = "plate") -> tuple[str, str, str]:
+    """The drop reasons, in report order, for a normalisation of this scope."""
+    return NONFINITE, CONSTANT, ZERO_SPREAD[scope]
 
 
 def clean_features(
     values: np.ndarray,
     columns: list[str],
     is_control: np.ndarray,
-    plates: np.ndarray,
+    groups: np.ndarray,
     normalization: str,
     source: str,
+    scope: str = "plate",
 ) -> tuple[np.ndarray, list[str], dict, dict | None]:
-    """Returns (values of the kept features, their names, report, per-plate statistics of the
-    kept features for `normalization` (None for 'none')). Report: features_in, features_used,
-    and per reason (REASONS) the dropped feature names under "dropped"."""
+    """Returns (values of the kept features, their names, report, per-group statistics of the
+    kept features for `normalization` (None for 'none')). `groups`: per row, its normalisation
+    group (normalize.control_groups with `scope`). Report: features_in, features_used, and per
+    reason (reasons(scope)) the dropped feature names under "dropped"."""
     dmso = values[is_control]
-    dropped: dict[str, list[str]] = {reason: [] for reason in REASONS}
+    dropped: dict[str, list[str]] = {reason: [] for reason in reasons(scope)}
     keep = np.ones(len(columns), dtype=bool)
 
     nonfinite = ~np.isfinite(dmso).all(axis=0)
@@ -44,10 +58,10 @@ def clean_features(
     statistics = None
     zero_scale = np.zeros(len(columns), dtype=bool)
     if normalization != "none" and keep.any():
-        statistics = plate_statistics(values[:, keep], is_control, plates, normalization)
+        statistics = control_statistics(values[:, keep], is_control, groups, normalization, scope)
         zero_scale[keep] = zero_scale_features(statistics)
         keep &= ~zero_scale
-    for reason, mask in zip(REASONS, (nonfinite, constant, zero_scale)):
+    for reason, mask in zip(reasons(scope), (nonfinite, constant, zero_scale)):
         dropped[reason] = [columns[i] for i in np.flatnonzero(mask)]
     if not keep.any():
         raise InputError(
@@ -62,8 +76,8 @@ def clean_features(
         raise InputError(f"{source}: row {row}, column '{name}' is not a finite number")
     if statistics is not None:
         statistics = {
-            plate: (centre[keep[~(nonfinite | constant)]], scale[keep[~(nonfinite | constant)]])
-            for plate, (centre, scale) in statistics.items()
+            group: (centre[keep[~(nonfinite | constant)]], scale[keep[~(nonfinite | constant)]])
+            for group, (centre, scale) in statistics.items()
         }
     report = {
         "features_in": len(columns),

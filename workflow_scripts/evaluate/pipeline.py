@@ -19,12 +19,21 @@ from workflow_scripts.errors import InputError
 from workflow_scripts.evaluate.aggregate import treatment_profiles
 from workflow_scripts.evaluate.feature_hygiene import clean_features
 from workflow_scripts.evaluate.metrics import evaluate_profiles
-from workflow_scripts.evaluate.normalize import normalize_per_plate
+from workflow_scripts.evaluate.normalize import (
+    control_groups,
+    few_controls_warning,
+    normalize_per_group,
+)
 from workflow_scripts.evaluate.tvn import whiten
-from workflow_scripts.tables import feature_columns, is_control_compound, treatment_name
+from workflow_scripts.tables import (
+    feature_columns,
+    feature_names,
+    is_control_compound,
+    treatment_name,
+)
 
 DEFAULT_SETTINGS = {
-    "normalization": {"method": "none"},
+    "normalization": {"method": "none", "scope": "plate"},
     "tvn": {"enabled": True, "scope": "global", "max_components": None, "eps": None},
     "aggregation": {"plate": "mean", "treatment": "median"},
     "map": {"enabled": True, "permutations": 1000, "seed": 0, "null_model": "shared"},
@@ -33,7 +42,7 @@ REQUIRED_COLUMNS = ("compound", "moa", "plate", "batch")
 # is_control spellings read as booleans (anything else is refused: "no" must not become True).
 CONTROL_VALUES = {"true": True, "false": False, "1": True, "0": False}
 # The keys of evaluate_table's result that hold tables rather than metrics.
-TABLE_KEYS = ("predictions", "confusion")
+TABLE_KEYS = ("predictions", "confusion", "profiles")
 
 
 def evaluate_table(
@@ -50,9 +59,10 @@ def evaluate_table(
     error messages.
 
     Returns the metrics (keys of metrics.json, docs/formats.md), "notes" (what the evaluation
-    did and warnings, one line each, printed by the CLI), and two DataFrames:
-    result["predictions"] (one row per query treatment and protocol) and result["confusion"]
-    (NSC MoA confusion matrix: index = true MoA, columns = nearest neighbour's MoA).
+    did and warnings, one line each, printed by the CLI), and three DataFrames:
+    result["predictions"] (one row per query treatment and protocol), result["confusion"]
+    (NSC MoA confusion matrix: index = true MoA, columns = nearest neighbour's MoA) and
+    result["profiles"] (profile_table: the treatment profiles NSC / NSCB / mAP score).
     """
     settings = deep_merge(DEFAULT_SETTINGS, check_settings(settings))
     columns = feature_cols if feature_cols is not None else feature_columns(features)
@@ -61,12 +71,13 @@ def evaluate_table(
     metadata = image_metadata(features, source)
     values = feature_matrix(features, columns, source)
     is_control = metadata["is_control"].to_numpy()
-    plates = metadata["plate"].to_numpy()
     notes: list[str] = []
 
     method = settings["normalization"]["method"]
+    scope = settings["normalization"]["scope"]
+    groups = control_groups(metadata["plate"].to_numpy(), metadata["batch"].to_numpy(), scope)
     values, used, hygiene, statistics = clean_features(
-        values, list(columns), is_control, plates, method, source
+        values, list(columns), is_control, groups, method, source, scope
     )
     for reason, names in hygiene["dropped"].items():
         if names:
@@ -75,8 +86,12 @@ def evaluate_table(
                 f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
             )
     if statistics is not None:
-        values = normalize_per_plate(values, plates, statistics)
-        notes.append(f"normalised per plate against its DMSO rows: {method}")
+        values = normalize_per_group(values, groups, statistics)
+        where = "the whole table" if scope == "all" else f"per {scope}"
+        notes.append(f"normalised {where} against its DMSO rows: {method}")
+        warning = few_controls_warning(is_control, groups, scope)
+        if warning:
+            notes.append(warning)
 
     tvn = settings["tvn"]
     report = None
@@ -110,13 +125,25 @@ def evaluate_table(
         "features_used": len(used),
         "features_dropped": {reason: names for reason, names in hygiene["dropped"].items()},
         "normalization": method,
+        # only where it matters, so that metrics.json stays as it was with the default scope
+        **({"normalization_scope": scope} if method != "none" and scope != "plate" else {}),
         "tvn_components": None if report is None else report["components"],
         "tvn": report,
         "map_null": settings["map"]["null_model"] if settings["map"]["enabled"] else None,
         "notes": notes,
         "predictions": predictions,
         "confusion": confusion,
+        "profiles": profile_table(profiles, table),
     }
+
+
+def profile_table(profiles: np.ndarray, table: pd.DataFrame) -> pd.DataFrame:
+    """One row per treatment (sorted by name): its labels, batches (`;`-joined), main_batch,
+    n_plates, n_images, and the profile as `feat_*` columns, as scored (after hygiene,
+    normalisation, TVN and aggregation)."""
+    labels = table.assign(batches=[";".join(b) for b in table["batches"]])
+    values = pd.DataFrame(profiles, columns=feature_names(profiles.shape[1]))
+    return pd.concat([labels.reset_index(drop=True), values], axis=1)
 
 
 def dmso_warnings(metadata: pd.DataFrame, n_features: int, scope: str) -> list[str]:
@@ -136,8 +163,8 @@ def dmso_warnings(metadata: pd.DataFrame, n_features: int, scope: str) -> list[s
     return [
         f"warning: TVN on {where}: {n} DMSO rows support at most {n - 1} whitened dimensions of "
         f"{n_features} features; treated variation outside them is discarded and the smallest "
-        "components are poorly estimated (consider evaluate.tvn.max_components or "
-        "evaluate.normalization)"
+        "components are poorly estimated (evaluate.tvn.max_components caps them; what helped on "
+        "real BBBC021 profiles: docs/evaluation.md, 'Normalisation on real data')"
         for where, n in groups
         if n - 1 < n_features
     ]

@@ -1,5 +1,6 @@
-"""The report's figures: each metric against the fine-tuning epoch, the MoA confusion matrix and
-training health. Each function returns a matplotlib Figure; png_bytes renders and closes it."""
+"""The report's figures: each metric against the fine-tuning epoch (with the bootstrap interval
+of every evaluation as a band), the MoA confusion matrix and training health. Each function
+returns a matplotlib Figure; png_bytes renders and closes it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from workflow_scripts.summary.runs import METRICS, epoch0_name  # noqa: E402
+from workflow_scripts.summary.runs import (  # noqa: E402
+    METRICS,
+    epoch0_name,
+    pretrained_run,
+    seed_text,
+    training_series,
+)
 
 CONFUSION_FIGURE = "confusion_last_epoch.png"
 HEALTH_FIGURE = "training_health.png"
@@ -44,52 +51,102 @@ def whole_epoch_ticks(ax: plt.Axes) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
+def series_points(runs: pd.DataFrame, arch: str, channel: str, seed, group: pd.DataFrame):
+    """A series' evaluations to draw, its shared epoch 0 (pretrained weights) put in front."""
+    if not (group["epoch"] == 0).any():
+        pretrained = pretrained_run(runs, arch, channel, seed)
+        if pretrained is not None:
+            group = pd.concat([pretrained.to_frame().T, group])
+    return group
+
+
 def metric_vs_epoch_figure(
     runs: pd.DataFrame, metric: str, baselines: pd.DataFrame | None = None
 ) -> plt.Figure:
-    """One panel per architecture, one line per channel; epoch 0 (pretrained or random init)
-    drawn as a star; each baseline a dashed horizontal line in every panel."""
+    """One panel per (architecture, channel), one line per training seed with its bootstrap
+    interval as a band; epoch 0 (pretrained or random init) drawn as a star; each baseline a
+    dashed horizontal line (its interval a faint band) in every panel."""
     archs = sorted(runs["arch"].unique())
+    channels = sorted(runs["channel"].unique())
     fig, axes = plt.subplots(
-        1, len(archs), figsize=(5 * len(archs), 3.8), sharey=True, squeeze=False
+        len(archs),
+        len(channels),
+        figsize=(3.4 * len(channels) + 0.6, 2.9 * len(archs) + 0.8),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
     )
-    for ax, arch in zip(axes[0], archs):
-        for channel, group in runs[runs["arch"] == arch].groupby("channel", sort=True):
-            group = group.dropna(subset=[metric]).sort_values("epoch")
-            (line,) = ax.plot(
-                group["epoch"], group[metric], marker="o", markersize=3, label=channel
+    low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+    for (arch, channel, seed), group in training_series(runs):
+        ax = axes[archs.index(arch)][channels.index(channel)]
+        points = series_points(runs, arch, channel, seed, group).dropna(subset=[metric])
+        epochs = points["epoch"].astype(int).to_numpy()
+        colour = f"C{int(seed) % 7 if not pd.isna(seed) else 0}"
+        ax.plot(
+            epochs,
+            points[metric].astype(float),
+            marker="o",
+            markersize=3,
+            color=colour,
+            label=f"seed {seed_text(seed)}",
+        )
+        if low in points:
+            ax.fill_between(
+                epochs,
+                points[low].astype(float),
+                points[high].astype(float),
+                color=colour,
+                alpha=0.15,
+                linewidth=0,
             )
-            pretrained = group[group["epoch"] == 0]
-            ax.plot(
-                pretrained["epoch"],
-                pretrained[metric],
-                marker="*",
-                markersize=13,
-                color=line.get_color(),
-                linestyle="none",
-            )
-        draw_baselines(ax, baselines, metric)
-        ax.set_title(arch, fontsize=9)
-        ax.set_xlabel(f"epoch (0 = {epoch0_name(runs, arch)})")
-        whole_epoch_ticks(ax)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel(METRICS[metric])
-    fig.suptitle(f"{METRICS[metric]} vs fine-tuning epoch")
+        pretrained = points[points["epoch"] == 0]
+        ax.plot(
+            pretrained["epoch"].astype(int),
+            pretrained[metric].astype(float),
+            marker="*",
+            markersize=13,
+            color=colour,
+            linestyle="none",
+        )
+    for i, arch in enumerate(archs):
+        for j, channel in enumerate(channels):
+            ax = axes[i][j]
+            draw_baselines(ax, baselines, metric)
+            title = f"{arch}\n{channel}" if j == 0 else channel
+            ax.set_title(title + weak_label_note(runs, arch, channel), fontsize=8, loc="left")
+            ax.set_xlabel(f"epoch (0 = {epoch0_name(runs, arch)})", fontsize=8)
+            whole_epoch_ticks(ax)
+            ax.grid(alpha=0.3)
+        axes[i][0].set_ylabel(METRICS[metric])
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{METRICS[metric]} vs fine-tuning epoch (bands: bootstrap intervals)")
     return fig
+
+
+def weak_label_note(runs: pd.DataFrame, arch: str, channel: str) -> str:
+    """A further title line naming the panel's weak label, when its training used one."""
+    if "weak_label" not in runs:
+        return ""
+    shown = (runs["arch"] == arch) & (runs["channel"] == channel)
+    labels = set(runs.loc[shown, "weak_label"]) - {"none", "–"}
+    return "".join(f"\nweak label = {label}" for label in sorted(labels))
 
 
 def draw_baselines(ax: plt.Axes, baselines: pd.DataFrame | None, metric: str) -> None:
     if baselines is None:
         return
     for i, (_, row) in enumerate(baselines.dropna(subset=[metric]).iterrows()):
+        colour = f"C{7 + i % 3}"
         ax.axhline(
             row[metric],
-            color=f"C{7 + i % 3}",
+            color=colour,
             linestyle="--",
             linewidth=1.2,
             label=f"{row['arch']} (baseline)",
         )
+        low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
+        if low is not None and not pd.isna(low):
+            ax.axhspan(float(low), float(high), color=colour, alpha=0.07, linewidth=0)
 
 
 def confusion_figure(confusion: pd.DataFrame, title: str) -> plt.Figure:
@@ -130,14 +187,18 @@ def training_health_figure(health: pd.DataFrame) -> plt.Figure:
     """One panel per statistic; one line per (arch, channel); collapsed epochs marked x."""
     fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False, layout="constrained")
     for ax, (key, title) in zip(axes.flat, HEALTH_PANELS.items()):
-        for (arch, channel), group in health.groupby(["arch", "channel"], sort=True):
+        several_seeds = health["seed"].nunique() > 1
+        for (arch, channel, seed), group in health.groupby(
+            ["arch", "channel", "seed"], sort=True, dropna=False
+        ):
             group = group.dropna(subset=[key])
+            label = f"{arch.split('.')[0]}/{channel}"
             (line,) = ax.plot(
                 group["epoch"],
                 group[key],
                 marker="o",
                 markersize=3,
-                label=f"{arch.split('.')[0]}/{channel}",
+                label=f"{label} seed {seed_text(seed)}" if several_seeds else label,
             )
             collapsed = group[group["collapse"].notna()]
             ax.plot(

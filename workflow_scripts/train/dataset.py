@@ -1,5 +1,7 @@
 r"""Training data: the cache's treated images (the seed's BBBC021_annotated.csv, no DMSO; config
-`train.images: all` adds the DMSO controls), multi-cropped; no labels are used.
+`train.images: all` adds the DMSO controls), multi-cropped; no labels are used, unless
+`train.weak_label` names one (weak_labels.py: the local crops then come from another image with
+the same label).
 
 Randomness is keyed, not streamed: the sampler yields (epoch, index) and each view's crops come
 from a generator seeded with (seed, epoch, index). Augmentations therefore differ across images,
@@ -28,6 +30,7 @@ from workflow_scripts.data.cache import load_cache
 from workflow_scripts.data.crops import limit_opencv_threads
 from workflow_scripts.errors import InputError, cli
 from workflow_scripts.train.multicrop import MultiCrop
+from workflow_scripts.train.weak_labels import CROPS_STREAM, NONE, WeakLabelSampler, label_codes
 
 RGB = config_module.RGB
 PREFETCH_BATCHES_PER_WORKER = 2
@@ -63,7 +66,9 @@ def training_rows(cache_dir: str | Path, images: str) -> np.ndarray:
 
 
 class MultiCropDataset(Dataset):
-    """Item (epoch, index) -> list of global then local crops of cache row `rows[index]`."""
+    """Item (epoch, index) -> list of global then local crops of cache row `rows[index]`.
+    Item (epoch, index, partner, draw) (WeakLabelSampler) -> the global crops of `rows[index]`
+    and the local crops of `rows[partner]`, keyed on the draw."""
 
     def __init__(
         self,
@@ -80,12 +85,20 @@ class MultiCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: tuple[int, int]) -> list[torch.Tensor]:
+    def __getitem__(self, key: tuple[int, ...]) -> list[torch.Tensor]:
+        if len(key) == 4:
+            epoch, index, partner, draw = key
+            rng = np.random.default_rng((self.seed, epoch, CROPS_STREAM, draw))
+            return self.transform(self.field(index), rng, self.field(partner))
         epoch, index = key
         row = int(self.rows[index])
         # keyed on the cache row: an image's crops do not depend on which rows are trained on
         rng = np.random.default_rng((self.seed, epoch, row))
         return self.transform([array[row] for array in self.arrays], rng)
+
+    def field(self, index: int) -> list[np.ndarray]:
+        row = int(self.rows[index])
+        return [array[row] for array in self.arrays]
 
     # A spawned worker gets the memmaps' file names and reopens them: pickling a memmap copies it.
     def __getstate__(self) -> dict:
@@ -114,18 +127,24 @@ def build_train_loader(
     world_size: int,
     seed: int,
     device_type: str,
-) -> tuple[DataLoader, EpochIndexSampler]:
+) -> tuple[DataLoader, EpochIndexSampler | WeakLabelSampler]:
     """Loader over the `train.images` rows of the cache; each batch is
     [n_global x (B,3,G,G), n_local x (B,3,L,L)] float32 (value / clip_max). Call
     `sampler.set_epoch(epoch)` before each epoch. `settings` is the config `train` section of
-    the architecture."""
+    the architecture; `train.weak_label` other than none samples weak_labels.py's way."""
     arrays, meta = open_channel_arrays(cache_dir, channel)
     transform = MultiCrop.from_settings(settings, clip_max=meta["clip_max"])
     rows = training_rows(cache_dir, settings.get("images", TREATED))
     dataset = MultiCropDataset(arrays, transform, seed, rows)
-    sampler = EpochIndexSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
-    )
+    weak_label = settings.get("weak_label", NONE)
+    if weak_label == NONE:
+        sampler = EpochIndexSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+    else:
+        table, _, _ = load_cache(cache_dir, [])
+        codes = label_codes(table, rows, weak_label, Path(cache_dir) / "images.parquet")
+        sampler = WeakLabelSampler(codes, num_replicas=world_size, rank=rank, seed=seed)
     batch_size = settings["batch_size_per_gpu"]
     if len(sampler) < batch_size:
         raise InputError(

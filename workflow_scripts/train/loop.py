@@ -276,6 +276,7 @@ class Trainer:
                 f"training {self.job.arch} on {self.job.channel}: {n_params / 1e6:.1f} M backbone "
                 f"parameters, {self.context.world_size} process(es) on {self.device.type}, "
                 f"{self.steps_per_epoch} steps/epoch, epochs {self.start_epoch + 1}..{self.epochs}"
+                + self._weak_label_note()
             )
         if self.context.is_distributed and not self.fsdp:
             self.student_ddp = DistributedDataParallel(
@@ -294,6 +295,14 @@ class Trainer:
         if self.context.is_main:
             self._export()
         distributed.barrier()
+
+    def _weak_label_note(self) -> str:
+        """Weak-label multi-crop (weak_labels.py), said in the training log; none says nothing."""
+        label = self.job.settings.get("weak_label", "none")
+        if label == "none":
+            return ""
+        circular = " (circular: NSC/NSCB retrieve the MoA labels)" if label == "moa" else ""
+        return f"; weak label {label}{circular}: local crops from another image of the label"
 
     def _train_one_epoch(self, epoch: int) -> dict:
         if self.device.type == "cuda":

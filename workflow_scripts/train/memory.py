@@ -18,15 +18,17 @@ The estimate, per GPU (world size W = gpus x nodes):
   with activation checkpointing, the saved block inputs plus one block recomputed;
 - margin: x (1 + MARGIN_FRACTION) + FIXED_OVERHEAD_GB (CUDA context, NCCL buffers, allocator
   fragmentation).
+
+The parameter and activation counts come from train/memory_counts.py (torch, timm), through the
+count cache (count_cache.py) under a digest of `count_inputs`: this module imports neither.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 from dataclasses import dataclass
 
 from workflow_scripts import config as config_module
+from workflow_scripts import count_cache
 from workflow_scripts.memory_margin import FIXED_OVERHEAD_GB, GB, MARGIN_FRACTION
 
 FP32_BYTES = 4
@@ -71,116 +73,63 @@ class Plan:
         return self.chosen_gb <= self.gpu_mem_gb
 
 
-def _meta_student(arch: str, model_kwargs: dict, settings: dict, dtype):
-    import torch
-
-    from workflow_scripts.model.backbone import NO_WEIGHTS, build_backbone
-    from workflow_scripts.train.dino_model import build_dino_model
-
-    with torch.device("meta"):
-        backbone = build_backbone(arch, NO_WEIGHTS, model_kwargs, settings["drop_path_rate"])
-        student = build_dino_model(backbone, settings["head"], "none")
-    return student.to(dtype)
-
-
-def _unit_sizes(student) -> list[int]:
-    blocks = getattr(student.backbone, "blocks", None)
-    if blocks is None:  # ConvNeXt: stages
-        blocks = getattr(student.backbone, "stages", [])
-    return [sum(p.numel() for p in block.parameters()) for block in blocks]
+# precision.py's rule on CUDA ('auto' = bf16), by dtype name: planning imports no torch
+CUDA_COMPUTE_DTYPES = {"auto": "bfloat16", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+# what train/memory_counts.py counts, and the module that counts it (its code is in the key)
+COUNT_FIELDS = (
+    "backbone_params",
+    "head_params",
+    "largest_unit_params",
+    "depth",
+    "activation_bytes",
+)
+COUNTING_MODULE = "workflow_scripts.train.memory_counts"
 
 
-@functools.lru_cache(maxsize=64)
-def model_size(arch: str, model_kwargs_json: str, head_json: str) -> ModelSize:
-    import torch
+def compute_dtype_name(settings: dict) -> str:
+    """The dtype activations are kept in on a GPU (bf16 when `precision` resolves to bf16)."""
+    return CUDA_COMPUTE_DTYPES[settings["precision"]]
 
-    settings = {"drop_path_rate": 0.0, "head": json.loads(head_json)}
-    student = _meta_student(arch, json.loads(model_kwargs_json), settings, torch.float32)
-    units = _unit_sizes(student)
-    head = sum(p.numel() for p in student.head.parameters())
-    return ModelSize(
-        backbone_params=sum(p.numel() for p in student.backbone.parameters()),
-        head_params=head,
-        largest_unit_params=max(units + [head]),
-        depth=len(units),
+
+def count_inputs(config: dict, arch: str) -> dict:
+    """Everything the meta-device counts of `arch`'s training job depend on, and nothing else:
+    the key of its cache entry (count_cache.py). GPUs, nodes, strategy, optimizer and memory
+    enter only the arithmetic after the count."""
+    entry = config_module.architecture(config, arch)
+    settings = config_module.train_settings(config, arch)
+    return {
+        "arch": arch,
+        "model_kwargs": entry["model_kwargs"],
+        "drop_path_rate": settings["drop_path_rate"],
+        "head": settings["head"],
+        "global_crops": {k: settings["global_crops"][k] for k in ("number", "size")},
+        "local_crops": {k: settings["local_crops"][k] for k in ("number", "size")},
+        "batch_size_per_gpu": settings["batch_size_per_gpu"],
+        "dtype": compute_dtype_name(settings),
+        "activation_checkpointing": bool(entry.get("activation_checkpointing", False)),
+    }
+
+
+def _count(inputs: dict) -> dict[str, int]:
+    from workflow_scripts.train import memory_counts  # torch, timm: only when not cached
+
+    return memory_counts.count(inputs)
+
+
+def meta_counts(config: dict, arch: str) -> tuple[ModelSize, int]:
+    """(model size, activation bytes per GPU) of `arch`'s training job: from the count cache,
+    or counted on the meta device (train/memory_counts.py) and cached."""
+    counts = count_cache.cached(
+        "training", count_inputs(config, arch), COUNTING_MODULE, _count, COUNT_FIELDS
     )
-
-
-def saved_tensor_bytes(run) -> int:
-    """Bytes of the distinct tensors autograd saves for backward while `run()` executes."""
-    import torch
-
-    sizes: dict[int, int] = {}
-    keep = []  # keeps saved tensors alive, so no id is reused during the count
-
-    def pack(tensor):
-        base = tensor._base if tensor._base is not None else tensor
-        keep.append(base)
-        sizes[id(base)] = base.numel() * base.element_size()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        run()
-    return sum(sizes.values())
-
-
-@functools.lru_cache(maxsize=64)
-def activation_bytes(
-    arch: str, model_kwargs_json: str, settings_json: str, dtype_name: str, checkpointing: bool
-) -> int:
-    """Saved-for-backward bytes of one per-GPU batch of crops through student, head and
-    DINO loss (the batch size is settings' batch_size_per_gpu)."""
-    import torch
-
-    from workflow_scripts.train.loss import DINOLoss
-
-    settings = json.loads(settings_json)
-    dtype = getattr(torch, dtype_name)
-    student = _meta_student(arch, json.loads(model_kwargs_json), settings, dtype).train()
-    n_global = settings["global_crops"]["number"]
-    n_local = settings["local_crops"]["number"]
-    batch = settings["batch_size_per_gpu"]
-    with torch.device("meta"):
-        crops = [
-            torch.zeros(
-                batch,
-                3,
-                settings["global_crops"]["size"],
-                settings["global_crops"]["size"],
-                dtype=dtype,
-            )
-        ] * n_global
-        crops += [
-            torch.zeros(
-                batch,
-                3,
-                settings["local_crops"]["size"],
-                settings["local_crops"]["size"],
-                dtype=dtype,
-            )
-        ] * n_local
-        loss = DINOLoss(settings["head"]["out_dim"], n_global, n_local)
-        teacher_output = torch.zeros(n_global * batch, settings["head"]["out_dim"], dtype=dtype)
-
-    def forward() -> None:
-        loss(student(crops), teacher_output, 0.04)
-
-    full = saved_tensor_bytes(forward)
-    if not checkpointing:
-        return full
-    student.backbone.set_grad_checkpointing(True)
-    depth = max(1, len(_unit_sizes(student)))
-    # checkpointed blocks keep their inputs; backward recomputes one block at a time
-    return saved_tensor_bytes(forward) + full // depth
-
-
-def compute_dtype(settings: dict):
-    """The dtype activations are kept in on a GPU (precision.py's rule for CUDA)."""
-    import torch
-
-    from workflow_scripts.model.precision import Precision
-
-    return Precision.resolve(settings["precision"], "cuda").autocast_dtype or torch.float32
+    size = ModelSize(
+        backbone_params=counts["backbone_params"],
+        head_params=counts["head_params"],
+        largest_unit_params=counts["largest_unit_params"],
+        depth=counts["depth"],
+    )
+    return size, counts["activation_bytes"]
 
 
 def estimate_bytes(
@@ -213,17 +162,8 @@ def plan_architecture(config: dict, arch: str) -> Plan:
     nodes = int(entry.get("nodes", 1))
     world_size = max(1, gpus) * nodes
     gpu_mem_gb = gpu_memory_gb(config)
-    dtype = compute_dtype(settings)
-    kwargs_json = json.dumps(entry["model_kwargs"], sort_keys=True)
-    size = model_size(arch, kwargs_json, json.dumps(settings["head"], sort_keys=True))
-    activations = activation_bytes(
-        arch,
-        kwargs_json,
-        json.dumps(settings, sort_keys=True),
-        str(dtype).removeprefix("torch."),
-        bool(entry.get("activation_checkpointing", False)),
-    )
-    compute_bytes = dtype.itemsize
+    size, activations = meta_counts(config, arch)
+    compute_bytes = DTYPE_BYTES[compute_dtype_name(settings)]
     raw = estimate_bytes(size, activations, settings, world_size, compute_bytes)
     ddp_gb, fsdp_gb = with_margin(raw["ddp"]), with_margin(raw["fsdp"])
     requested = entry.get("strategy", "auto")

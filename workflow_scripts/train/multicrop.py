@@ -162,10 +162,20 @@ class MultiCrop:
         sizes = tuple(s.size for s in self.specs for _ in range(s.number))
         return CropParams(np.concatenate(boxes), flips[:, 0], flips[:, 1], sizes)
 
-    def apply(self, channels: Sequence[np.ndarray], params: CropParams) -> list[torch.Tensor]:
+    def apply(
+        self,
+        channels: Sequence[np.ndarray],
+        params: CropParams,
+        local_channels: Sequence[np.ndarray] | None = None,
+    ) -> list[torch.Tensor]:
+        """The crops of `params`; the local ones from `local_channels` when given (weak-label
+        multi-crop: another field of the same label), else from `channels`."""
+        n_global = self.specs[0].number
+        local = channels if local_channels is None else local_channels
+        sources = [channels] * n_global + [local] * (len(params.sizes) - n_global)
         return [
             resized_crop(
-                channels,
+                source,
                 box,
                 size,
                 clip_max=self.clip_max,
@@ -174,13 +184,18 @@ class MultiCrop:
                 vflip=bool(vflip),
                 clamp=self.clamp,
             )
-            for box, size, hflip, vflip in zip(
-                params.boxes, params.sizes, params.hflips, params.vflips
+            for source, box, size, hflip, vflip in zip(
+                sources, params.boxes, params.sizes, params.hflips, params.vflips
             )
         ]
 
     def __call__(
-        self, channels: Sequence[np.ndarray], rng: np.random.Generator
+        self,
+        channels: Sequence[np.ndarray],
+        rng: np.random.Generator,
+        local_channels: Sequence[np.ndarray] | None = None,
     ) -> list[torch.Tensor]:
-        """`channels`: (H, W) uint16 arrays of one field (1 = grey, 3 = rgb, in model order)."""
-        return self.apply(channels, self.sample(rng, channels[0].shape))
+        """`channels`: (H, W) uint16 arrays of one field (1 = grey, 3 = rgb, in model order);
+        `local_channels`: the field the local crops come from (default: the same). Both fields
+        have the cache's shape, so one set of boxes serves them."""
+        return self.apply(channels, self.sample(rng, channels[0].shape), local_channels)
