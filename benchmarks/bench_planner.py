@@ -101,6 +101,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="best of N runs (default 2)")
     parser.add_argument("--skip-all-models", action="store_true")
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout to time")
+    parser.add_argument(
+        "--no-shipped",
+        action="store_true",
+        help="ignore the counts the repository ships (workflow_scripts/meta_counts.json): cold "
+        "then counts everything; by default cold is a fresh clone's empty folder",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench_planner_") as tmp:
@@ -112,6 +118,7 @@ def main() -> int:
             CACHE_ENV: str(cache),
             "PYTHONPATH": str(repo),
             "HF_HUB_OFFLINE": "1",
+            "BBBC021_DINOV3_SHIPPED_COUNTS": "off" if args.no_shipped else "on",
         }
         (tmp / "images").mkdir()
         stand_in = {

@@ -244,3 +244,55 @@ def test_a_warm_planner_imports_neither_torch_nor_timm(tmp_path, monkeypatch, ca
     (weights_entry, *_) = sorted(folder.glob("meta_counts/extraction_weights-*.json"))
     weights_entry.unlink()
     assert plan_in_a_new_process()[-1] == "loaded: ['timm', 'torch', 'torchvision']"
+
+
+def test_a_fresh_clone_plans_the_default_config_from_the_shipped_counts(tmp_path):
+    """An empty user cache: the counts shipped in workflow_scripts/meta_counts.json answer the
+    planning of config.yaml (the CLI, the start-up check, strategies, extraction memory)
+    without torch. Fails when counting code or a pinned version changed since they were
+    written: then run `python -m workflow_scripts.cluster.shipped_counts --write`."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, count_cache.ENV_VAR: str(tmp_path / "empty"), "PYTHONPATH": path}
+    env.pop(count_cache.SHIPPED_ENV_VAR)
+    run = subprocess.run(
+        [sys.executable, "-c", PLAN_DEFAULT_CONFIG],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines()[-1] == "loaded: []", (
+        "the shipped counts are stale: python -m workflow_scripts.cluster.shipped_counts --write"
+    )
+
+
+def test_shipped_entries_are_used_only_under_their_exact_key(tmp_path, monkeypatch):
+    """A shipped entry answers instead of counting; one of another key (stale code) does not."""
+    monkeypatch.setenv(count_cache.ENV_VAR, str(tmp_path / "cache"))
+    monkeypatch.delenv(count_cache.SHIPPED_ENV_VAR)
+    inputs = {"n": 3}
+    key = count_cache.entry_key("demo", inputs, "workflow_scripts.count_cache")
+    name = count_cache.entry_name("demo", key)
+    shipped = tmp_path / "shipped.json"
+    stale = {**key, "code": "0" * 64}
+    for entry_key, expected in ((key, {"value": 7}), (stale, {"value": 3})):
+        shipped.write_text(
+            json.dumps({"entries": {name: {"key": entry_key, "counts": {"value": 7}}}})
+        )
+        monkeypatch.setattr(count_cache, "SHIPPED", shipped)
+        count_cache.forget()
+        counted = count_cache.cached(
+            "demo", inputs, "workflow_scripts.count_cache", lambda i: {"value": i["n"]}, ["value"]
+        )
+        assert counted == expected
+    count_cache.forget()
+
+
+@pytest.mark.slow
+def test_the_shipped_counts_equal_counts_made_afresh():
+    """Every shipped number equals what the counting code gives now (the --check CLI)."""
+    from workflow_scripts.cluster import shipped_counts
+
+    assert shipped_counts.main(["--check"]) == 0

@@ -33,6 +33,8 @@ from workflow_copy import (
     write_overlay,
 )
 
+# the demo pipeline through SLURM takes minutes: CI runs this module with the slow tests;
+# tests/test_slurm_data_stage.py keeps a real-SLURM check in the default run
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 # group jobs (rules/evaluate.smk): one per (arch, channel) and kind, whatever the epochs
