@@ -193,9 +193,12 @@ def test_the_default_scope_is_per_plate_and_metrics_json_keeps_its_keys():
     per_plate = evaluate_table(
         table, {**FAST, "normalization": {"method": "standardize", "scope": "plate"}}
     )
-    assert {k: v for k, v in plain.items() if k not in ("predictions", "confusion")} == {
-        k: v for k, v in per_plate.items() if k not in ("predictions", "confusion")
+    tables = ("predictions", "confusion", "profiles")
+    assert {k: v for k, v in plain.items() if k not in tables} == {
+        k: v for k, v in per_plate.items() if k not in tables
     }
+    for name in tables:
+        pd.testing.assert_frame_equal(plain[name], per_plate[name])
     assert "normalization_scope" not in plain
     assert list(plain["features_dropped"])[2] == "zero DMSO spread on a plate"
     per_batch = evaluate_table(

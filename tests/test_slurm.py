@@ -253,6 +253,8 @@ def test_sbatch_requests_follow_config(cluster, pipeline_run):
         if rule == "extract":  # runtimes of the members summed; CPUs and memory of one member
             members = EXTRACT_RUNTIME_MIN + EXTRACT_EPOCH_RUNTIME_MIN  # epoch 0
             members += EXTRACT_RUNTIME_MIN + len(TRAINED_EPOCHS) * EXTRACT_EPOCH_RUNTIME_MIN
+            # the attention maps of both ViTs are a member too: start-up and one epoch's pass
+            members += EXTRACT_RUNTIME_MIN + EXTRACT_EPOCH_RUNTIME_MIN
             assert job["TimeLimit"] == time_limit(members)
             assert int(job["NumCPUs"]) == 4 and "mem=32000M" in job["TRES"]
         if rule == "evaluate":  # epochs 0, 1, 2 one after another
