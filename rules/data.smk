@@ -18,8 +18,8 @@ if SOURCE == "demo":
 
     rule generate_demo_data:
         input:
-            code=code("data.demo"),
             **demo_layout_tables(),
+            code=code("data.demo"),
         output:
             image_table=os.path.join(DEMO_DIR, "BBBC021_v1_image.csv"),
             moa_table=os.path.join(DEMO_DIR, "BBBC021_v1_moa.csv"),
