@@ -15,10 +15,12 @@ Per stage it prints wall time and CPU time (Snakemake's `benchmark:` files and t
 log.jsonl, the extraction logs, the evaluation benchmark files), peak memory and the disk its
 outputs take; then, for two sizes, each figure's ratio divided by the ratio of the work (fields;
 treated fields for training), so 1.0 is linear growth. Peak memory is sampled here every
---interval s from /proc for every process of a job (DataLoader workers included): `anon` = the
-sum of their private memory (RssAnon), what a job must be given; `file` = mapped file pages
-(RssFile: the memory-mapped image cache and libraries), which the kernel reclaims and shares
-between processes. Snakemake's own max_rss sums both over processes.
+--interval s from /proc/<pid>/smaps_rollup for every process of a job (DataLoader workers
+included), proportional set sizes summed over the processes, so pages a forked worker shares
+with its parent count once: `anon` = anonymous memory (Pss_Anon), what a job must be given;
+`file` = mapped file pages (Pss_File: the memory-mapped image cache, libraries), which the
+kernel can reclaim. Snakemake's max_rss (and SLURM's MaxRSS where it sums processes) adds up
+every process's whole Rss: shared pages count once per process there.
 
 It refuses a size whose images and cache would leave less than --min-free-gb on the disk.
 """
@@ -97,13 +99,14 @@ EXTRACTED = re.compile(r"^epoch (\d+): extracted (\d+) images .* in ([\d.]+) s",
 
 
 # ------------------------------------------------------------------ memory sampling
-def _status_kb(pid: int) -> dict[str, int]:
+def _memory_kb(pid: int) -> dict[str, int]:
+    """Rss, Pss_Anon, Pss_File, Pss_Shmem of a process (kB, /proc/<pid>/smaps_rollup)."""
     values = {}
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
             for line in fh:
                 key, _, rest = line.partition(":")
-                if key in ("RssAnon", "RssFile", "RssShmem", "VmRSS", "PPid"):
+                if key in ("Rss", "Pss_Anon", "Pss_File", "Pss_Shmem"):
                     values[key] = int(rest.split()[0])
     except (OSError, ValueError, IndexError):
         return {}
@@ -131,8 +134,10 @@ class MemorySampler(threading.Thread):
 
     A job is a child of the Snakemake process (the shell running a rule's command); a process's
     module is the last `-m workflow_scripts.X` of its command line other than `timed`, or its
-    parent's (DataLoader workers). Per (job, module), at each sample: the sum of RssAnon and of
-    RssFile over its processes, and the largest process's VmRSS; the peaks are kept."""
+    parent's (DataLoader workers). Per (job, module), at each sample: the sum over its processes
+    of the proportional anonymous and file-backed memory (Pss_Anon, Pss_File + Pss_Shmem: pages
+    shared between processes, as a forked worker shares its parent's, count once in the sum),
+    and the largest process's Rss; the peaks are kept."""
 
     def __init__(self, root: int, interval: float) -> None:
         super().__init__(daemon=True)
@@ -153,7 +158,7 @@ class MemorySampler(threading.Thread):
         return found[-1].removeprefix("workflow_scripts.") if found else parent_module
 
     def sample(self) -> None:
-        self.root_peak_kb = max(self.root_peak_kb, _status_kb(self.root).get("RssAnon", 0))
+        self.root_peak_kb = max(self.root_peak_kb, _memory_kb(self.root).get("Pss_Anon", 0))
         current: dict[tuple[int, str], dict[str, int]] = defaultdict(
             lambda: {"anon_kb": 0, "file_kb": 0, "largest_kb": 0}
         )
@@ -162,12 +167,12 @@ class MemorySampler(threading.Thread):
             while pending:
                 pid, parent_module = pending.pop()
                 module = self._module(pid, parent_module)
-                status = _status_kb(pid)
-                if module is not None and status:
+                memory = _memory_kb(pid)
+                if module is not None and memory:
                     entry = current[(job, module)]
-                    entry["anon_kb"] += status.get("RssAnon", 0)
-                    entry["file_kb"] += status.get("RssFile", 0) + status.get("RssShmem", 0)
-                    entry["largest_kb"] = max(entry["largest_kb"], status.get("VmRSS", 0))
+                    entry["anon_kb"] += memory.get("Pss_Anon", 0)
+                    entry["file_kb"] += memory.get("Pss_File", 0) + memory.get("Pss_Shmem", 0)
+                    entry["largest_kb"] = max(entry["largest_kb"], memory.get("Rss", 0))
                 pending += [(child, module) for child in _children(pid)]
         for key, entry in current.items():
             peak = self.peaks[key]

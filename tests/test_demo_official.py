@@ -178,7 +178,7 @@ def test_rehearsal_config_keeps_the_real_geometry(rehearsal_config):
     for section in ("preprocess", "evaluate", "channel_modes"):
         assert rehearsal_config[section] == real[section]
     assert rehearsal_config["data"]["image_shape"] == real["data"]["image_shape"]
-    for key in ("global_crops", "local_crops", "head", "batch_size_per_gpu", "num_workers"):
+    for key in ("global_crops", "local_crops", "batch_size_per_gpu", "num_workers", "images"):
         assert rehearsal_config["train"][key] == real["train"][key]
 
 
