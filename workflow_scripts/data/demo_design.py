@@ -5,7 +5,8 @@ replicate well per plate on the `replicates` plates of that week; DMSO wells and
 plate control sit on every plate. The compounds of one MoA are spread over weeks, two of them
 sharing a week (as BBBC021's etoposide and chlorambucil do), so NSCB is defined for every MoA but
 `single_batch_moa`, whose compounds all share one week (BBBC021's statins, Week9) and which NSCB
-therefore drops.
+therefore drops. This is `layout: synthetic` (the default); `layout: official` takes BBBC021's
+own plates, wells and sites instead (demo_official.py, the rehearsal).
 """
 
 from __future__ import annotations
