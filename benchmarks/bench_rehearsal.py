@@ -63,6 +63,7 @@ STAGES = {
     "data.cache": "illumination + cache",
     "train.cli": "training",
     "evaluate.extract": "extraction",
+    "evaluate.attention": "attention maps",
     "evaluate.combine": "combine channels",
     "evaluate.evaluate": "evaluation",
     "summary.cli": "summary",
@@ -79,6 +80,7 @@ TIMED_LOGS = {
 BENCHMARK_GLOBS = {
     "training": ["train/*/*.tsv"],
     "extraction": ["extract/*/*/*.tsv"],
+    "attention maps": ["attention/*/*.tsv"],
     "combine channels": ["combine/*/*.tsv"],
     "evaluation": ["evaluate/*/*/*.tsv"],
     "summary": ["summarize.tsv"],
@@ -91,6 +93,7 @@ OUTPUT_DIRS = {
     "illumination + cache": ["cache"],
     "training": ["train", "resume"],
     "extraction": ["features"],
+    "attention maps": ["attention"],
     "evaluation": ["eval"],
     "summary": ["summary"],
 }
