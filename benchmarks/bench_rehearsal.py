@@ -17,8 +17,9 @@ outputs take; then, for two sizes, each figure's ratio divided by the ratio of t
 treated fields for training), so 1.0 is linear growth. Peak memory is sampled here every
 --interval s from /proc/<pid>/smaps_rollup for every process of a job (DataLoader workers
 included), proportional set sizes summed over the processes, so pages a forked worker shares
-with its parent count once: `anon` = anonymous memory (Pss_Anon), what a job must be given;
-`file` = mapped file pages (Pss_File: the memory-mapped image cache, libraries), which the
+with its parent count once: `private` = anonymous and shared memory (Pss_Anon + Pss_Shmem: the
+DataLoader's batches travel in shared memory), what a job must be given;
+`mapped` = mapped file pages (Pss_File: the memory-mapped image cache, libraries), which the
 kernel can reclaim. Snakemake's max_rss (and SLURM's MaxRSS where it sums processes) adds up
 every process's whole Rss: shared pages count once per process there.
 
@@ -138,9 +139,10 @@ class MemorySampler(threading.Thread):
     A job is a child of the Snakemake process (the shell running a rule's command); a process's
     module is the last `-m workflow_scripts.X` of its command line other than `timed`, or its
     parent's (DataLoader workers). Per (job, module), at each sample: the sum over its processes
-    of the proportional anonymous and file-backed memory (Pss_Anon, Pss_File + Pss_Shmem: pages
-    shared between processes, as a forked worker shares its parent's, count once in the sum),
-    and the largest process's Rss; the peaks are kept."""
+    of the proportional private memory (Pss_Anon + Pss_Shmem, the loader's batches in shared
+    memory) and mapped file memory (Pss_File): pages shared between processes, as a forked
+    worker shares its parent's, count once in the sum; and the largest process's Rss. The
+    peaks are kept."""
 
     def __init__(self, root: int, interval: float) -> None:
         super().__init__(daemon=True)
@@ -173,8 +175,9 @@ class MemorySampler(threading.Thread):
                 memory = _memory_kb(pid)
                 if module is not None and memory:
                     entry = current[(job, module)]
-                    entry["anon_kb"] += memory.get("Pss_Anon", 0)
-                    entry["file_kb"] += memory.get("Pss_File", 0) + memory.get("Pss_Shmem", 0)
+                    # shared memory (DataLoader batches in /dev/shm) cannot be dropped: private
+                    entry["anon_kb"] += memory.get("Pss_Anon", 0) + memory.get("Pss_Shmem", 0)
+                    entry["file_kb"] += memory.get("Pss_File", 0)
                     entry["largest_kb"] = max(entry["largest_kb"], memory.get("Rss", 0))
                 pending += [(child, module) for child in _children(pid)]
         for key, entry in current.items():
@@ -400,7 +403,7 @@ def print_size(result: dict) -> None:
     )
     header = (
         f"{'stage':30} {'jobs':>4} {'wall s':>8} {'CPU s':>8} {'epoch s':>8} "
-        f"{'anon MB':>8} {'file MB':>8} {'max_rss':>8} {'disk MB':>9}"
+        f"{'private':>8} {'mapped':>8} {'max_rss':>8} {'disk MB':>9}"
     )
     print(header)
     for stage in STAGE_ORDER:
@@ -424,7 +427,8 @@ def print_growth(small: dict, large: dict) -> None:
         f"work x{work:.2f} (fields), x{treated:.2f} (treated fields: training); "
         "figures = ratio / work ratio (1.0: linear; memory: plain ratio)"
     )
-    print(f"{'stage':30} {'wall':>6} {'CPU':>6} {'epoch':>6} {'anon':>6} {'file':>6} {'disk':>6}")
+    columns = ("wall", "CPU", "epoch", "priv.", "mapped", "disk")
+    print(f"{'stage':30} " + " ".join(f"{c:>6}" for c in columns))
     for stage in STAGE_ORDER:
         a, b = small["stages"].get(stage), large["stages"].get(stage)
         if a is None or b is None:
