@@ -197,3 +197,14 @@ def test_demo_config_is_unaffected_by_the_layout_keys():
     demo_settings = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())["data"]["demo"]
     merged = demo_design.settings_with_defaults(demo_settings)
     assert merged["layout"] == "synthetic" and merged["plates"] == "all"
+
+
+def test_a_field_is_the_same_image_whatever_else_is_rendered(tmp_path):
+    """Fields depend on the settings, their plate, well and site only: a rehearsal with one site
+    per well renders exactly the site-1 images of one with two sites and another plate."""
+    assert generate(tmp_path / "one", SMALL) == 0
+    bigger = {**SMALL, "sites_per_well": 2, "plates": [*PLATES, "Week3_25421"]}
+    assert generate(tmp_path / "two", bigger) == 0
+    one, two = file_bytes(tmp_path / "one" / "images"), file_bytes(tmp_path / "two" / "images")
+    assert one and set(one) < set(two)
+    assert all(two[name] == digest for name, digest in one.items())
