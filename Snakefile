@@ -7,15 +7,28 @@ import sys
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
-
-
-configfile: "config.yaml"
-
-
 sys.path.insert(0, workflow.basedir)  # so `workflow_scripts` imports without installation
 from workflow_scripts import config_check
 from workflow_scripts.config import check_schema
 from workflow_scripts.errors import InputError
+
+# Every YAML file of the run, read again with a loader that refuses a key given twice (Snakemake
+# keeps the last one silently) and names file and line of a syntax error. `--configfile` files
+# were parsed by Snakemake before this runs; config.yaml is parsed by the directive below.
+try:
+    config_check.config_files(
+        [
+            "config.yaml",
+            *workflow.overwrite_configfiles,
+            *config_check.profile_files(workflow.basedir),
+        ]
+    )
+except InputError as err:
+    raise WorkflowError(f"config error: {err}") from None
+
+
+configfile: "config.yaml"
+
 
 try:
     check_schema(config)  # Snakemake's messages below name no key; this one does
@@ -38,6 +51,7 @@ try:
         models=workflow.is_main_process,
         written_by_workflow=(HANDCRAFTED_PROFILES,),
         cache_environ=os.environ if workflow.workflow_settings.cache is not None else None,
+        checkout=workflow.basedir,
     )
 except InputError as err:
     raise WorkflowError(f"config error: {err}") from None

@@ -12,6 +12,7 @@ localrules:
 rule evaluate_baseline:
     input:
         table=lambda w: BASELINES[w.baseline]["table"],
+        rerun=RERUN_STAMPS["baseline"],
         code=code("evaluate.evaluate"),
     output:
         metrics=BASELINE_METRICS,

@@ -16,6 +16,7 @@ from workflow_scripts.code_deps import relative_module_files
 from workflow_scripts.data import manifest as raw_manifest
 from workflow_scripts.errors import InputError  # onstart's lock error
 from workflow_scripts.evaluate import crops as cfg_crops
+from workflow_scripts import stale_outputs
 
 OUT = config["output_dir"]
 DATA_CHANNELS = list(config["data"]["channels"])
@@ -83,6 +84,10 @@ FEATURES_SEED = out("features", "{arch}", "{channel}", SEED_DIR, "epoch_{epoch}.
 EVAL_DIR_SEED = out("eval", "{arch}", "{channel}", SEED_DIR, "epoch_{epoch}")
 METRICS_SEED = os.path.join(EVAL_DIR_SEED, "metrics.json")
 PROFILES_SEED = os.path.join(EVAL_DIR_SEED, "profiles.parquet")
+# An empty stamp per job kind, an input of its jobs: rewritten at start when one of the job's
+# outputs was made with other settings than the configuration's (an output_dir moved or copied
+# has no Snakemake records) or cannot be read, so the job reruns (workflow_scripts/stale_outputs.py)
+RERUN_STAMPS = stale_outputs.stamp_templates(OUT)
 
 
 # ------------------------------------------------------------------ one run per output_dir
@@ -94,6 +99,33 @@ def prepare_output_dir():
     # raw TIFFs replaced since the last run: rewrite the manifest, so what reads them reruns
     if raw_manifest.refresh(RAW_MANIFEST):
         print(f"note: raw images changed since {RAW_MANIFEST} was written", file=sys.stderr)
+    # outputs made with other settings, or unreadable: rewrite their jobs' stamps
+    stamps, findings = stale_outputs.find(config, stage_outputs(), RERUN_STAMPS)
+    for line in stale_outputs.notes(findings):
+        print(line, file=sys.stderr)
+    stale_outputs.refresh(stamps, findings)
+
+
+def stage_outputs():
+    """The outputs the start-up pass reads (stale_outputs.py), by kind."""
+    return {
+        "validated_table": VALIDATED_TABLE,
+        "validation_report": VALIDATION_REPORT,
+        "cache_meta": CACHE_META,
+        "cache_table": CACHE_TABLE,
+        "cache_arrays": CACHE_ARRAYS,
+        "checkpoint": CHECKPOINT,  # (a key, not Snakemake's `checkpoint` directive)
+        "checkpoint_meta": CHECKPOINT_META,
+        "features": FEATURES,
+        "metrics": METRICS,
+        "checkpoint_seed": CHECKPOINT_SEED,
+        "checkpoint_meta_seed": CHECKPOINT_META_SEED,
+        "features_seed": FEATURES_SEED,
+        "metrics_seed": METRICS_SEED,
+        "attention_maps": ATTENTION_MAPS,
+        "attention_archs": ATTENTION_ARCHS,  # (the architectures with attention maps)
+        "baseline_metrics": BASELINE_METRICS,
+    }
 
 
 onstart:
@@ -274,9 +306,7 @@ EVAL_SETTINGS = config["evaluate"]
 # what an extraction depends on: the crop mode's own keys, embedding, crop_median
 EXTRACT_SETTINGS = cfg_crops.extraction_settings(EVAL_SETTINGS)
 # what scoring a feature table depends on: the same for the runs and the baselines
-SCORING_SETTINGS = {
-    k: EVAL_SETTINGS.get(k, {}) for k in ("normalization", "tvn", "aggregation", "map")
-}
+SCORING_SETTINGS = cfg.scoring_settings(config)
 
 
 def pretrained_model_arg(wildcards):

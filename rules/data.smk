@@ -73,6 +73,7 @@ rule validate_images:
     input:
         table=PREPARED_TABLE,
         manifest=RAW_MANIFEST,  # changed raw images rerun validation and everything after it
+        rerun=RERUN_STAMPS["validation"],
         code=code("data.validate"),
     output:
         table=VALIDATED_TABLE,
@@ -98,6 +99,7 @@ rule build_image_cache:
     input:
         table=VALIDATED_TABLE,
         manifest=RAW_MANIFEST,
+        rerun=RERUN_STAMPS["cache"],
         code=code("data.cache"),
     output:
         **{f"array_{ch}": path for ch, path in zip(DATA_CHANNELS, CACHE_ARRAYS)},

@@ -45,6 +45,7 @@ rule extract_pretrained:
         meta=CACHE_META,
         arrays=CACHE_ARRAYS,
         model=lambda w: weights_inputs(w.arch),
+        rerun=RERUN_STAMPS["extract"],
         code=code("evaluate.extract"),
     # Epoch 0: the backbone before fine-tuning; it does not wait for (or rerun with) training.
     output:
@@ -86,6 +87,7 @@ for _arch in ARCHS:
             arrays=CACHE_ARRAYS,
             checkpoints=expand(CHECKPOINT, epoch=_epochs, allow_missing=True),
             metas=expand(CHECKPOINT_META, epoch=_epochs, allow_missing=True),
+            rerun=RERUN_STAMPS["extract"],
             code=code("evaluate.extract"),
         output:
             expand(FEATURES, epoch=_epochs, allow_missing=True),
@@ -123,6 +125,7 @@ for _arch in ARCHS:
             arrays=CACHE_ARRAYS,
             checkpoints=expand(CHECKPOINT_SEED, epoch=_epochs, allow_missing=True),
             metas=expand(CHECKPOINT_META_SEED, epoch=_epochs, allow_missing=True),
+            rerun=RERUN_STAMPS["extract_seed"],
             code=code("evaluate.extract"),
         output:
             expand(FEATURES_SEED, epoch=_epochs, allow_missing=True),
@@ -160,6 +163,7 @@ if RANDOM_INIT_SEEDED_ARCHS:
             cache=CACHE_TABLE,
             meta=CACHE_META,
             arrays=CACHE_ARRAYS,
+            rerun=RERUN_STAMPS["extract_seed"],
             code=code("evaluate.extract"),
         output:
             FEATURES_SEED.replace("{epoch}", epoch_tag(0)),
@@ -201,6 +205,7 @@ rule attention_maps:
         checkpoint_meta=lambda w: CHECKPOINT_META.format(
             arch=w.arch, channel=w.channel, epoch=last_epoch_tag(w.arch)
         ),
+        rerun=RERUN_STAMPS["attention"],
         code=code("evaluate.attention"),
     output:
         ATTENTION_MAPS,
@@ -238,6 +243,7 @@ localrules:
 rule combine_channel_features:
     input:
         features=expand(FEATURES, channel=DATA_CHANNELS, allow_missing=True),
+        rerun=RERUN_STAMPS["extract"].replace("{channel}", cfg.COMBINED),
         code=code("evaluate.combine"),
     # WS-DINO's "combined" profile: the per-channel features of each image side by side.
     output:
@@ -257,6 +263,7 @@ rule combine_channel_features:
 rule evaluate_features:
     input:
         features=FEATURES,
+        rerun=RERUN_STAMPS["evaluate"],
         code=code("evaluate.evaluate"),
     output:
         metrics=METRICS,
@@ -290,6 +297,7 @@ if SEEDED_ARCHS:
     rule combine_channel_features_seeds:
         input:
             features=expand(FEATURES_SEED, channel=DATA_CHANNELS, allow_missing=True),
+            rerun=RERUN_STAMPS["extract_seed"].replace("{channel}", cfg.COMBINED),
             code=code("evaluate.combine"),
         output:
             out("features", "{arch}", "combined", SEED_DIR, "epoch_{epoch}.parquet"),
@@ -309,6 +317,7 @@ if SEEDED_ARCHS:
     rule evaluate_features_seeds:
         input:
             features=FEATURES_SEED,
+            rerun=RERUN_STAMPS["evaluate_seed"],
             code=code("evaluate.evaluate"),
         output:
             metrics=METRICS_SEED,

@@ -52,6 +52,7 @@ for _arch in ARCHS:
             meta=CACHE_META,
             arrays=CACHE_ARRAYS,
             weights=weights_inputs(_arch),
+            rerun=RERUN_STAMPS["train"].replace("{arch}", _arch),
             code=code("train.cli"),
         output:
             checkpoints=expand(
@@ -96,6 +97,7 @@ for _arch in ARCHS:
             meta=CACHE_META,
             arrays=CACHE_ARRAYS,
             weights=weights_inputs(_arch),
+            rerun=RERUN_STAMPS["train_seed"].replace("{arch}", _arch),
             code=code("train.cli"),
         output:
             checkpoints=expand(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -152,7 +153,61 @@ def test_row_order_dtype_and_values_without_correction(dataset, tmp_path):
         "resize_factor": 1.0,
         "illumination_correction": False,
         "settings_digest": digest(settings()),
+        "content_digest": {ch: pixel_digest(arrays[ch]) for ch in ("Tubulin", "DAPI")},
     }
+
+
+def pixel_digest(array: np.ndarray) -> str:
+    """Independent of cache.py: sha256 over the sha256 of each image's bytes, row by row."""
+    rows = b"".join(hashlib.sha256(np.asarray(image).tobytes()).digest() for image in array)
+    return hashlib.sha256(rows).hexdigest()
+
+
+def test_content_digest_follows_the_pixels_and_the_writers_agree(dataset, tmp_path):
+    table_path, table = dataset
+    meta = cache.build_cache(table_path, CHANNELS, settings(), tmp_path / "built", workers=3)
+    _, arrays, _ = cache.load_cache(tmp_path / "built", CHANNELS)
+    assert meta["content_digest"] == {ch: pixel_digest(arrays[ch]) for ch in CHANNELS}
+    # the writer for ready-made arrays (tests, benchmarks) records the same digest
+    copy = cache.write_arrays(
+        tmp_path / "copy", table, {ch: np.array(arrays[ch]) for ch in CHANNELS}, clip_max=65535
+    )
+    assert json.loads((copy / "meta.json").read_text())["content_digest"] == meta["content_digest"]
+    changed = np.array(arrays["DAPI"])
+    changed[-1, -1, -1] ^= 1  # one bit of one pixel
+    other = cache.write_arrays(tmp_path / "changed", table, {"DAPI": changed}, clip_max=65535)
+    assert (
+        json.loads((other / "meta.json").read_text())["content_digest"]["DAPI"]
+        != (meta["content_digest"]["DAPI"])
+    )
+
+
+def test_replaced_raw_images_of_the_same_size_give_another_resume_key(tmp_path):
+    """Issue 23, case 1: new pixels under the same names and sizes must never resume training
+    on the old state (the key covered settings, size and order, not the pixels)."""
+    from workflow_scripts.train.resume_key import resume_key
+
+    table = make_dataset(tmp_path / "images")
+    table.to_parquet(tmp_path / "images.parquet", index=False)
+
+    def build_and_key() -> str:
+        cache.build_cache(tmp_path / "images.parquet", ["DAPI"], settings(), tmp_path / "cache")
+        return resume_key(
+            arch="vit_small_patch16_dinov3.lvd1689m",
+            channel="DAPI",
+            settings={"epochs": 4},
+            model_kwargs={},
+            weights="none",
+            cache_dir=tmp_path / "cache",
+        )
+
+    first = build_and_key()
+    assert build_and_key() == first  # rebuilt from the same pixels: the state may be continued
+    rng = np.random.default_rng(1)
+    for path in table[path_column("DAPI")]:
+        old = tifffile.imread(path)
+        write_tiff(Path(path), rng.integers(100, 3000, size=old.shape, dtype=np.uint16))
+    assert build_and_key() != first
 
 
 @pytest.mark.parametrize("factor, shape", [(0.5, (12, 16)), (0.3, (7, 10))])

@@ -137,8 +137,106 @@ def test_config_file_errors(tmp_path):
         cfg.load([tmp_path / "missing.yaml"])
     broken = tmp_path / "broken.yaml"
     broken.write_text("train: [unclosed\n")
-    with pytest.raises(InputError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(InputError, match=r"broken.yaml: line 2, column 1: expected ','"):
         cfg.load([broken])
+
+
+# ------------------------------------------------------------------ issue 23: YAML and output_dir
+def test_a_key_given_twice_is_refused_naming_file_and_line(tmp_path):
+    """Case 3: two `data:` sections dropped the official tables (the last one won)."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("data:\n  source: official\ntrain:\n  epochs: 2\ndata:\n  x: 1\n")
+    with pytest.raises(InputError) as err:
+        cfg.load([REPO / "config.yaml", overlay])
+    assert str(err.value) == (
+        f"{overlay}: line 5, column 1: key 'data' is given twice (first on line 1); YAML would "
+        "silently keep only the last one"
+    )
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("train:\n  epochs: 2\n  seed: 1\n  epochs: 3\n")
+    with pytest.raises(InputError, match=r"nested.yaml: line 4, column 3: key 'epochs' is given"):
+        config_check.config_files([tmp_path / "absent.yaml", nested])
+    anchors = tmp_path / "anchors.yaml"  # a merge key overrides on purpose: allowed
+    anchors.write_text("base: &b {lr: 1}\nother:\n  <<: *b\n  lr: 2\n")
+    assert cfg.read_yaml(anchors)["other"] == {"lr": 2}
+
+
+def test_every_yaml_file_of_the_repository_has_unique_keys():
+    shipped = [
+        *REPO.glob("config*.yaml"),
+        *REPO.glob("config/**/*.yaml"),
+        *REPO.glob("envs/*.yaml"),
+    ]
+    shipped += [REPO / "schemas" / "config.schema.yaml", cfg.PACKAGE_DIR / "dinov3_models.yaml"]
+    shipped += config_check.profile_files(REPO)
+    for path in shipped:
+        cfg.read_yaml(path)
+    assert len(shipped) > 8
+
+
+def test_a_tab_is_named_with_file_and_line(tmp_path, capsys):
+    """Case 10: Snakemake's "Config file is not valid JSON or YAML" named neither. Snakemake
+    parses a --configfile before the workflow runs: the checker CLI names the overlay."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train:\n  epochs: 2\n\tseed: 1\n")
+    with pytest.raises(InputError) as err:
+        cfg.load([overlay])
+    assert str(err.value) == (
+        f"{overlay}: line 3, column 1: a tab character; YAML indents with spaces only"
+    )
+    status = config_check.main([str(REPO / "config.yaml"), str(overlay), "--no-models"])
+    assert status == 2
+    assert capsys.readouterr().err == f"error: {err.value}\n"
+
+
+def test_the_config_checker_accepts_the_demo(capsys):
+    argv = [str(REPO / "config.yaml"), str(REPO / "config" / "demo.yaml"), "--no-models"]
+    assert config_check.main(argv) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
+
+
+def output_dir_config(path) -> dict:
+    return {"output_dir": str(path)}
+
+
+def test_output_dir_that_is_a_file_is_named(tmp_path):
+    """Case 7: NotADirectoryError with stack frames before."""
+    (tmp_path / "file").write_text("x")
+    for output_dir, what in (("file", "is a file"), ("file/sub", "lies under")):
+        with pytest.raises(InputError, match=f"config key 'output_dir' -> .*{output_dir} {what}"):
+            config_check.output_dir_is_a_folder(output_dir_config(tmp_path / output_dir))
+    config_check.output_dir_is_a_folder(output_dir_config(tmp_path / "new" / "folder"))
+
+
+def test_output_dir_inside_the_checkout_must_be_a_folder_of_its_own(tmp_path):
+    """Case 14: `output_dir: .` mixed outputs with the tracked files."""
+    checkout = tmp_path / "checkout"
+    (checkout / "benchmarks").mkdir(parents=True)
+    (checkout / "benchmarks" / "README.md").write_text("x")
+    for output_dir in (checkout, tmp_path):
+        with pytest.raises(InputError, match="is the checkout"):
+            config_check.output_dir_outside_checkout(output_dir_config(output_dir), checkout)
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    subprocess.run(["git", "-C", str(checkout), "add", "benchmarks"], check=True)
+    with pytest.raises(InputError, match=r"holds files of the repository \(benchmarks/README.md\)"):
+        config_check.output_dir_outside_checkout(
+            output_dir_config(checkout / "benchmarks"), checkout
+        )
+    for fine in (checkout / "results" / "demo", tmp_path / "elsewhere"):
+        config_check.output_dir_outside_checkout(output_dir_config(fine), checkout)
+
+
+def test_weights_that_name_a_folder_are_refused_naming_the_key(tmp_path):
+    """Case 12: "weights file not found" although the path exists."""
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    config = {
+        "architectures": [{"name": "a", "weights": "none"}, {"name": "b", "weights": str(tmp_path)}]
+    }
+    with pytest.raises(InputError) as err:
+        config_check.weights_files(config)
+    assert str(err.value).startswith(
+        f"config key 'architectures.1.weights' -> {tmp_path} is a folder (it holds model."
+    )
 
 
 def _snakemake(*args, cwd=REPO):

@@ -256,6 +256,8 @@ def test_extract_cli_epoch0_is_deterministic_with_metadata_and_float32_features(
     pd.testing.assert_series_equal(first["image_id"], table["image_id"])
     assert len(feature_columns(first)) == 64
     assert all(first[c].dtype == np.float32 for c in feature_columns(first))
+    # what the workflow compares with its configuration at start (stale_outputs.py)
+    assert first.attrs["extraction"] == {"settings": SETTINGS, "model_kwargs": TINY}
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """NSC / NSCB / mAP on small profile tables whose answers are worked out by hand."""
 
+import json
 from itertools import combinations
 from math import comb
 from pathlib import Path
@@ -295,3 +296,91 @@ def test_official_bbbc021_gives_103_nsc_and_92_nscb_treatments():
     assert result["n_treatments_nscb"] == 92
     assert result["nscb_excluded_moas"] == ["Cholesterol-lowering", "Kinase inhibitors"]
     assert 0 <= result["nscb"] <= 1
+
+
+def brute_force_accuracy(similarity, compound, moa, batches, queries, block_batches):
+    """(1-NN accuracy with queries lacking a candidate as misses, or None when none has one;
+    the number without a candidate), by the definition, one query at a time."""
+    correct, without = [], 0
+    for q in queries:
+        candidates = [
+            j
+            for j in range(len(compound))
+            if compound[j] != compound[q]
+            and not (block_batches and set(batches[j]) & set(batches[q]))
+        ]
+        if not candidates:
+            without += 1
+            correct.append(False)
+            continue
+        nearest = max(candidates, key=lambda j: (similarity[q, j], -j))
+        correct.append(moa[nearest] == moa[q])
+    if without == len(queries):
+        return None, without
+    return float(np.mean(correct)), without
+
+
+@pytest.mark.parametrize("n_batches, everywhere", [(2, True), (2, False), (3, False), (4, False)])
+def test_queries_without_a_candidate_match_brute_force(n_batches, everywhere):
+    """Issue 23, case 5: each treatment in a random set of batches, or in every batch (JUMP-like:
+    no NSCB query has a candidate, so NSCB is n/a, never 0)."""
+    rng = np.random.default_rng(n_batches)
+    n = 24
+    compound = [f"c{i // 2}" for i in range(n)]
+    moa = [f"m{(i // 2) % 3}" for i in range(n)]
+    names = [f"B{k}" for k in range(n_batches)]
+    batches = [
+        tuple(names)
+        if everywhere
+        else tuple(sorted(rng.choice(names, size=rng.integers(1, n_batches + 1), replace=False)))
+        for _ in range(n)
+    ]
+    table = pd.DataFrame(
+        {
+            "treatment": [f"{c}@{i % 2}" for i, c in enumerate(compound)],
+            "compound": compound,
+            "concentration": [float(i % 2) for i in range(n)],
+            "moa": moa,
+            "batches": batches,
+        }
+    )
+    profiles = rng.normal(size=(n, 5))
+    metrics, _, _ = evaluate_profiles(profiles, table, NO_MAP)
+    unit = profiles / np.linalg.norm(profiles, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    kept = [q for q in range(n) if moa[q] not in single_batch_moas(table)]
+    for protocol, queries, block in (("nsc", range(n), False), ("nscb", kept, True)):
+        value, without = brute_force_accuracy(similarity, compound, moa, batches, queries, block)
+        assert metrics[f"n_queries_without_candidates_{protocol}"] == without
+        assert metrics[protocol] == (None if value is None else pytest.approx(value))
+    without = metrics["n_queries_without_candidates_nscb"]
+    assert (metrics["nscb"] is None) == everywhere and 0 < without <= metrics["n_treatments_nscb"]
+
+
+def test_every_treatment_in_every_batch_makes_nscb_not_applicable(tmp_path, capsys):
+    from workflow_scripts.evaluate import evaluate as evaluate_cli
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in ("W1", "W2"):
+        for compound, moa in (("a", "X"), ("b", "X"), ("c", "Y"), ("d", "Y"), ("DMSO", "DMSO")):
+            for _ in range(3):
+                rows.append(
+                    (compound, 0.0 if compound == "DMSO" else 1.0, moa, f"{batch}_P", batch)
+                )
+    table = pd.DataFrame(rows, columns=["compound", "concentration", "moa", "plate", "batch"])
+    features = pd.DataFrame(
+        rng.normal(size=(len(table), 4)), columns=[f"feat_{i}" for i in range(4)]
+    )
+    pd.concat([table, features], axis=1).to_csv(tmp_path / "jump_like.csv", index=False)
+    argv = ["--features", str(tmp_path / "jump_like.csv"), "--out-dir", str(tmp_path / "eval")]
+    argv += ["--label", "x/all/0000", "--settings", '{"map": {"permutations": 10}}']
+    assert evaluate_cli.main(argv) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["nscb"] is None and metrics["n_queries_without_candidates_nscb"] == 4
+    assert metrics["nsc"] is not None and metrics["n_queries_without_candidates_nsc"] == 0
+    assert all(metrics["per_moa"][m]["nscb"] is None for m in ("X", "Y"))
+    assert any(note.startswith("NSCB not applicable") for note in metrics["notes"])
+    err = capsys.readouterr().err
+    assert "NSCB n/a (4 treatments, none with a candidate)" in err
+    assert "NSCB 0.000" not in err

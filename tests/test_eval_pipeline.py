@@ -162,6 +162,7 @@ def test_cli_writes_metrics_predictions_and_confusion(tmp_path):
     )
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["label"] == "vit_small/DAPI/0005"
+    assert metrics["settings"] == json.loads(write_settings())  # compared at start by the workflow
     expected = metric_values(evaluate_table(features, json.loads(write_settings())))
     assert metrics["nsc"] == expected["nsc"] and metrics["map_nscb"] == expected["map_nscb"]
     for key in (

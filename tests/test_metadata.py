@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -429,3 +430,157 @@ def test_validation_names_the_users_row_and_column_not_the_prepared_tables(datas
     assert metadata.main(argv[:-1] + [str(tmp_path / "good.parquet")]) == 0
     table, _ = validate.validate(tmp_path / "good.parquet", CHANNELS, SHAPE, workers=2)
     assert list(table.columns) == METADATA_COLUMNS + [path_column(ch) for ch in CHANNELS]
+
+
+# ------------------------------------------------------------------ issue 23, case 2
+def respell_controls(column: pd.Series, spellings: list[str]) -> pd.Series:
+    """The control rows of `column` spelled in turn as `spellings` (other rows unchanged)."""
+    controls = column.index[column == "DMSO"]
+    new = column.copy()
+    for i, row in enumerate(controls):
+        new[row] = spellings[i % len(spellings)]
+    return new
+
+
+def test_controls_spelled_in_any_case_are_controls_and_counted(dataset, tmp_path):
+    # the join used to drop the `dmso` rows without a word (TVN fitted on half the controls)
+    def edit(raw):
+        raw["Image_Metadata_Compound"] = respell_controls(
+            raw["Image_Metadata_Compound"], ["dmso", "DMSO", " Dmso"]
+        )
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    table = metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+    pd.testing.assert_frame_equal(without_origin(table), dataset[1])
+    raw = pd.read_csv(image_csv)
+    respelled = raw.index[raw["Image_Metadata_Compound"].isin(["dmso", " Dmso"])]
+    assert table.attrs[metadata.PREPARE_REPORT_ATTR]["control_spellings"] == [
+        {
+            "table": str(image_csv),
+            "rows": len(respelled),
+            "spellings": [" Dmso", "dmso"],
+            "first_row": int(respelled[0]),
+        }
+    ]
+
+
+def test_controls_spelled_dmso_everywhere_are_controls(dataset, tmp_path):
+    def edit_moa(moa):
+        moa["compound"] = respell_controls(moa["compound"], ["dmso"])
+
+    def edit(raw):
+        raw["Image_Metadata_Compound"] = respell_controls(raw["Image_Metadata_Compound"], ["dmso"])
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit, edit_moa=edit_moa)
+    table = metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+    pd.testing.assert_frame_equal(without_origin(table), dataset[1])
+    (tmp_path / "seed").mkdir()
+    annotated, dmso = seed_tables(dataset[1], tmp_path / "seed")
+    for path in (annotated, dmso):
+        seed = pd.read_csv(path, index_col=0)
+        seed["Image_Metadata_Compound"] = respell_controls(
+            seed["Image_Metadata_Compound"], ["dmso"]
+        )
+        seed.to_csv(path)
+    table = metadata.from_seed_csv(annotated, dmso, CHANNELS)
+    pd.testing.assert_frame_equal(without_origin(table), dataset[1])
+    spelled = table.attrs[metadata.PREPARE_REPORT_ATTR]["control_spellings"]
+    assert [(s["table"], s["rows"]) for s in spelled] == [
+        (str(dmso), int(dataset[1]["is_control"].sum()))
+    ]
+
+
+def test_every_row_the_join_leaves_out_is_counted_with_its_reason(dataset, tmp_path):
+    def edit(raw):
+        compound, concentration = (
+            raw["Image_Metadata_Compound"],
+            raw["Image_Metadata_Concentration"],
+        )
+        raw.loc[compound == "emetine", "Image_Metadata_Compound"] = "unknown"
+        raw.loc[(compound == "taxol") & (concentration == 0.3), "Image_Metadata_Concentration"] = (
+            0.31
+        )
+        raw.loc[(compound == "taxol") & (concentration == 1.0), "Image_Metadata_Compound"] = "TAXOL"
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    table = metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS)
+    left_out = table.attrs[metadata.PREPARE_REPORT_ATTR]["rows_left_out"]
+    # brute force: each treated row of the image table whose (compound, dose) the MoA table lacks
+    raw, moa = pd.read_csv(image_csv), pd.read_csv(moa_csv)
+    pairs = {(c, f"{x:g}") for c, x in zip(moa["compound"], moa["concentration"])}
+    expected: dict[str, int] = {}
+    for compound, concentration in zip(
+        raw["Image_Metadata_Compound"], raw["Image_Metadata_Concentration"]
+    ):
+        if compound == "DMSO" or (compound, f"{concentration:g}") in pairs:
+            continue
+        if compound in set(moa["compound"]):
+            reason = "concentration not in the MoA table for this compound"
+        elif compound.lower() in set(moa["compound"].str.lower()):
+            reason = "compound in the MoA table only in another case"
+        else:
+            reason = "compound not in the MoA table"
+        expected[reason] = expected.get(reason, 0) + 1
+    assert {d["reason"]: d["rows"] for d in left_out} == expected and len(expected) == 3
+    assert sum(expected.values()) == len(raw) - len(table)
+    assert all(d["table"] == str(image_csv) for d in left_out)
+    other_case = next(d for d in left_out if "another case" in d["reason"])
+    assert "TAXOL at 1 (MoA table: taxol)" == other_case["example"]
+
+
+def test_the_shipped_tables_left_out_rows_add_up():
+    table = metadata.from_official(
+        OFFICIAL_TABLES / "BBBC021_v1_image.csv.gz",
+        OFFICIAL_TABLES / "BBBC021_v1_moa.csv",
+        "/data/bbbc021",
+        CHANNELS,
+    )
+    raw = pd.read_csv(OFFICIAL_TABLES / "BBBC021_v1_image.csv.gz")
+    left_out = table.attrs[metadata.PREPARE_REPORT_ATTR]["rows_left_out"]
+    assert sum(d["rows"] for d in left_out) == len(raw) - len(table) > 0
+
+
+def test_validation_report_lists_the_rows_prepare_left_out(dataset, tmp_path):
+    from workflow_scripts.data import validate
+
+    def edit(raw):
+        raw.loc[raw["Image_Metadata_Compound"] == "emetine", "Image_Metadata_Compound"] = "unknown"
+        raw["Image_Metadata_Compound"] = respell_controls(raw["Image_Metadata_Compound"], ["dmso"])
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit)
+    prepared, out = tmp_path / "prepared.parquet", tmp_path / "out"
+    argv = ["--source", "official", "--image-table", str(image_csv), "--moa-table", str(moa_csv)]
+    argv += ["--image-root", str(dataset[0]), "--channels", *CHANNELS, "--out", str(prepared)]
+    assert metadata.main(argv) == 0
+    out.mkdir()
+    argv = ["--table", str(prepared), "--channels", *CHANNELS, "--image-shape", "24", "32"]
+    argv += ["--out", str(out / "images.parquet"), "--report", str(out / "report.json")]
+    argv += ["--report-md", str(out / "report.md")]
+    assert validate.main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    prepared_report = pd.read_parquet(prepared).attrs[metadata.PREPARE_REPORT_ATTR]
+    assert report["rows_left_out"] == prepared_report["rows_left_out"]
+    assert report["control_spellings"] == prepared_report["control_spellings"]
+    assert [d["reason"] for d in report["rows_left_out"]] == ["compound not in the MoA table"]
+    assert report["n_control_images"] == int(dataset[1]["is_control"].sum())
+    markdown = (out / "report.md").read_text()
+    assert f"| {image_csv} | compound not in the MoA table | 6 |" in markdown
+    assert "spell the compound 'dmso'" in markdown
+
+
+def test_no_control_left_names_the_users_table_not_the_prepared_one(dataset, tmp_path):
+    from workflow_scripts.data import validate
+
+    def edit(raw):
+        raw["Image_Metadata_Compound"] = respell_controls(raw["Image_Metadata_Compound"], ["DMS0"])
+
+    def edit_moa(moa):
+        moa["compound"] = respell_controls(moa["compound"], ["DMS0"])
+
+    image_csv, moa_csv = official(dataset, tmp_path, edit=edit, edit_moa=edit_moa)
+    prepared = tmp_path / "prepared.parquet"
+    metadata.from_official(image_csv, moa_csv, dataset[0], CHANNELS).to_parquet(prepared)
+    with pytest.raises(InputError) as err:
+        validate.validate(prepared, CHANNELS, (24, 32))
+    assert str(err.value).startswith(f"{image_csv}: no DMSO control image")
+    assert "column 'Image_Metadata_Compound'" in str(err.value)

@@ -13,6 +13,7 @@ minutes; tests/test_slurm.py checks that after a real run a second one plans not
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 from pathlib import Path
@@ -32,6 +33,9 @@ from workflow_copy import (
     train_rule,
     write_overlay,
 )
+
+from workflow_scripts import config as cfg
+from workflow_scripts import training_seeds
 
 OUTPUT_DIR = "results/rerun"
 DEMO_ARCH = demo_config()["architectures"][0]["name"]
@@ -284,6 +288,154 @@ def test_cluster_plan_reruns_one_forced_evaluation_alone(finished):
     groups, ungrouped = cluster_plan(finished, base_overlay(), "forced", "--forcerun", str(metrics))
     assert groups == {f"evaluate_{DEMO_ARCH}_Actin": ["evaluate_features"]}
     assert sorted(ungrouped) == ["all", "summarize"]
+
+
+# ------------------------------------------------------------------ issue 23, cases 4 and 15
+MOVED_DIR = "results/moved"
+SCORING_KEYS = ("normalization", "tvn", "aggregation", "map")
+
+
+def record_settings(workdir: Path, output_dir: str, overlay: dict) -> None:
+    """Write into the placeholder checkpoint JSONs and metrics what a real run records there
+    (train settings, model_kwargs; scoring settings), keeping every file's mtime."""
+    path = write_overlay(workdir / "recorded.yaml", overlay)
+    config = cfg.load([workdir / "config.yaml", workdir / DEMO_CONFIG, path])
+    out = workdir / output_dir
+    records = {}
+    for arch in cfg.architecture_names(config):
+        checkpoint = {
+            "train_settings": training_seeds.run_settings(cfg.train_settings(config, arch)),
+            "model_kwargs": cfg.architecture(config, arch)["model_kwargs"],
+        }
+        records.update({p: checkpoint for p in out.glob(f"train/{arch}/*/epoch_*.json")})
+    # the evaluate rules' --settings (rules/common.smk), as the evaluation CLI records them
+    scoring = {
+        "settings": {k: config["evaluate"].get(k, {}) for k in SCORING_KEYS},
+    }
+    records.update({p: scoring for p in out.glob("eval/**/metrics.json")})
+    assert records
+    for record_path, record in records.items():
+        stat = record_path.stat()
+        record_path.write_text(json.dumps(record))
+        os.utime(record_path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.fixture
+def moved(finished, tmp_path) -> Path:
+    """A copy of the finished workdir whose outputs record their settings, and a copy of its
+    output_dir (as `cp -a` makes it: mtimes kept) of which Snakemake has no records."""
+    workdir = tmp_path / "repo"
+    shutil.copytree(finished, workdir, symlinks=True)
+    record_settings(workdir, OUTPUT_DIR, base_overlay())
+    shutil.copytree(workdir / OUTPUT_DIR, workdir / MOVED_DIR, symlinks=True)
+    return workdir
+
+
+def moved_plan(workdir: Path, overlay: dict, name: str) -> list[PlannedOutput]:
+    overlay = {**overlay, "output_dir": MOVED_DIR}
+    return summary(workdir, MOVED_DIR, *config_args(workdir, overlay, name))
+
+
+@pytest.mark.slow
+def test_a_copied_output_dir_reruns_what_a_changed_setting_affects(moved):
+    """Case 4: Snakemake has no records of a moved output_dir: a changed lr reran nothing."""
+    assert pending(moved_plan(moved, base_overlay(), "moved_unchanged")) == set()
+    overlay = base_overlay()
+    overlay["architectures"][1]["train"] = {"optimizer": {"lr": 5.0e-5}}
+    rows = moved_plan(moved, overlay, "moved_lr")
+    expected = paths(
+        rows,
+        lambda r: (
+            r.rule == "summarize"
+            or (r.arch == SECOND_ARCH and (r.rule == train_rule(SECOND_ARCH) or r.epoch != 0))
+        ),
+    )
+    assert pending(rows) == expected
+    # in place, where Snakemake has the records, the stamps rerun nothing more than it does
+    assert pending(plan(moved, overlay, "in_place_lr")) == expected
+
+
+def test_a_copied_output_dir_rescores_after_an_evaluation_setting_changed(moved):
+    overlay = {**base_overlay(), "evaluate": {"tvn": {"scope": "per_batch"}}}
+    rows = moved_plan(moved, overlay, "moved_tvn")
+    rerun = ("evaluate_features", "evaluate_baseline", "summarize")
+    assert pending(rows) == paths(rows, lambda r: r.rule in rerun)
+
+
+@pytest.mark.slow
+def test_a_truncated_feature_table_is_extracted_again(finished, tmp_path):
+    """Case 15: every rerun failed reading it ("cannot be read as a table")."""
+    workdir = tmp_path / "repo"
+    shutil.copytree(finished, workdir, symlinks=True)
+    features = workdir / OUTPUT_DIR / "features" / DEMO_ARCH / "DAPI" / "epoch_0002.parquet"
+    stat = features.stat()
+    features.write_bytes(features.read_bytes()[: stat.st_size // 2])  # a copy cut short
+    os.utime(features, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    args = config_args(workdir, base_overlay(), "truncated")
+    note = snakemake(workdir, "-n", "--cores", "1", *args).stderr
+    assert f"note: {OUTPUT_DIR}/features/{DEMO_ARCH}/DAPI/epoch_0002.parquet cannot be read" in note
+    rows = summary(workdir, OUTPUT_DIR, *args)
+    redo = {r.path for r in rows if r.pending and is_extraction(r.rule)}
+    assert redo == {
+        f"features/{DEMO_ARCH}/DAPI/epoch_{epoch:04d}.parquet" for epoch in [0, *TRAINED_EPOCHS]
+    }
+    assert not any(r.pending for r in rows if r.rule.startswith("train_"))
+
+
+def cut_short(path: Path, data: bytes | None = None) -> None:
+    """A copy cut short (or `data` written instead), its modification time kept."""
+    stat = path.stat()
+    path.write_bytes(path.read_bytes()[: stat.st_size // 2] if data is None else data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.slow
+def test_truncated_attention_maps_and_predictions_rerun_only_their_jobs(finished, tmp_path):
+    """Case 15 for the outputs the summary reads: an attention-map .npz and a predictions.csv
+    with fewer complete rows than its metrics.json has queries (it still parses)."""
+    workdir = tmp_path / "repo"
+    shutil.copytree(finished, workdir, symlinks=True)
+    out = workdir / OUTPUT_DIR
+    cut_short(out / "attention" / DEMO_ARCH / "DAPI" / "maps.npz", b"PK\x03\x04 cut short")
+    run = out / "eval" / DEMO_ARCH / "Tubulin" / "epoch_0002"
+    queries = {"n_treatments_nsc": 3, "n_treatments_nscb": 2}
+    cut_short(run / "metrics.json", json.dumps(queries).encode())
+    cut_short(run / "predictions.csv", b"protocol,treatment\nnsc,a@1\nnsc,b@1\nnsc,c")
+    args = config_args(workdir, base_overlay(), "truncated_summary_inputs")
+    note = snakemake(workdir, "-n", "--cores", "1", *args).stderr
+    assert f"{run.relative_to(workdir)}/predictions.csv is incomplete (2 complete rows" in note
+    rows = summary(workdir, OUTPUT_DIR, *args)
+    assert pending(rows) == paths(
+        rows,
+        lambda r: (
+            r.rule == "summarize"
+            or (r.rule == "attention_maps" and r.path.startswith(f"attention/{DEMO_ARCH}/DAPI/"))
+            or (r.rule == "evaluate_features" and r.path.startswith(f"eval/{DEMO_ARCH}/Tubulin/"))
+        ),
+    )
+
+
+@pytest.mark.slow
+def test_another_seeds_truncated_checkpoint_retrains_that_seed_only(finished, tmp_path):
+    """Another training seed's outputs (seed_S/) are read at start too, with stamps of their
+    own: a truncated seed-1 checkpoint reruns seed 1's training of that channel and what
+    follows from it, not train.seed's run."""
+    workdir = tmp_path / "repo"
+    shutil.copytree(finished, workdir, symlinks=True)
+    overlay = {**base_overlay(), "train": {"seeds": [0, 1]}}
+    mark_up_to_date(workdir, OUTPUT_DIR, *config_args(workdir, overlay, "two_seeds_done"))
+    seed_dir = workdir / OUTPUT_DIR / "train" / DEMO_ARCH / "DAPI" / "seed_1"
+    cut_short(seed_dir / "epoch_0002.safetensors", b"\x10\x00")
+    rows = plan(workdir, overlay, "two_seeds_truncated")
+    assert {r.rule for r in rows if r.pending} == {
+        seeds_rule(train_rule(DEMO_ARCH)),
+        seeds_rule(extract_trained_rule(DEMO_ARCH)),
+        "combine_channel_features_seeds",
+        "evaluate_features_seeds",
+        "summarize",
+    }
+    retrained = paths(rows, lambda r: r.pending and r.rule == seeds_rule(train_rule(DEMO_ARCH)))
+    assert retrained and all(p.startswith(f"train/{DEMO_ARCH}/DAPI/seed_1/") for p in retrained)
 
 
 def seeds_rule(rule: str) -> str:

@@ -1,6 +1,7 @@
 """Summary: tables over (arch, channel, epoch), best epochs, plots and a self-contained report."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,7 @@ def write_predictions(run_dir, nsc, nscb, map_enabled=True):
                     "compound": f"cpd{q // 2}",
                     "concentration": q % 2,
                     "moa": MOAS[q % 2],
+                    "neighbour": f"cpd{(q // 2 + 1) % (N_QUERIES // 2)}@{q % 2}",
                     "correct": q < hits,
                     "average_precision": ap if map_enabled else np.nan,
                 }
@@ -614,6 +616,88 @@ def test_confusion_labels_lie_inside_the_figure(n_moas):
             box.x0 >= page.x0 and box.y0 >= page.y0 and box.x1 <= page.x1 and box.y1 <= page.y1
         ), f"{text.get_text()!r} at {box} outside the figure {page}"
     close(fig)
+
+
+def jump_like_evaluation(root, epoch, seed):
+    """metrics.json + predictions.csv of a real evaluation (evaluate CLI) of a table where every
+    treatment lies in every batch: no NSCB query has a candidate, so NSCB (and its mAP) is null."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        (compound, 0.0 if compound == "DMSO" else float(conc), moa, f"{batch}_P{p}", batch)
+        for batch in ("W1", "W2")
+        for p in range(2)
+        for compound, moa in (("a", "X"), ("b", "X"), ("c", "Y"), ("d", "Y"), ("DMSO", "DMSO"))
+        for conc in (1, 2)
+    ]
+    table = pd.DataFrame(rows, columns=["compound", "concentration", "moa", "plate", "batch"])
+    names = [f"feat_{i}" for i in range(6)]
+    features = pd.DataFrame(rng.normal(size=(len(table), len(names))), columns=names)
+    source = root / f"features_{epoch}.csv"
+    pd.concat([table, features], axis=1).to_csv(source, index=False)
+    out_dir = root / "eval" / "vit_s" / "DAPI" / f"epoch_{epoch:04d}"
+    argv = ["--features", str(source), "--out-dir", str(out_dir), "--label"]
+    argv += [f"vit_s/DAPI/{epoch:04d}", "--settings", '{"map": {"permutations": 10}}']
+    assert evaluate.main(argv) == 0
+    return out_dir / "metrics.json"
+
+
+def test_nscb_not_applicable_shows_as_n_a_with_no_interval_nor_test(tmp_path):
+    """Issue 23, case 5 through the error bars: a run whose NSCB is null (no query has a
+    cross-batch candidate) has no NSCB interval and no NSCB test, its predictions.csv agrees
+    with metrics.json (no outcome, not 8 misses), and the report shows n/a, never 0."""
+    paths = [jump_like_evaluation(tmp_path, epoch, seed=epoch) for epoch in (0, 2)]
+    for path in paths:
+        metrics = json.loads(path.read_text())
+        assert metrics["nscb"] is None and metrics["n_queries_without_candidates_nscb"] == 8
+        assert metrics["nsc"] is not None
+        predictions = pd.read_csv(path.parent / "predictions.csv")
+        nscb_rows = predictions[predictions["protocol"] == "nscb"]
+        assert len(nscb_rows) == 8 and not nscb_rows["correct"].any()  # rows kept, all misses
+    baseline = tmp_path / "baseline" / "metrics.json"
+    baseline.parent.mkdir()
+    for name in ("metrics.json", "predictions.csv", "confusion.csv"):
+        text = (paths[0].parent / name).read_text()
+        (baseline.parent / name).write_text(text.replace("vit_s/DAPI/0000", "cp/baseline/0000"))
+    out_dir = summarise(tmp_path, paths, "--baseline-metrics", str(baseline))
+
+    summary = pd.read_csv(out_dir / "summary.csv")
+    assert summary[["nscb", "nscb_ci_low", "nscb_ci_high"]].isna().all(axis=None)
+    assert summary[["map_nscb", "map_nscb_ci_low", "map_nscb_ci_high"]].isna().all(axis=None)
+    assert (summary["nsc_ci_low"] <= summary["nsc"]).all()
+    assert (summary["nsc"] <= summary["nsc_ci_high"]).all()
+    best = pd.read_csv(out_dir / "best_epochs.csv")
+    nscb = best[best["metric"] == "nscb"]
+    assert len(nscb) == 1 and nscb[["last_value", "oracle_best_value"]].isna().all(axis=None)
+    assert nscb[["pretrained_ci_low", "last_ci_high"]].isna().all(axis=None)
+    comparisons = pd.read_csv(out_dir / "comparisons.csv")
+    assert set(comparisons["metric"]) == {"nsc", "map_nsc"}  # NSCB has nothing to compare
+    assert set(comparisons["comparison"]) == {"last epoch vs epoch 0", "last epoch vs baseline"}
+
+    html = (out_dir / "report.html").read_text()
+    headline = html[html.index('class="dataframe headline"') :]
+    rows = re.findall(r"<tr>(.*?)</tr>", headline[: headline.index("</table>")], re.S)
+    cells = [re.findall(r"<td>(.*?)</td>", row, re.S) for row in rows]
+    body = [row for row in cells if row]  # epoch 0, last, last - epoch 0 per metric
+    assert len(body) == 2  # the series and the baseline
+    assert all(row[3:6] == ["n/a"] * 3 and row[9:12] == ["n/a"] * 3 for row in body), body
+    assert body[0][2].startswith(("+", "&minus;")) and "p = " in body[0][2]  # NSC has its test
+    assert not (out_dir / "figures" / "nscb_vs_epoch.png").exists()
+
+
+def test_rows_prepare_left_out_are_tabled_in_the_report(runs, tmp_path):
+    """Issue 23, case 2: the validation report's records show as a table, an empty list as none."""
+    paths, validation = runs
+    report = json.loads(validation.read_text())
+    left_out = {"table": "image.csv", "reason": "compound not in the MoA table", "rows": 72}
+    report.update(rows_left_out=[left_out], control_spellings=[])
+    validation.write_text(json.dumps(report))
+    out_dir = tmp_path / "summary"
+    argv = ["--metrics", *map(str, paths), "--validation-report", str(validation)]
+    assert cli.main([*argv, "--out-dir", str(out_dir)]) == 0
+    html = (out_dir / "report.html").read_text()
+    assert "<summary>rows_left_out (72 rows)</summary>" in html
+    assert "<td>compound not in the MoA table</td>" in html
+    assert "<th>control_spellings</th><td>none</td>" in html
 
 
 def summarise(tmp_path, paths, *extra):

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from workflow_scripts.evaluate.metrics import evaluate_profiles
 from workflow_scripts.summary import bootstrap, paired
 from workflow_scripts.summary.bootstrap import Settings
 
@@ -175,3 +176,45 @@ def test_runs_without_common_treatments_are_not_compared():
     b = a.assign(treatment="other_" + a["treatment"])
     result = paired.compare(a, b, "nsc", Settings(resamples=50))
     assert result["n_paired"] == 0 and np.isnan(result["p_value"])
+
+
+@pytest.mark.parametrize("n_batches, everywhere", [(2, True), (2, False), (3, False)])
+def test_per_query_outcomes_give_the_evaluations_metrics_with_queries_without_candidates(
+    tmp_path, n_batches, everywhere
+):
+    """What the summary resamples agrees with metrics.json (evaluate's metrics, checked against
+    brute force in test_eval_metrics.py) when queries lack candidates: with some candidates
+    they are misses; with none (every treatment in every batch) the metric has no outcome (n/a)
+    and no interval, never 0. Read back from predictions.csv, as the summary reads it."""
+    rng = np.random.default_rng(n_batches)
+    n = 24
+    compound = [f"c{i // 2}" for i in range(n)]
+    names = [f"B{k}" for k in range(n_batches)]
+    table = pd.DataFrame(
+        {
+            "treatment": [f"{c}@{i % 2}" for i, c in enumerate(compound)],
+            "compound": compound,
+            "concentration": [float(i % 2) for i in range(n)],
+            "moa": [f"m{(i // 2) % 3}" for i in range(n)],
+            "batches": [
+                tuple(names)
+                if everywhere
+                else tuple(sorted(rng.choice(names, rng.integers(1, n_batches + 1), False)))
+                for _ in range(n)
+            ],
+        }
+    )
+    map_settings = {"enabled": True, "permutations": 5, "seed": 0, "null_model": "shared"}
+    metrics, rows, _ = evaluate_profiles(rng.normal(size=(n, 5)), table, map_settings)
+    rows.to_csv(tmp_path / "predictions.csv", index=False)
+    read_back = pd.read_csv(tmp_path / "predictions.csv")
+    assert (metrics["nscb"] is None) == everywhere
+    assert metrics["n_queries_without_candidates_nscb"] > 0
+    intervals = bootstrap.metric_intervals(read_back, Settings(resamples=50))
+    for metric in bootstrap.OUTCOMES:
+        outcomes = bootstrap.query_outcomes(read_back, metric)["outcome"]
+        if metrics[metric] is None:
+            assert outcomes.empty and np.isnan(intervals[f"{metric}_ci_low"])
+        else:
+            assert outcomes.mean() == pytest.approx(metrics[metric], abs=1e-12)
+            assert intervals[f"{metric}_ci_low"] <= intervals[f"{metric}_ci_high"]

@@ -2,6 +2,9 @@
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -18,6 +21,7 @@ from workflow_scripts.model.checkpoint import (
 )
 from workflow_scripts.train.resume_state import export_checkpoints, load_resume_state
 
+REPO = Path(__file__).resolve().parents[1]
 ARCH = "vit_small_patch16_dinov3.lvd1689m"
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 
@@ -177,3 +181,29 @@ def test_same_weights_and_metadata_give_identical_bytes(tmp_path):
     with safe_open(tmp_path / "w0.safetensors", "pt") as fh:
         assert fh.metadata() == metadata
     assert_same_weights(model, build_backbone(ARCH, str(tmp_path / "w0.safetensors"), TINY))
+
+
+def test_weights_path_of_a_folder_says_folder_not_missing(tmp_path):
+    """Issue 23, case 12: the path exists, so "not found" misled."""
+    with pytest.raises(InputError, match=r"weights .* is a folder, not a weights file"):
+        build_backbone(ARCH, str(tmp_path), TINY)
+
+
+def test_fetch_weights_without_the_hub_is_one_line_naming_arch_and_where_to_put_the_file(
+    tmp_path,
+):
+    """Issue 23, case 9: three chained huggingface tracebacks before. An empty hub cache and
+    HF_HUB_OFFLINE stand for a node without internet (the same LocalEntryNotFoundError)."""
+    out = tmp_path / "weights" / f"{ARCH}.safetensors"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    command = ["-m", "workflow_scripts.model.fetch_weights", "--arch", ARCH, "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, env=env, timeout=300, cwd=REPO
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith(f"error: could not fetch the pretrained weights of {ARCH}")
+    assert "hub is unreachable" in lines[-1] and str(out) in lines[-1]
+    assert "weights: path/to/file.safetensors" in lines[-1]
+    assert not out.exists()

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import yaml
 from repo_copy import REPO, copy_repo  # noqa: F401  (re-exported for the tests)
 
@@ -97,8 +99,26 @@ def summary(workdir: Path, output_dir: str, *args: str) -> list[PlannedOutput]:
     return rows
 
 
+def write_placeholder(path: Path) -> None:
+    """The smallest file of its format that reads without error (the workflow reads JSON,
+    parquet, .npy, .npz and safetensors outputs at start: workflow_scripts/stale_outputs.py);
+    records no settings, so it is never compared with the configuration. Other formats: empty."""
+    if path.suffix == ".json":
+        path.write_text("{}")
+    elif path.suffix == ".parquet":
+        pd.DataFrame({"x": []}).to_parquet(path)
+    elif path.suffix == ".npy":
+        np.save(path, np.zeros(0, dtype=np.uint16))
+    elif path.suffix == ".npz":
+        np.savez(path)
+    elif path.suffix == ".safetensors":
+        path.write_bytes(len(b"{}").to_bytes(8, "little") + b"{}")
+    else:
+        path.write_bytes(b"")
+
+
 def mark_up_to_date(workdir: Path, output_dir: str, *args: str) -> None:
-    """Put the workdir in the state a finished run leaves, without running anything: empty
+    """Put the workdir in the state a finished run leaves, without running anything: placeholder
     output files, then `--touch --forceall`, which records each job's provenance (params, code,
     input set, software environment) and touches outputs in DAG order, as a real run would."""
     for row in summary(workdir, output_dir, *args):
@@ -107,5 +127,5 @@ def mark_up_to_date(workdir: Path, output_dir: str, *args: str) -> None:
             path.mkdir(parents=True, exist_ok=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        write_placeholder(path)
     snakemake(workdir, "--cores", "1", "--touch", "--forceall", *args)

@@ -25,10 +25,57 @@ RGB = "rgb"
 COMBINED = "combined"
 
 
+class _DuplicateKey(yaml.MarkedYAMLError):
+    """A mapping names a key twice (PyYAML keeps the last silently)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` overrides on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader's own error follows
+                break
+            if first is not key_node.start_mark:
+                raise _DuplicateKey(
+                    problem=(
+                        f"key '{key}' is given twice (first on line {first.line + 1}); YAML would "
+                        "silently keep only the last one"
+                    ),
+                    problem_mark=key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a syntax error or a key given twice in a mapping is an InputError
+    naming the file and line (`config.yaml: line 12, column 3: ...`)."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.load(fh, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = err.problem or err.context or "not valid YAML"
+        if "'\\t'" in problem:
+            problem = "a tab character; YAML indents with spaces only"
+        raise InputError(f"{path}: {where}{problem}") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not a text file ({err})") from None
+
+
 def known_models() -> list[str]:
     """timm pretrained names of the DINOv3 family, as listed in dinov3_models.yaml."""
-    with open(PACKAGE_DIR / "dinov3_models.yaml") as fh:
-        return list(yaml.safe_load(fh)["models"])
+    return list(read_yaml(PACKAGE_DIR / "dinov3_models.yaml")["models"])
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -52,11 +99,7 @@ def load(paths: Iterable[str | Path], *, schema: bool = True) -> dict:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"config file not found: {path}")
-        try:
-            with open(path) as fh:
-                loaded = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as err:
-            raise InputError(f"{path}: not valid YAML: {err}") from err
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise InputError(f"{path}: top level must be a mapping")
         config = deep_merge(config, loaded)
@@ -79,9 +122,7 @@ def check_schema(config: dict) -> None:
     The Snakefile calls this before Snakemake's own validation, whose messages name no key."""
     import jsonschema
 
-    with open(SCHEMA_PATH) as fh:
-        schema = yaml.safe_load(fh)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(read_yaml(SCHEMA_PATH))
     errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         err = errors[0]
@@ -152,6 +193,14 @@ def evaluated_epochs(settings: dict, include_pretrained: bool = False) -> list[i
     if include_pretrained:
         epochs.add(0)
     return sorted(epochs)
+
+
+def scoring_settings(config: dict) -> dict:
+    """What scoring a feature table depends on (the evaluate rules' --settings): the same for
+    the runs and the baselines."""
+    return {
+        k: config["evaluate"].get(k, {}) for k in ("normalization", "tvn", "aggregation", "map")
+    }
 
 
 def digest(obj: Any) -> str:

@@ -9,7 +9,8 @@ Snakemake. Three kinds, cheapest first:
 - settings: what the values mean together (model names, ranges, warm-ups, channel modes,
   baseline names, evaluation windows on the cached field, launchers);
 - files: what must exist before any job runs (the official tables and image root, baseline
-  tables, the between-workflow cache folder when --cache is on);
+  tables, weights files, the between-workflow cache folder when --cache is on) and the
+  output_dir (a writable folder of its own, not the checkout);
 - models: built on the meta device (torch, timm): model_kwargs that build, and a GPU training
   that fits resources.gpu_mem_gb under its strategy. What they count is cached on disk
   (count_cache.py): a configuration checked before is checked again without torch.
@@ -17,19 +18,47 @@ Snakemake. Three kinds, cheapest first:
 A module of its own, imported by the Snakefile and the planner CLI only: workflow_scripts.config
 is imported by the training and cache code, whose rules would otherwise list these checks (and
 what they import) among their code inputs and rerun when a check changes.
+
+Before all of these, `config_files` reads every YAML file the run is configured by with a loader
+that refuses a key given twice (PyYAML and Snakemake keep the last one silently) and names file
+and line of a syntax error. Snakemake parses `--configfile` files itself before the Snakefile
+runs, so a syntax error there stops Snakemake with its own message, which names no file: run
+`python -m workflow_scripts.config_check CONFIG...` to find it (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Callable, Mapping
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 from workflow_scripts import config as config_module
 from workflow_scripts import training_seeds
-from workflow_scripts.errors import InputError
+from workflow_scripts.errors import InputError, cli
 from workflow_scripts.evaluate import crops as evaluation_crops_module
 
 Rule = Callable[[dict], None]
+
+
+# ------------------------------------------------------------------ config files
+# Profiles of this checkout: the workflow profile Snakemake applies to every run, and the SLURM
+# profile users edit (`--profile slurm`). Snakemake reads them; their keys must be unique too.
+PROFILE_FILES = ("profiles/default/config.yaml", "slurm/config.yaml")
+
+
+def config_files(paths: Iterable[str | os.PathLike]) -> None:
+    """Each existing file parses as YAML with no key given twice in a mapping (two `data:`
+    sections would drop the first silently); errors name the file and line."""
+    for path in paths:
+        if os.path.isfile(path):
+            config_module.read_yaml(path)
+
+
+def profile_files(checkout: str | os.PathLike) -> list[Path]:
+    return [Path(checkout) / name for name in PROFILE_FILES]
 
 
 # ------------------------------------------------------------------ settings
@@ -205,6 +234,99 @@ def baseline_tables(config: dict, written_by_workflow: tuple[str, ...] = ()) -> 
         )
 
 
+def weights_files(config: dict) -> None:
+    """A weights path names a file, not a folder (`hub` and `none` are not paths)."""
+    for i, entry in enumerate(config["architectures"]):
+        weights = entry.get("weights", "hub")
+        if weights in ("hub", "none") or not os.path.isdir(weights):
+            continue
+        found = sorted(
+            p.name for p in Path(weights).iterdir() if p.suffix in (".safetensors", ".pth")
+        )
+        hint = f" (it holds {', '.join(found[:3])})" if found else ""
+        raise InputError(
+            f"config key 'architectures.{i}.weights' -> {weights} is a folder{hint}; give the "
+            "weights file itself, e.g. weights: path/to/file.safetensors"
+        )
+
+
+def _output_dir(config: dict) -> str:
+    return config["output_dir"]
+
+
+def output_dir_is_a_folder(config: dict) -> None:
+    """output_dir, and every folder above it that exists, is a folder, not a file."""
+    path = Path(os.path.abspath(_output_dir(config)))
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            what = "is a file" if part == path else f"lies under {part}, which is a file"
+            raise InputError(
+                f"config key 'output_dir' -> {_output_dir(config)} {what}, not a folder; "
+                "choose another output_dir"
+            )
+        if part.exists():
+            return
+
+
+def output_dir_writable(config: dict) -> None:
+    """Files can be created in output_dir (or, before the first run, in the nearest folder
+    above it that exists): a read-only mount or a folder without write permission fails at
+    start, not in the first job."""
+    path = Path(os.path.abspath(_output_dir(config)))
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise InputError(
+            f"config key 'output_dir' -> {_output_dir(config)}: cannot write in {existing} "
+            f"({reason}); choose an output_dir on a writable file system"
+        ) from None
+
+
+def output_dir_outside_checkout(config: dict, checkout: str | os.PathLike) -> None:
+    """output_dir is not the checkout, a folder holding it, or (in a git clone) a folder of
+    tracked files: outputs would mix with the repository (`output_dir: .`). A folder of its own
+    inside the checkout (results/, ignored by git) is fine."""
+    path = Path(os.path.realpath(_output_dir(config)))
+    root = Path(os.path.realpath(checkout))
+    if path == root or path in root.parents:
+        raise InputError(
+            f"config key 'output_dir' -> {_output_dir(config)} is the checkout {root}"
+            f"{'' if path == root else ' or a folder holding it'}: outputs would mix with the "
+            "repository's files; choose a folder of its own, e.g. results/"
+        )
+    if root not in path.parents:
+        return
+    tracked = tracked_files(root, path)
+    if tracked:
+        raise InputError(
+            f"config key 'output_dir' -> {_output_dir(config)} holds files of the repository "
+            f"({', '.join(tracked[:3])}{', ...' if len(tracked) > 3 else ''}): outputs would mix "
+            "with them; choose a folder of its own, e.g. results/"
+        )
+
+
+def tracked_files(checkout: Path, folder: Path) -> list[str]:
+    """Files git tracks under `folder` of a checkout; empty without git or outside a clone."""
+    if not (checkout / ".git").exists():
+        return []
+    try:
+        listed = subprocess.run(
+            ["git", "-C", str(checkout), "ls-files", "-z", "--", str(folder.relative_to(checkout))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [name for name in listed.stdout.split("\0") if name] if listed.returncode == 0 else []
+
+
+OUTPUT_DIR_RULES: tuple[Rule, ...] = (output_dir_is_a_folder, output_dir_writable)
+
+
 def cache_location(environ: Mapping[str, str]) -> None:
     """With --cache: $SNAKEMAKE_OUTPUT_CACHE is an absolute, writable folder (output_cache.py)."""
     from workflow_scripts import output_cache
@@ -240,18 +362,61 @@ def check(
     models: bool = True,
     written_by_workflow: tuple[str, ...] = (),
     cache_environ: Mapping[str, str] | None = None,
+    checkout: str | os.PathLike | None = None,
 ) -> None:
     """Every rule, cheapest first; the first broken one raises InputError naming its key.
     `files=False` skips the file-system rules (the planner CLI needs no data), `models=False`
     the meta-device builds (Snakemake's job processes re-parse the Snakefile: the main process
-    has checked them). `cache_environ`: the environment, when --cache is on."""
+    has checked them). `cache_environ`: the environment, when --cache is on. `checkout`: the
+    repository the run uses (the Snakefile's folder), which output_dir must stay out of."""
     for rule in SETTINGS_RULES:
         rule(config)
     if files:
+        for rule in OUTPUT_DIR_RULES:
+            rule(config)
+        if checkout is not None:
+            output_dir_outside_checkout(config, checkout)
         data_paths(config)
         baseline_tables(config, written_by_workflow)
+        weights_files(config)
         if cache_environ is not None:
             cache_location(cache_environ)
     if models:
         for rule in MODEL_RULES:
             rule(config)
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    """Check config files as `snakemake -n` does, naming the file and line of a YAML error
+    even in an overlay (Snakemake's own message for a `--configfile` names no file)."""
+    parser = argparse.ArgumentParser(
+        description="Check config files (later ones overlay earlier ones) as the workflow does "
+        "at start: YAML syntax and duplicate keys (file and line), the schema, and every rule "
+        "of workflow_scripts/config_check.py."
+    )
+    parser.add_argument("configs", nargs="+", help="config.yaml, then overlays")
+    parser.add_argument(
+        "--no-models", action="store_true", help="skip the model builds (no torch import)"
+    )
+    args = parser.parse_args(argv)
+    config_files(args.configs)
+    config = config_module.load(args.configs)
+    # a baseline table under {output_dir} is written by a rule of the workflow (the demo's)
+    written = tuple(
+        entry["table"]
+        for raw, entry in zip(config.get("baselines") or [], config_module.baselines(config))
+        if "{output_dir}" in raw["table"]
+    )
+    check(
+        config,
+        models=not args.no_models,
+        written_by_workflow=written,
+        checkout=config_module.REPO_DIR,
+    )
+    print(f"ok: {', '.join(args.configs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

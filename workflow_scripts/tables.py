@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import gzip
 import json
 import os
 from pathlib import Path
@@ -28,6 +30,12 @@ METADATA_COLUMNS = [
 CONTROL_COMPOUND = "DMSO"
 FEATURE_PREFIX = "feat_"
 SORT_KEYS = ["batch", "plate", "well", "site"]
+
+
+def is_control_compound(compound: pd.Series) -> pd.Series:
+    """The control compound in any case, blanks around it ignored (`DMSO`, `dmso`, ` Dmso`):
+    one spelling per stage would silently turn controls into a treated compound."""
+    return compound.astype(str).str.strip().str.upper() == CONTROL_COMPOUND
 
 
 def path_column(channel: str) -> str:
@@ -59,11 +67,36 @@ def read_table(path: str | os.PathLike, required: list[str] | None = None) -> pd
         else:
             df = pd.read_csv(path)
     except Exception as err:  # pyarrow/pandas raise many types for corrupt files
-        raise InputError(f"{path}: cannot be read as a table ({err})") from err
+        hint = ""
+        if path.suffix == ".parquet":  # the format of the workflow's own tables
+            hint = (
+                "; if the workflow wrote it (truncated by a full disk or a copy cut short), run "
+                "the workflow again: it finds unreadable outputs at start and makes them again"
+            )
+        raise InputError(f"{path}: cannot be read as a table ({err}){hint}") from err
     missing = [c for c in (required or []) if c not in df.columns]
     if missing:
+        delimiter = None if path.suffix == ".parquet" else other_delimiter(path)
+        if delimiter:
+            raise InputError(
+                f"{path}: does not look comma-separated: its header line is separated by "
+                f"{delimiter!r}; save it as CSV with commas (decimal points, not commas)"
+            )
         raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
     return df
+
+
+def other_delimiter(path: Path) -> str | None:
+    """The delimiter of a CSV header line when it is not a comma (`;` from a spreadsheet in a
+    decimal-comma locale, a tab), else None."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            header = fh.readline()
+        delimiter = csv.Sniffer().sniff(header, delimiters=",;\t|").delimiter
+    except (OSError, csv.Error):
+        return None
+    return None if delimiter == "," else delimiter
 
 
 def read_json(path: str | os.PathLike, required: tuple[str, ...] | list[str] = ()) -> dict:

@@ -5,12 +5,15 @@ arrays instead of decoding 11,544 TIFFs every epoch. Plates are processed one at
 is ~70 images per channel), so memory stays at a few hundred MB whatever the dataset size.
 Everything is written into a temporary folder beside the cache folder and moved into place at the
 end, `meta.json` last: a failed or killed job never leaves a cache that looks complete.
+`meta.json` records a digest of the pixels (`content_digest`), computed while the images are
+written, so a resumed training can tell a rebuilt cache with other pixels from the same one.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import operator
 import os
@@ -55,10 +58,29 @@ META_KEYS = (
     "illumination_correction",
     "settings_digest",
 )
+# Not required by readers: caches written before it existed have no `content_digest`.
+CONTENT_DIGEST = "content_digest"
 
 
 def array_name(channel: str) -> str:
     return f"{channel}.npy"
+
+
+def image_digest(image: np.ndarray) -> bytes:
+    """sha256 of one cached image's bytes (uint16, C order)."""
+    return hashlib.sha256(np.ascontiguousarray(image, dtype=CACHE_DTYPE).data).digest()
+
+
+def channel_digest(row_digests: list[bytes]) -> str:
+    """A channel's content digest: sha256 of its images' sha256 digests in row order. Per image
+    first, so the digests are computed in the worker threads while the images are written, in
+    any order, and the whole array is never read again."""
+    return hashlib.sha256(b"".join(row_digests)).hexdigest()
+
+
+def array_content_digest(array: np.ndarray) -> str:
+    """channel_digest of an (N, H, W) array that is already written (tests, benchmarks)."""
+    return channel_digest([image_digest(image) for image in array])
 
 
 def parse_settings(settings: dict) -> tuple[IlluminationSettings | None, float, float]:
@@ -114,6 +136,12 @@ def prepare(
     return np.rint(np.clip(values, 0, clip_max)).astype(CACHE_DTYPE)
 
 
+def prepare_and_digest(image: np.ndarray, **kwargs) -> tuple[np.ndarray, bytes]:
+    """`prepare`, and the prepared image's digest (in the worker thread: sha256 frees the GIL)."""
+    prepared = prepare(image, **kwargs)
+    return prepared, image_digest(prepared)
+
+
 class ImageReader:
     """Reads one channel's raw TIFFs; any problem names the table row, column and file."""
 
@@ -166,6 +194,7 @@ def write_cache(
     plates = table.groupby("plate", sort=False).indices
     if illumination is not None:
         (folder / ILLUMINATION_DIR).mkdir()
+    row_digests: dict[str, list[bytes]] = {ch: [b""] * len(table) for ch in channels}
     meta = cache_meta(
         table,
         shape,
@@ -192,15 +221,20 @@ def write_cache(
                             f"{table_path}: plate {plate}, channel {ch}: {err}"
                         ) from err
                     np.save(folder / ILLUMINATION_DIR / f"{plate}_{ch}.npy", function)
-                finish = partial(prepare, function=function, shape=shape, clip_max=clip_max)
-                for row, image in zip(rows, pool.map(finish, raw)):
+                finish = partial(
+                    prepare_and_digest, function=function, shape=shape, clip_max=clip_max
+                )
+                for row, (image, image_sha) in zip(rows, pool.map(finish, raw)):
                     arrays[ch][row] = image
+                    row_digests[ch][row] = image_sha
                 del raw  # freed before the next channel's stack is allocated
             print(
                 f"plate {k}/{len(plates)} {plate}: {len(rows)} images x {len(channels)} channels "
                 f"in {time.perf_counter() - start:.1f} s",
                 flush=True,
             )
+        # digested in the worker threads as the images were written: `writing` reads nothing back
+        meta[CONTENT_DIGEST] = {ch: channel_digest(row_digests[ch]) for ch in channels}
     return meta
 
 
@@ -281,8 +315,10 @@ def cache_meta(
     resize_factor: float = 1.0,
     illumination_correction: bool = False,
     settings_digest: str = "arrays",
+    content_digest: dict[str, str] | None = None,
 ) -> dict:
-    """meta.json's content (docs/formats.md)."""
+    """meta.json's content (docs/formats.md); a `content_digest` of None is filled in by
+    `writing` from the written arrays."""
     return {
         "n_images": len(table),
         "height": shape[0],
@@ -292,6 +328,7 @@ def cache_meta(
         "resize_factor": resize_factor,
         "illumination_correction": illumination_correction,
         "settings_digest": settings_digest,
+        CONTENT_DIGEST: content_digest,
     }
 
 
@@ -304,11 +341,13 @@ def write_index(folder: Path, table: pd.DataFrame, meta: dict) -> None:
 @contextlib.contextmanager
 def writing(
     out_dir: str | os.PathLike, table: pd.DataFrame, meta: dict
-) -> Iterator[dict[str, np.memmap]]:
+) -> Iterator[dict[str, ArrayFile]]:
     """The one writer of the cache format (the cache build, and tests and benchmarks that make
     their own fields): yields one write-only (n_images, height, width) uint16 ArrayFile per
     channel of `meta` (cache_meta), rows in table order; on a clean exit the arrays are synced
-    to disk, then the table and meta.json written, in the layout `load_cache` reads."""
+    to disk, meta's content digest taken from the files unless the caller recorded it while
+    writing (write_cache), then the table and meta.json written, in the layout `load_cache`
+    reads."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays = new_arrays(out_dir, meta["channels"], len(table), (meta["height"], meta["width"]))
@@ -319,6 +358,12 @@ def writing(
     finally:
         for array in arrays.values():
             array.close(sync=False)
+    if meta.get(CONTENT_DIGEST) is None:  # tests and benchmarks: read back once
+        content = {
+            ch: array_content_digest(np.load(array.path, mmap_mode="r"))
+            for ch, array in arrays.items()
+        }
+        meta = {**meta, CONTENT_DIGEST: content}
     write_index(out_dir, table, meta)
 
 

@@ -7,9 +7,12 @@ Two sources:
   columns whose Image_FileName_<ch> hold full paths (relative ones are taken relative to the CSV's
   folder), plus a `MoA` column in the annotated table.
 
-Only annotated treatments and DMSO controls are kept. Image files are not opened here (that is
-validation's job), so the table can be prepared before the images are in place.
-Row numbers in messages are 0-based data rows of the named table.
+Only annotated treatments and DMSO controls are kept. The control compound is recognised in
+any case (`dmso`, `Dmso`) and written as `DMSO`. Every row the join leaves out is counted with
+its reason, and every other spelling of the control too: the counts travel with the prepared
+table (its `attrs`, key `prepare_report`) into the validation report and are printed here.
+Image files are not opened here (that is validation's job), so the table can be prepared before
+the images are in place. Row numbers in messages are 0-based data rows of the named table.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from workflow_scripts.tables import (
     CONTROL_COMPOUND,
     METADATA_COLUMNS,
     SORT_KEYS,
+    is_control_compound,
     path_column,
     read_table,
     treatment_name,
@@ -45,6 +49,8 @@ MOA_TABLE_COLUMNS = ["compound", "concentration", "moa"]
 SOURCE_TABLE = "source_table"
 SOURCE_ROW = "source_row"
 SOURCE_COLUMNS_ATTR = "source_columns"  # table.attrs: image-table column -> user's column(s)
+# table.attrs: {"rows_left_out": [...], "control_spellings": [...]} (docs/formats.md)
+PREPARE_REPORT_ATTR = "prepare_report"
 # BBBC021 file names end in `<well>_s<site>_w<wavelength><UUID>.tif`, with or without a
 # `Week*_<date>_` prefix (e.g. `Week6_200607_F10_s1_w1....tif`, `G10_s1_w1....tif`).
 WELL_SITE = re.compile(r"(?:^|_)([A-P]\d{2})_s(\d+)_w\d")
@@ -220,7 +226,8 @@ def assemble(
     site = site_numbers(raw, channels, table)
     plate = raw[PLATE].astype(str)
     well = raw[WELL].astype(str)
-    compound = raw[COMPOUND].astype(str)
+    is_control = is_control_compound(raw[COMPOUND])
+    compound = raw[COMPOUND].astype(str).where(~is_control, CONTROL_COMPOUND)
     concentration = raw[CONCENTRATION].astype(float)
     out = pd.DataFrame(
         {
@@ -234,7 +241,7 @@ def assemble(
             "concentration": concentration,
             "treatment": [treatment_name(c, x) for c, x in zip(compound, concentration)],
             "moa": moa.astype(str),
-            "is_control": compound == CONTROL_COMPOUND,
+            "is_control": is_control,
         },
         index=raw.index,
     )
@@ -256,6 +263,76 @@ def finish(table: pd.DataFrame) -> pd.DataFrame:
     """Column order and row order of docs/formats.md."""
     columns = METADATA_COLUMNS + [c for c in table.columns if c not in METADATA_COLUMNS]
     return table[columns].sort_values(SORT_KEYS, kind="stable").reset_index(drop=True)
+
+
+def control_spellings(raw: pd.DataFrame, table: str | os.PathLike) -> list[dict]:
+    """Control rows whose compound is not spelled `DMSO` (they are read as DMSO)."""
+    values = raw[COMPOUND].astype(str)
+    other = is_control_compound(raw[COMPOUND]) & (values != CONTROL_COMPOUND)
+    if not other.any():
+        return []
+    return [
+        {
+            "table": str(table),
+            "rows": int(other.sum()),
+            "spellings": sorted(set(values[other])),
+            "first_row": int(raw.index[other][0]),
+        }
+    ]
+
+
+def dropped_by_join(
+    unannotated: pd.DataFrame, moa: pd.DataFrame, table: str | os.PathLike
+) -> list[dict]:
+    """Treated rows the MoA table does not annotate, counted by reason (the join keeps only
+    annotated treatments: on BBBC021 most compounds have no MoA)."""
+    known = set(moa["compound"])
+    known_folded = {c.casefold(): c for c in known}
+    compound = unannotated[COMPOUND].astype(str)
+    in_other_case = ~compound.isin(known) & compound.str.casefold().isin(known_folded)
+    reasons = {
+        "compound not in the MoA table": ~compound.isin(known) & ~in_other_case,
+        "compound in the MoA table only in another case": in_other_case,
+        "concentration not in the MoA table for this compound": compound.isin(known),
+    }
+    dropped = []
+    for reason, mask in reasons.items():
+        if not mask.any():
+            continue
+        first = unannotated.index[mask.to_numpy()][0]
+        example = f"{unannotated.loc[first, COMPOUND]} at {unannotated.loc[first, CONCENTRATION]:g}"
+        if reason == "compound in the MoA table only in another case":
+            example += (
+                f" (MoA table: {known_folded[str(unannotated.loc[first, COMPOUND]).casefold()]})"
+            )
+        dropped.append(
+            {
+                "table": str(table),
+                "reason": reason,
+                "rows": int(mask.sum()),
+                "compounds": int(compound[mask].nunique()),
+                "first_row": int(first),
+                "example": example,
+            }
+        )
+    return dropped
+
+
+def report_lines(report: dict) -> list[str]:
+    """The prepare report, one line per entry (printed to the log; the validation report holds
+    the same)."""
+    lines = [
+        f"{d['table']}: {d['rows']} row(s) left out: {d['reason']} ({d['compounds']} "
+        f"compound(s); first: row {d['first_row']}, {d['example']})"
+        for d in report.get("rows_left_out", [])
+    ]
+    lines += [
+        f"{c['table']}: {c['rows']} control row(s) spell the compound "
+        f"{', '.join(repr(s) for s in c['spellings'])} (first: row {c['first_row']}): read as "
+        f"{CONTROL_COMPOUND}"
+        for c in report.get("control_spellings", [])
+    ]
+    return lines
 
 
 def from_official(
@@ -285,8 +362,14 @@ def from_official(
         )
         .set_index("index")
     )
-    is_control = joined[COMPOUND] == CONTROL_COMPOUND
+    is_control = is_control_compound(joined[COMPOUND])
     kept = joined[is_control | joined["moa"].notna()]
+    report = {
+        "rows_left_out": dropped_by_join(
+            joined[~is_control & joined["moa"].isna()], moa, image_table
+        ),
+        "control_spellings": control_spellings(joined, image_table),
+    }
     require_values(kept, [path_name_column(ch) for ch in channels], image_table)
     root = os.path.abspath(os.path.expanduser(image_root))
     check_inside_root(kept, channels, root, image_table)
@@ -303,6 +386,7 @@ def from_official(
         )
     )
     table.attrs[SOURCE_COLUMNS_ATTR] = source_columns(channels, official=True)
+    table.attrs[PREPARE_REPORT_ATTR] = report
     return table
 
 
@@ -327,7 +411,7 @@ def read_seed_table(path: str | os.PathLike, channels: list[str], controls: bool
     raw = read_table(path, required=required)
     require_values(raw, [COMPOUND, CONCENTRATION], path)
     raw[CONCENTRATION] = numeric_concentration(raw, path)
-    is_control = raw[COMPOUND] == CONTROL_COMPOUND
+    is_control = is_control_compound(raw[COMPOUND])
     if controls and not is_control.all():
         row = raw.index[~is_control][0]
         raise InputError(
@@ -345,7 +429,9 @@ def read_seed_table(path: str | os.PathLike, channels: list[str], controls: bool
         moa = raw[SEED_MOA].where(~is_control, CONTROL_COMPOUND)
     batch = raw[PLATE].astype(str).str.split("_").str[0]
     paths = _seed_paths(raw, channels, Path(path))
-    return assemble(raw, moa=moa, batch=batch, paths=paths, channels=channels, table=path)
+    rows = assemble(raw, moa=moa, batch=batch, paths=paths, channels=channels, table=path)
+    rows.attrs["control_spellings"] = control_spellings(raw, path)
+    return rows
 
 
 def from_seed_csv(
@@ -355,13 +441,20 @@ def from_seed_csv(
     check_channels(channels)
     treated = read_seed_table(annotated, channels, controls=False)
     controls = read_seed_table(dmso, channels, controls=True)
+    spellings = treated.attrs["control_spellings"] + controls.attrs["control_spellings"]
     both = pd.concat([treated, controls], ignore_index=True)
+    both.attrs.clear()
     duplicated = both["image_id"].duplicated()
     if duplicated.any():
         image_id = both.loc[duplicated.idxmax(), "image_id"]
         raise InputError(f"{dmso}: image {image_id} is also in {annotated}")
     table = finish(both)
     table.attrs[SOURCE_COLUMNS_ATTR] = source_columns(channels, official=False)
+    # the seed's tables are joined by nothing: no row is left out (problems are errors)
+    table.attrs[PREPARE_REPORT_ATTR] = {
+        "rows_left_out": [],
+        "control_spellings": spellings,
+    }
     return table
 
 
@@ -406,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     if table.empty:
         raise InputError("no annotated or DMSO image left after joining the metadata tables")
     write_table(table, args.out)
+    for line in report_lines(table.attrs[PREPARE_REPORT_ATTR]):
+        print(line)
     print(f"{args.out}: {summary(table)}")
     return 0
 

@@ -26,15 +26,18 @@ import tifffile
 
 from workflow_scripts.atomic import atomic_path
 from workflow_scripts.data.metadata import (
+    PREPARE_REPORT_ATTR,
     SOURCE_COLUMNS_ATTR,
     SOURCE_ROW,
     SOURCE_TABLE,
     check_channels,
+    report_lines,
 )
 from workflow_scripts.errors import InputError, cli
 from workflow_scripts.tables import (
     CONTROL_COMPOUND,
     METADATA_COLUMNS,
+    is_control_compound,
     path_column,
     read_table,
     treatment_name,
@@ -56,6 +59,13 @@ def where(table: str | os.PathLike, df: pd.DataFrame, row: int, column: str | No
         return text + (f", column '{user_columns.get(column, column)}'" if column else "")
     text = f"{table}: row {row} (image_id {df['image_id'].iloc[row]})"
     return text + (f", column '{column}'" if column else "")
+
+
+def user_tables(table: str | os.PathLike, df: pd.DataFrame) -> str:
+    """The user's table(s) behind a prepared table, for messages about the whole table."""
+    if SOURCE_TABLE in df.columns:
+        return ", ".join(sorted(df[SOURCE_TABLE].astype(str).unique()))
+    return str(table)
 
 
 def row_ref(df: pd.DataFrame, row: int) -> str:
@@ -116,14 +126,14 @@ def check_types(df: pd.DataFrame, table: str | os.PathLike, channels: list[str])
 
 def check_treatments(df: pd.DataFrame, concentration: pd.Series, table: str | os.PathLike) -> None:
     """Controls, concentrations, treatment names, and one MoA per compound."""
-    is_dmso = df["compound"] == CONTROL_COMPOUND
+    is_dmso = is_control_compound(df["compound"])
     wrong_flag = df["is_control"] != is_dmso
     if wrong_flag.any():
         row = first(wrong_flag)
         raise InputError(
             f"{where(table, df, row, 'is_control')}: is {bool(df['is_control'].iloc[row])} "
             f"but compound is {df['compound'].iloc[row]!r} "
-            f"(controls are exactly the {CONTROL_COMPOUND} rows)"
+            f"(controls are exactly the {CONTROL_COMPOUND} rows, in any case)"
         )
     wrong_moa = is_dmso & (df["moa"] != CONTROL_COMPOUND)
     if wrong_moa.any():
@@ -187,10 +197,11 @@ def check_design(df: pd.DataFrame, table: str | os.PathLike, channels: list[str]
                     f"{row_ref(df, other_row)}, column '{other_column}'"
                 )
             seen[key] = (row, path_column(ch))
-    is_dmso = df["compound"] == CONTROL_COMPOUND
+    is_dmso = is_control_compound(df["compound"])
     if not is_dmso.any():
+        column = df.attrs.get(SOURCE_COLUMNS_ATTR, {}).get("compound", "compound")
         raise InputError(
-            f"{table}: no {CONTROL_COMPOUND} control image (column 'compound'); "
+            f"{user_tables(table, df)}: no {CONTROL_COMPOUND} control image (column '{column}'); "
             "controls are needed "
             "for normalization and every plate must have them"
         )
@@ -276,8 +287,15 @@ def check_images(
 
 
 def build_report(
-    df: pd.DataFrame, table: str | os.PathLike, channels: list[str], image_shape: tuple[int, int]
+    df: pd.DataFrame,
+    table: str | os.PathLike,
+    channels: list[str],
+    image_shape: tuple[int, int],
+    prepared: dict | None = None,
 ) -> dict:
+    """Counts of the validated table; `prepared`: the prepare step's report (rows its join left
+    out, other spellings of the control), carried in the prepared table's attrs."""
+    prepared = prepared or {}
     treated = df[~df["is_control"]]
     per_moa = (
         df.groupby("moa")
@@ -309,6 +327,8 @@ def build_report(
             k: int(v)
             for k, v in df.loc[df["is_control"], "plate"].value_counts().sort_index().items()
         },
+        "rows_left_out": list(prepared.get("rows_left_out", [])),
+        "control_spellings": list(prepared.get("control_spellings", [])),
     }
 
 
@@ -325,6 +345,28 @@ def report_markdown(report: dict) -> str:
         f"- plates: {report['n_plates']}, batches: {report['n_batches']}",
         f"- channels: {', '.join(report['channels'])}; every image {report['image_height']}x"
         f"{report['image_width']} (height x width), {report['image_dtype']}",
+        "",
+        "## Rows left out when the tables were prepared",
+        "",
+        *(
+            ["| table | reason | rows | compounds | first row |", "|---|---|---:|---:|---|"]
+            + [
+                f"| {d['table']} | {d['reason']} | {d['rows']} | {d['compounds']} | "
+                f"{d['first_row']} ({d['example']}) |"
+                for d in report.get("rows_left_out", [])
+            ]
+            if report.get("rows_left_out")
+            else ["None."]
+        ),
+        *(
+            ["", f"Other spellings of the control, read as {CONTROL_COMPOUND}:", ""]
+            + [
+                f"- {line}"
+                for line in report_lines({"control_spellings": report["control_spellings"]})
+            ]
+            if report.get("control_spellings")
+            else []
+        ),
         "",
         "## Per MoA",
         "",
@@ -368,6 +410,7 @@ def validate(
     attrs = dict(df.attrs)
     df = df.reset_index(drop=True)
     df.attrs.update(attrs)
+    prepared = attrs.get(PREPARE_REPORT_ATTR)
     concentration = check_types(df, table, channels)
     check_design(df, table, channels)
     check_treatments(df, concentration, table)
@@ -375,7 +418,7 @@ def validate(
     # the origin columns served the messages; later stages see the documented columns only
     df = df.drop(columns=[c for c in (SOURCE_TABLE, SOURCE_ROW) if c in df.columns])
     df.attrs.clear()
-    return df, build_report(df, table, channels, image_shape)
+    return df, build_report(df, table, channels, image_shape, prepared)
 
 
 @cli

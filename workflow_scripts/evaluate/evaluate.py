@@ -137,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     write_table(result["confusion"].reset_index(), out_dir / "confusion.csv")
     write_table(result["profiles"], out_dir / "profiles.parquet")
     metrics = {"label": args.label, **{k: v for k, v in result.items() if k not in TABLE_KEYS}}
+    metrics["settings"] = settings  # as given: the workflow compares it with its config at start
     write_json(out_dir / "metrics.json", metrics)
     for note in metrics["notes"]:
         print(f"{args.label}: {note}", file=sys.stderr)
     print(
-        f"{args.label}: NSC {_fmt(metrics['nsc'])} ({metrics['n_treatments_nsc']} treatments), "
-        f"NSCB {_fmt(metrics['nscb'])} ({metrics['n_treatments_nscb']}), "
+        f"{args.label}: NSC {_accuracy(metrics, 'nsc')}, NSCB {_accuracy(metrics, 'nscb')}, "
         f"mAP NSC {_fmt(metrics['map_nsc'])}, mAP NSCB {_fmt(metrics['map_nscb'])}",
         file=sys.stderr,
     )
@@ -151,6 +151,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _accuracy(metrics: dict, name: str) -> str:
+    """`0.612 (92 treatments)`, `... 3 without a candidate, counted as misses)`, or `n/a (...)`
+    when no query has a candidate."""
+    total = metrics[f"n_treatments_{name}"]
+    without = metrics[f"n_queries_without_candidates_{name}"]
+    if metrics[name] is None:
+        return f"n/a ({total} treatments, none with a candidate)"
+    if without:
+        return (
+            f"{_fmt(metrics[name])} ({total} treatments, {without} without a candidate, as misses)"
+        )
+    return f"{_fmt(metrics[name])} ({total} treatments)"
 
 
 if __name__ == "__main__":

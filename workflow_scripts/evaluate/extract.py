@@ -367,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             values = pd.DataFrame(features, columns=feature_names(features.shape[1]))
-            write_table(pd.concat([metadata, values], axis=1), out)
+            frame = pd.concat([metadata, values], axis=1)
+            # what the features were made with, as given: compared with the config at start
+            frame.attrs["extraction"] = {"settings": settings, "model_kwargs": model_kwargs}
+            write_table(frame, out)
             written.append(out)
     except BaseException:
         # all or nothing: an epoch that fails leaves none of this call's outputs behind

@@ -11,7 +11,10 @@ the candidate treatments it may be matched with:
   candidate). MoAs whose treatments all lie in a single batch (derived from the data: on BBBC021
   Cholesterol-lowering and Kinase inhibitors) are dropped as queries and candidates. A query left
   without any candidate counts as a miss, so the denominator is the protocol's treatment set
-  (103 NSC / 92 NSCB on BBBC021) and results stay comparable with the literature.
+  (103 NSC / 92 NSCB on BBBC021) and results stay comparable with the literature; how many
+  queries had none is reported beside the value (`n_queries_without_candidates_<protocol>`).
+  When no query has a candidate (every treatment in every batch, as in JUMP-like layouts), the
+  protocol does not apply: its accuracy is None ("n/a"), never 0 (likewise per MoA).
 
 1-NN: the candidate with the highest similarity; ties go to the lowest index in the profile table,
 which is sorted by treatment name (stable), so results are deterministic.
@@ -190,14 +193,15 @@ def evaluate_profiles(
         neighbour = np.where(has_candidate, order[:, 0], -1)
         correct = has_candidate & (moa[order[:, 0]] == moa)
         queries = np.flatnonzero(protocol.queries)
-        metrics[name] = float(correct[queries].mean()) if len(queries) else None
+        without = queries[~has_candidate[queries]]
+        metrics[name] = accuracy(correct, has_candidate, queries)
         metrics[f"n_treatments_{name}"] = len(queries)
+        metrics[f"n_queries_without_candidates_{name}"] = len(without)
         metrics[f"{name}_queries_without_candidates"] = (
-            table["treatment"].to_numpy()[queries[~has_candidate[queries]]].tolist()
+            table["treatment"].to_numpy()[without].tolist()
         )
         for m, stats in per_moa.items():
-            in_moa = queries[moa[queries] == m]
-            stats[name] = float(correct[in_moa].mean()) if len(in_moa) else None
+            stats[name] = accuracy(correct, has_candidate, queries[moa[queries] == m])
 
         positives = protocol.candidates & same_moa
         ap = average_precision(order, positives) if rng is not None else np.full(len(table), np.nan)
@@ -209,6 +213,14 @@ def evaluate_profiles(
     nsc_rows = predictions[0]
     confusion = confusion_matrix(nsc_rows["moa"], nsc_rows["neighbour_moa"], sorted(per_moa))
     return metrics, pd.concat(predictions, ignore_index=True), confusion
+
+
+def accuracy(correct: np.ndarray, has_candidate: np.ndarray, queries: np.ndarray) -> float | None:
+    """1-NN accuracy over `queries`, those without a candidate counted as misses; None when
+    none of them has a candidate (the protocol does not apply: 0 would read as a result)."""
+    if not has_candidate[queries].any():
+        return None
+    return float(correct[queries].mean())
 
 
 def mean_average_precision(

@@ -13,9 +13,8 @@ import functools
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from workflow_scripts.config import SCHEMA_PATH, deep_merge
+from workflow_scripts.config import SCHEMA_PATH, deep_merge, read_yaml
 from workflow_scripts.errors import InputError
 from workflow_scripts.evaluate.aggregate import treatment_profiles
 from workflow_scripts.evaluate.feature_hygiene import clean_features
@@ -27,9 +26,9 @@ from workflow_scripts.evaluate.normalize import (
 )
 from workflow_scripts.evaluate.tvn import whiten
 from workflow_scripts.tables import (
-    CONTROL_COMPOUND,
     feature_columns,
     feature_names,
+    is_control_compound,
     treatment_name,
 )
 
@@ -117,6 +116,7 @@ def evaluate_table(
         values, metadata, settings["aggregation"]["plate"], settings["aggregation"]["treatment"]
     )
     metrics, predictions, confusion = evaluate_profiles(profiles, table, settings["map"])
+    notes += candidate_notes(metrics)
     return {
         **metrics,
         "n_images": len(features),
@@ -173,8 +173,7 @@ def dmso_warnings(metadata: pd.DataFrame, n_features: int, scope: str) -> list[s
 @functools.lru_cache(maxsize=1)
 def settings_schema() -> dict:
     """config.schema.yaml's `evaluate` properties: one definition of valid settings."""
-    with open(SCHEMA_PATH) as fh:
-        schema = yaml.safe_load(fh)
+    schema = read_yaml(SCHEMA_PATH)
     return {"definitions": schema.get("definitions", {}), **schema["properties"]["evaluate"]}
 
 
@@ -232,7 +231,7 @@ def image_metadata(df: pd.DataFrame, source: str) -> pd.DataFrame:
     if "is_control" in df.columns:
         meta["is_control"] = control_flags(df["is_control"], source)
     else:
-        meta["is_control"] = meta["compound"].str.upper() == CONTROL_COMPOUND.upper()
+        meta["is_control"] = is_control_compound(meta["compound"])
     untyped = meta["moa"].isna() & ~meta["is_control"]
     if untyped.any():
         raise InputError(f"{source}: row {first_position(untyped)} (a treated image) has no moa")
@@ -245,6 +244,34 @@ def image_metadata(df: pd.DataFrame, source: str) -> pd.DataFrame:
             "least 2 MoAs"
         )
     return meta.reset_index(drop=True)
+
+
+CANDIDATES = {
+    "nsc": "a treatment of another compound",
+    "nscb": "a treatment of another compound in a batch the query does not occur in",
+}
+
+
+def candidate_notes(metrics: dict) -> list[str]:
+    """Per protocol: not applicable (no query has a candidate), or how many queries without
+    a candidate were counted as misses."""
+    notes = []
+    for name, candidate in CANDIDATES.items():
+        total, without = (
+            metrics[f"n_treatments_{name}"],
+            metrics[f"n_queries_without_candidates_{name}"],
+        )
+        if total and metrics[name] is None:
+            notes.append(
+                f"{name.upper()} not applicable: none of the {total} query treatments has a "
+                f"candidate ({candidate})"
+            )
+        elif without:
+            notes.append(
+                f"{name.upper()}: {without} of {total} query treatments have no candidate "
+                f"({candidate}); counted as misses"
+            )
+    return notes
 
 
 def numeric_column(df: pd.DataFrame, column: str, source: str) -> pd.Series:

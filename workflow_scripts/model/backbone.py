@@ -78,6 +78,11 @@ def pool_on_class_token(model: nn.Module) -> nn.Module:
 
 
 def _create_from_file(arch: str, path: Path, model_kwargs: dict, kwargs: dict) -> nn.Module:
+    if path.is_dir():
+        raise InputError(
+            f"weights {path} is a folder, not a weights file (architecture {arch}); give the "
+            "file itself (.safetensors or .pth)"
+        )
     if not path.is_file():
         raise InputError(f"weights file not found: {path} (architecture {arch})")
     if path.suffix == ".safetensors":

@@ -27,10 +27,12 @@ import pandas as pd
 
 # evaluate.bootstrap's keys and defaults (config.yaml)
 DEFAULTS = {"resamples": 1000, "confidence": 0.95, "seed": 0}
+HIT = "correct"  # NSC / NSCB's per-query outcome column
+NEIGHBOUR = "neighbour"  # empty for a query without any candidate
 # metric -> (predictions.csv protocol, per-query outcome column)
 OUTCOMES = {
-    "nsc": ("nsc", "correct"),
-    "nscb": ("nscb", "correct"),
+    "nsc": ("nsc", HIT),
+    "nscb": ("nscb", HIT),
     "map_nsc": ("nsc", "average_precision"),
     "map_nscb": ("nscb", "average_precision"),
 }
@@ -52,11 +54,16 @@ def resample_indices(n_units: int, settings: Settings) -> np.ndarray:
 
 def query_outcomes(predictions: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The metric's queries: treatment, compound and outcome (float), queries without an
-    outcome (mAP: no positive) left out, in predictions.csv's order."""
+    outcome (mAP: no positive) left out, in predictions.csv's order. NSC / NSCB of a protocol
+    none of whose queries has a candidate (no `neighbour` in any row) has no outcomes: the
+    metric is n/a there (None in metrics.json), not 0; with some candidates, a query without
+    one is a miss, as in the metric."""
     protocol, column = OUTCOMES[metric]
     rows = predictions[predictions["protocol"] == protocol]
     outcome = pd.to_numeric(rows[column].astype(float), errors="coerce")
     kept = outcome.notna()
+    if column == HIT and NEIGHBOUR in rows and rows[NEIGHBOUR].isna().all():
+        kept[:] = False
     return pd.DataFrame(
         {
             "treatment": rows["treatment"].astype(str)[kept].to_numpy(),

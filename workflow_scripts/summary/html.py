@@ -18,6 +18,9 @@ TITLE = "BBBC021 x DINOv3: MoA retrieval summary"
 HEADLINE = "Last epoch (pre-declared) vs epoch 0 (before fine-tuning)"
 ORACLE = "oracle: selected on the evaluation metric itself (optimistic)"
 SEED_LEVEL = INDEX_NAMES.index("seed")  # of a headline row's label
+# a metric without a value (a baseline has no epoch 0; NSCB without a cross-batch candidate;
+# mAP off)
+NOT_AVAILABLE = "n/a"
 
 METRICS_EXPLAINED = """
 <p>Each run embeds every image (median over fixed crops), whitens the embeddings with the
@@ -27,7 +30,8 @@ asks whether a treatment's most similar profile (cosine) has the same mechanism 
 <li><b>NSC</b> (not-same-compound): 1-nearest-neighbour MoA accuracy when treatments of the query's
 own compound are excluded.</li>
 <li><b>NSCB</b> (not-same-compound-or-batch): also excludes treatments that share a batch with the
-query, and drops MoAs found in a single batch. The stricter number: batch effects cannot help.</li>
+query, and drops MoAs found in a single batch. The stricter number: batch effects cannot help.
+It is n/a when no treatment has a candidate in another batch (every treatment in every batch).</li>
 <li><b>mAP</b>: mean average precision of ranking all candidates (same exclusions) by similarity,
 positives = same MoA; uses the whole ranking, not only the nearest neighbour.</li>
 </ul>
@@ -73,7 +77,9 @@ def image_html(name: str, image: bytes) -> str:
 
 
 def runs_table_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="–", border=0)
+    return df.to_html(
+        index=False, float_format=lambda v: f"{v:.3f}", na_rep=NOT_AVAILABLE, border=0
+    )
 
 
 def evaluation_html(runs: pd.DataFrame) -> str:
@@ -102,15 +108,24 @@ def evaluation_html(runs: pd.DataFrame) -> str:
 
 
 def validation_html(report: dict) -> str:
-    """Scalars (and lists of scalars) as one key/value table; each nested mapping as its own
-    table, folded away (per-plate counts are long)."""
+    """Scalars (and lists of scalars; `none` for an empty list) as one key/value table; each
+    nested mapping and each list of records (the rows prepare left out) as its own table,
+    folded away (per-plate counts are long)."""
+
+    def records(value: object) -> bool:
+        return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
     scalars = {
-        key: ", ".join(map(str, value)) if isinstance(value, list) else value
+        key: (", ".join(map(str, value)) or "none") if isinstance(value, list) else value
         for key, value in report.items()
-        if not isinstance(value, dict)
+        if not isinstance(value, dict) and not records(value)
     }
     parts = [key_value_table(scalars)]
     for key, value in report.items():
+        if records(value):
+            table = pd.DataFrame(value).to_html(index=False, border=0)
+            summary = f"{key} ({sum(int(v.get('rows', 1)) for v in value)} rows)"
+            parts.append(f"<details><summary>{escape(summary)}</summary>{table}</details>")
         if isinstance(value, dict):
             if all(isinstance(v, dict) for v in value.values()):
                 table = pd.DataFrame.from_dict(value, orient="index").to_html(border=0)
@@ -128,11 +143,11 @@ def key_value_table(mapping: dict) -> str:
 
 
 def number(value: object) -> str:
-    return "–" if pd.isna(value) else f"{value:.3f}"
+    return NOT_AVAILABLE if pd.isna(value) else f"{value:.3f}"
 
 
 def signed(value: object) -> str:
-    return "–" if pd.isna(value) else f"{value:+.3f}".replace("-", "&minus;")
+    return NOT_AVAILABLE if pd.isna(value) else f"{value:+.3f}".replace("-", "&minus;")
 
 
 def interval(low: object, high: object) -> str:
@@ -180,7 +195,7 @@ def value_cell(cells: pd.Series, field: str, change: bool = False) -> str:
     show = signed if change else number
     value = cells[field]
     if pd.isna(value):
-        return "–"
+        return NOT_AVAILABLE
     if not pd.isna(cells[f"{field} sd"]):  # a row over seeds: mean, then ± sd
         return (
             f'<i>{show(value)}</i><br><span class="ci">&plusmn; {cells[f"{field} sd"]:.3f}</span>'
@@ -227,7 +242,7 @@ def baseline_comparisons_html(comparisons: pd.DataFrame) -> str:
             int(row["epoch"]),
             row["run_b"].split("/")[0],
         )
-        cells = rows.setdefault(key, {name: "–" for name in METRICS.values()})
+        cells = rows.setdefault(key, {name: NOT_AVAILABLE for name in METRICS.values()})
         if not row["n_paired"]:
             cells[METRICS[row["metric"]]] = "no common treatment"
             continue
@@ -250,10 +265,10 @@ def baseline_comparisons_html(comparisons: pd.DataFrame) -> str:
 
 def pivot_html(frame: pd.DataFrame) -> str:
     def epoch(value: object) -> str:
-        return "–" if pd.isna(value) else f"{int(value)}"
+        return NOT_AVAILABLE if pd.isna(value) else f"{int(value)}"
 
     formatters = {c: epoch if c[1] == "best epoch" else number for c in frame.columns}
-    return frame.to_html(formatters=formatters, border=0, na_rep="–")
+    return frame.to_html(formatters=formatters, border=0, na_rep=NOT_AVAILABLE)
 
 
 def pixel_scales_html(scales: dict[str, str]) -> str:

@@ -21,7 +21,14 @@ RUN_KEYS = ("arch", "channel", "seed", "epoch")
 SERIES_KEYS = ("arch", "channel", "seed")  # one training run: its epochs form a series
 # the label of a run trained with another seed than the architecture's first: its folder
 SEED_PART = re.compile(r"seed_(-?\d+)")
-PREDICTION_COLUMNS = ["protocol", "treatment", "compound", "correct", "average_precision"]
+PREDICTION_COLUMNS = [
+    "protocol",
+    "treatment",
+    "compound",
+    "neighbour",
+    "correct",
+    "average_precision",
+]
 COUNT_KEYS = ("n_treatments_nsc", "n_treatments_nscb", "n_images", "feature_dim", "tvn_components")
 BASELINE_CHANNEL = "baseline"  # the channel part of a baseline's label: name/baseline/0000
 EPOCH0_UNKNOWN = "before fine-tuning"
@@ -259,7 +266,9 @@ def pretrained_run(runs: pd.DataFrame, arch: str, channel: str, seed) -> pd.Seri
 def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
     """Per (arch, channel, seed, metric): epoch 0 and last-epoch values with their bootstrap
     intervals and their difference (the headline), then the oracle best epoch (earliest
-    maximum) and its value."""
+    maximum) and its value. A metric no epoch has (mAP disabled; NSCB without any cross-batch
+    candidate) keeps its row, with empty values: the report shows it as n/a instead of leaving
+    it out."""
     rows = []
     for (arch, channel, seed), group in training_series(runs):
         last = group.iloc[-1]
@@ -271,9 +280,7 @@ def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
         )
         for metric in METRICS:
             scored = candidates.dropna(subset=[metric])
-            if scored.empty:
-                continue
-            best = scored.loc[pd.to_numeric(scored[metric]).idxmax()]
+            best = scored.loc[pd.to_numeric(scored[metric]).idxmax()] if len(scored) else None
             value = np.nan if pretrained is None else pretrained[metric]
             rows.append(
                 {
@@ -288,8 +295,8 @@ def best_epochs(runs: pd.DataFrame) -> pd.DataFrame:
                     "last_value": last[metric],
                     **interval_columns(last, metric, "last"),
                     "last_minus_pretrained": last[metric] - value,
-                    "oracle_best_epoch": int(best["epoch"]),
-                    "oracle_best_value": best[metric],
+                    "oracle_best_epoch": np.nan if best is None else int(best["epoch"]),
+                    "oracle_best_value": np.nan if best is None else best[metric],
                     "pretrained_label": "" if pretrained is None else run_label(pretrained),
                     "last_label": run_label(last),
                 }

@@ -15,8 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
 from workflow_scripts import config as config_module
 from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.train.loop import TrainJob, run
@@ -50,16 +48,14 @@ def validate_settings(settings: dict) -> dict:
             file=sys.stderr,
         )
     else:
-        with open(config_module.SCHEMA_PATH) as fh:
-            schema = yaml.safe_load(fh)
+        schema = config_module.read_yaml(config_module.SCHEMA_PATH)
         train_schema = {**schema["definitions"]["train"], "definitions": schema["definitions"]}
         validator = jsonschema.Draft7Validator(train_schema)
         error = jsonschema.exceptions.best_match(validator.iter_errors(settings))
         if error is not None:
             key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
             raise InputError(f"option --settings, key '{key}': {error.message}")
-    with open(config_module.REPO_DIR / "config.yaml") as fh:
-        reference = yaml.safe_load(fh)["train"]
+    reference = config_module.read_yaml(config_module.REPO_DIR / "config.yaml")["train"]
     missing = _missing_keys(reference, settings)
     if missing:
         raise InputError(f"option --settings: missing key(s) {', '.join(missing)}")

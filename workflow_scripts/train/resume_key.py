@@ -27,13 +27,14 @@ TRAINING_PROGRAM = "workflow_scripts.train.cli"
 
 
 def cache_identity(cache_dir: Path) -> dict:
-    """The image cache's settings digest, size and image order (not its pixels: too slow)."""
+    """The image cache's settings digest, size, image order and pixels: the content digest the
+    cache builder records in meta.json while it writes the arrays (data/cache.py), so replaced
+    raw images of the same size give another key and the old state is not continued."""
     meta = json.loads((Path(cache_dir) / "meta.json").read_text())
     image_ids = pd.read_parquet(Path(cache_dir) / "images.parquet", columns=["image_id"])
     order = hashlib.sha256("\n".join(image_ids["image_id"]).encode()).hexdigest()
-    return {
-        key: meta.get(key) for key in ("settings_digest", "n_images", "height", "width", "channels")
-    } | {"image_order": order}
+    keys = ("settings_digest", "n_images", "height", "width", "channels", "content_digest")
+    return {key: meta.get(key) for key in keys} | {"image_order": order}
 
 
 def weights_identity(weights: str) -> dict:
