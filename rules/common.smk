@@ -220,6 +220,31 @@ DEMO_DIR = out("demo_data")
 DEMO_IMAGES = os.path.join(DEMO_DIR, "images")
 
 
+# layout official: the demo renders BBBC021's own fields, listed by the official tables
+DEMO_LAYOUT_OFFICIAL = (
+    SOURCE == "demo" and config["data"].get("demo", {}).get("layout") == "official"
+)
+
+
+def demo_layout_tables():
+    """The official tables whose plates, wells and sites the demo renders (layout official)."""
+    if not DEMO_LAYOUT_OFFICIAL:
+        return {}
+    return {
+        "official_image_table": config["data"]["official"]["image_table"],
+        "official_moa_table": config["data"]["official"]["moa_table"],
+    }
+
+
+def demo_layout_args():
+    if not DEMO_LAYOUT_OFFICIAL:
+        return ""
+    return (
+        "--official-image-table {input.official_image_table:q} "
+        "--official-moa-table {input.official_moa_table:q} "
+    )
+
+
 def source_tables():
     """The two tables the prepare rule reads, per data source. Downloaded tables go to the
     output folder, never over data.official.*_table (by default a shared read-only copy)."""

@@ -18,6 +18,7 @@ if SOURCE == "demo":
 
     rule generate_demo_data:
         input:
+            **demo_layout_tables(),
             code=code("data.demo"),
         output:
             image_table=os.path.join(DEMO_DIR, "BBBC021_v1_image.csv"),
@@ -35,6 +36,7 @@ if SOURCE == "demo":
         shell:
             "python -m workflow_scripts.timed python -m workflow_scripts.data.demo "
             "--settings {params.settings:q} --image-shape {params.shape} --workers {threads} "
+            f"{demo_layout_args()}"
             '--out-dir "$(dirname {output.image_table:q})" > {log:q} 2>&1'
 
 

@@ -61,3 +61,36 @@ def test_analytic_flops_match_flop_counter_for_crops_and_head():
 def test_union_length_counts_overlaps_once():
     assert bench_train_step.union_length([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == pytest.approx(4.0)
     assert bench_train_step.union_length([]) == 0.0
+
+
+def test_rehearsal_sampler_attributes_memory_to_the_stage_of_a_threaded_job():
+    """Snakemake starts jobs from threads, through a shell, some under workflow_scripts.timed:
+    the sampler finds them all and counts 200 MB of anonymous memory against the right stage
+    (and the shell, whose command line names every module, against none)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import bench_rehearsal
+
+    allocate = "import numpy as np, time; a = np.ones(25_000_000); time.sleep(3)"
+    job = (
+        f"python -m workflow_scripts.timed python -c '{allocate}' -m workflow_scripts.data.cache; "
+        "true -m workflow_scripts.summary.cli"
+    )
+    launcher = textwrap.dedent(
+        f"""
+        import subprocess, threading
+        thread = threading.Thread(target=subprocess.run, args=(["bash", "-c", {job!r}],))
+        thread.start(); thread.join()
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", launcher], cwd=REPO)
+    sampler = bench_rehearsal.MemorySampler(process.pid, 0.2)
+    sampler.start()
+    process.wait()
+    sampler.stop.set()
+    sampler.join()
+    stages = sampler.per_stage()
+    assert set(stages) == {"illumination + cache"}
+    assert 190 < stages["illumination + cache"]["anon_mb"] < 400

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 from tiff_factory import CHANNELS, WELLS, make_dataset, write_tiff
@@ -404,3 +405,61 @@ def test_temp_folder_of_a_killed_build_is_removed(dataset, tmp_path):
     unrelated.mkdir()
     cache.build_cache(table_path, ["DAPI"], settings(), tmp_path / "cache", workers=1)
     assert not stale.exists() and unrelated.exists()
+
+
+def test_array_files_write_rows_and_whole_arrays_as_numpy_reads_them(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 65535, (5, 6, 7), dtype=np.uint16)
+    arrays = cache.new_arrays(tmp_path, ["DAPI", "Actin"], 5, (6, 7))
+    for i in (4, 0, 2):  # rows in any order; row -1 is the last
+        arrays["DAPI"][i] = rows[i]
+    arrays["DAPI"][-4] = rows[1]
+    arrays["Actin"][:] = rows[::-1]
+    with pytest.raises(IndexError):
+        arrays["DAPI"][5] = rows[0]
+    with pytest.raises(ValueError, match=r"expected shape \(6, 7\)"):
+        arrays["DAPI"][0] = rows[0, :5]
+    for array in arrays.values():
+        array.close(sync=True)
+    dapi = np.load(tmp_path / "DAPI.npy")
+    expected = rows.copy()
+    expected[3] = 0  # never written: the file's zeros
+    np.testing.assert_array_equal(dapi, expected)
+    np.testing.assert_array_equal(np.load(tmp_path / "Actin.npy"), rows[::-1])
+
+
+PEAK_MEMORY = """
+import json, resource, sys
+from workflow_scripts.data.cache import build_cache
+build_cache(sys.argv[1], ["DAPI"], json.loads(sys.argv[2]), sys.argv[3], workers=2)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+@pytest.mark.slow
+def test_cache_build_memory_is_bounded_by_a_plate_not_by_the_cache(tmp_path):
+    """Three times the plates (each of 30 fields of 512 x 640) add 197 MB of cache; the build's
+    peak resident memory (file pages of a memory map included) must not follow them."""
+    shape = (512, 640)
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(30):  # one plate's worth of distinct fields, reused by every plate
+        files.append(tmp_path / f"f{i}.tif")
+        write_tiff(files[-1], rng.integers(900, 1100, shape, dtype=np.uint16))
+    peaks = {}
+    for n_plates in (5, 15):
+        rows = [
+            {"image_id": f"P{p}/{i}", "plate": f"P{p}", "path_DAPI": str(files[i])}
+            for p in range(n_plates)
+            for i in range(len(files))
+        ]
+        table_path = tmp_path / f"table{n_plates}.parquet"
+        pd.DataFrame(rows).to_parquet(table_path, index=False)
+        out = subprocess.run(
+            [sys.executable, "-c", PEAK_MEMORY, str(table_path), json.dumps(settings(True)),
+             str(tmp_path / f"cache{n_plates}")],
+            capture_output=True, text=True, check=True, cwd=REPO,
+        ).stdout  # fmt: skip
+        peaks[n_plates] = int(out.split()[-1])
+    extra_cache = 10 * len(files) * shape[0] * shape[1] * 2
+    assert peaks[15] - peaks[5] < 0.25 * extra_cache, (peaks, extra_cache)

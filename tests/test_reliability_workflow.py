@@ -96,6 +96,7 @@ UNQUOTED_OK = {
     "wildcards.arch": "constrained to the configured, known timm names",
     "wildcards.plate": r"constrained to Week\d+_\d+",
     "source_args()": "an f-string call whose result holds :q placeholders",
+    "demo_layout_args()": "an f-string call whose result holds :q placeholders (or nothing)",
 }
 
 

@@ -167,6 +167,14 @@ def download_plates(config: dict) -> None:
         plates_setting(download.get("plates", "all"))
 
 
+def demo_settings(config: dict) -> None:
+    """data.demo (source demo): known keys, valid values, the keys of its layout only."""
+    if config["data"]["source"] == "demo":
+        from workflow_scripts.data import demo_design
+
+        demo_design.settings_with_defaults(config["data"].get("demo", {}))
+
+
 SETTINGS_RULES: tuple[Rule, ...] = (
     architecture_names,
     training_ranges,
@@ -176,6 +184,7 @@ SETTINGS_RULES: tuple[Rule, ...] = (
     evaluation_windows,
     launchers,
     download_plates,
+    demo_settings,
 )
 
 
@@ -185,6 +194,14 @@ def data_paths(config: dict) -> None:
     them or the download rules fetch them."""
     data = config["data"]
     source = data["source"]
+    if source == "demo" and data.get("demo", {}).get("layout") == "official":
+        # the rehearsal renders the fields these tables list
+        tables = {k: data["official"][k] for k in ("image_table", "moa_table")}
+        missing = {k: path for k, path in tables.items() if not os.path.isfile(path)}
+        if missing:
+            where = "; ".join(f"config key 'data.official.{k}' -> {v}" for k, v in missing.items())
+            raise InputError(f"data not found: {where} (read by data.demo.layout: official)")
+        return
     if source == "demo" or (source == "official" and data.get("download", {}).get("enabled")):
         return
     section = data.get(source, {})

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import operator
 import os
 import shutil
 import signal
@@ -30,7 +31,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import tifffile
-from numpy.lib.format import open_memmap
+from numpy.lib import format as npy_format
 
 from workflow_scripts.config import digest
 from workflow_scripts.data.illumination import (
@@ -238,20 +239,70 @@ def write_cache(
 
 
 # ------------------------------------------------------------------ the format, for every writer
+class ArrayFile:
+    """Write-only view of one channel's (n_images, height, width) uint16 `.npy` file:
+    `array[i] = image` writes row i, `array[:] = images` every row. Rows are written with
+    pwrite, so they pass through the page cache but not through this process: a memory map
+    would keep every page it wrote resident here, and the cache build would grow to the whole
+    cache (7.6 GB on BBBC021) instead of one plate."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, int, int]) -> None:
+        self.path, self.offset, self.shape = path, offset, shape
+        self.row_bytes = shape[1] * shape[2] * CACHE_DTYPE.itemsize
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def __setitem__(self, key: int | slice, value: np.ndarray) -> None:
+        if key == slice(None):
+            first, expected = 0, self.shape
+        else:
+            first, expected = operator.index(key), self.shape[1:]
+            if first < 0:
+                first += self.shape[0]
+            if not 0 <= first < self.shape[0]:
+                raise IndexError(f"row {key} of {self.path}, which has {self.shape[0]} rows")
+        data = np.ascontiguousarray(value, dtype=CACHE_DTYPE)
+        if data.shape != expected:
+            raise ValueError(f"{self.path}: expected shape {expected}, got {data.shape}")
+        view, position = memoryview(data).cast("B"), self.offset + first * self.row_bytes
+        while view:
+            written = os.pwrite(self.fd, view, position)
+            view, position = view[written:], position + written
+
+    def close(self, sync: bool) -> None:
+        """Close the file; `sync`: its rows on disk first (before meta.json marks the cache
+        complete)."""
+        if self.fd < 0:
+            return
+        try:
+            if sync:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def new_arrays(
     folder: Path, channels: list[str], n_images: int, shape: tuple[int, int]
-) -> dict[str, np.memmap]:
-    """Writable (n_images, height, width) uint16 arrays `{channel}.npy` in `folder`, their
-    blocks allocated now: a full disk is an error here, not a SIGBUS mid-write."""
+) -> dict[str, ArrayFile]:
+    """Array files `{channel}.npy` in `folder` (header, then zeros), their blocks allocated now:
+    a full disk is an error here, not a short write later."""
     array_bytes = n_images * shape[0] * shape[1] * CACHE_DTYPE.itemsize
     ensure_free(
         folder.parent, array_bytes * len(channels), f"the image cache ({len(channels)} arrays)"
     )
+    header = {
+        "descr": npy_format.dtype_to_descr(CACHE_DTYPE),
+        "fortran_order": False,
+        "shape": (n_images, *shape),
+    }
     arrays = {}
     for ch in channels:
         path = folder / array_name(ch)
-        arrays[ch] = open_memmap(path, mode="w+", dtype=CACHE_DTYPE, shape=(n_images, *shape))
-        reserve(path, arrays[ch].offset + array_bytes)
+        with open(path, "wb") as fh:
+            npy_format.write_array_header_1_0(fh, header)
+            offset = fh.tell()
+        reserve(path, offset + array_bytes)
+        arrays[ch] = ArrayFile(path, offset, (n_images, *shape))
     return arrays
 
 
@@ -290,22 +341,29 @@ def write_index(folder: Path, table: pd.DataFrame, meta: dict) -> None:
 @contextlib.contextmanager
 def writing(
     out_dir: str | os.PathLike, table: pd.DataFrame, meta: dict
-) -> Iterator[dict[str, np.memmap]]:
+) -> Iterator[dict[str, ArrayFile]]:
     """The one writer of the cache format (the cache build, and tests and benchmarks that make
-    their own fields): yields one writable (n_images, height, width) uint16 array per channel
-    of `meta` (cache_meta), rows in table order; on a clean exit the arrays are flushed, meta's
-    content digest taken from them unless the caller recorded it while writing (write_cache),
-    then the table and meta.json written, in the layout `load_cache` reads."""
+    their own fields): yields one write-only (n_images, height, width) uint16 ArrayFile per
+    channel of `meta` (cache_meta), rows in table order; on a clean exit the arrays are synced
+    to disk, meta's content digest taken from the files unless the caller recorded it while
+    writing (write_cache), then the table and meta.json written, in the layout `load_cache`
+    reads."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     arrays = new_arrays(out_dir, meta["channels"], len(table), (meta["height"], meta["width"]))
-    yield arrays
-    for array in arrays.values():
-        array.flush()
-    if meta.get(CONTENT_DIGEST) is None:
-        content = {ch: array_content_digest(array) for ch, array in arrays.items()}
+    try:
+        yield arrays
+        for array in arrays.values():
+            array.close(sync=True)
+    finally:
+        for array in arrays.values():
+            array.close(sync=False)
+    if meta.get(CONTENT_DIGEST) is None:  # tests and benchmarks: read back once
+        content = {
+            ch: array_content_digest(np.load(array.path, mmap_mode="r"))
+            for ch, array in arrays.items()
+        }
         meta = {**meta, CONTENT_DIGEST: content}
-    arrays.clear()  # the memmaps close before meta.json marks the cache complete
     write_index(out_dir, table, meta)
 
 

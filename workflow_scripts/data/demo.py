@@ -1,13 +1,17 @@
-"""Generate the demo dataset: a small BBBC021 in the official format, deterministic from the seed.
+"""Generate the demo dataset: BBBC021-like images in the official format, deterministic from a seed.
 
     python -m workflow_scripts.data.demo --settings JSON --image-shape H W --out-dir DIR
+    python -m workflow_scripts.data.demo --settings '{"layout": "official", ...}' \
+        --image-shape 1024 1280 --official-image-table T --official-moa-table M --out-dir DIR
 
 writes 16-bit TIFFs to DIR/images/Week{k}/Week{k}_{plate}/{well}_s{site}_w{1,2,4}{UUID}.tif
 (w1 DAPI, w2 Tubulin, w4 Actin, as BBBC021 names them), then DIR/BBBC021_v1_moa.csv and last
 DIR/BBBC021_v1_image.csv, with BBBC021's columns and paths relative to DIR/images. The images
 folder appears complete or not at all, and the tables only after it, so an interrupted run never
 leaves a dataset that looks complete. Settings (config `data.demo`) and their defaults:
-demo_design.DEFAULT_SETTINGS; the design: demo_design; the biology: demo_biology; the cells:
+demo_design.DEFAULT_SETTINGS; the design: demo_design (layout synthetic, the default) or
+BBBC021's own plates, wells, sites and file names from the official tables (layout official:
+demo_official; the rehearsal, config/rehearsal.yaml); the biology: demo_biology; the cells:
 demo_cells; the microscope: demo_microscope.
 """
 
@@ -28,7 +32,7 @@ import pandas as pd
 import tifffile
 
 from workflow_scripts.atomic import atomic_dir, atomic_path
-from workflow_scripts.data import demo_biology, demo_design, demo_microscope
+from workflow_scripts.data import demo_biology, demo_design, demo_microscope, demo_official
 from workflow_scripts.data.demo_cells import render_field
 from workflow_scripts.errors import InputError, cli, json_object_option
 from workflow_scripts.tables import CONTROL_COMPOUND
@@ -38,10 +42,6 @@ MOA_TABLE = "BBBC021_v1_moa.csv"
 IMAGE_DIR = "images"
 CHANNEL_WAVELENGTH = {"DAPI": 1, "Tubulin": 2, "Actin": 4}  # BBBC021 file names: _w1, _w2, _w4
 MIN_SIDE = 32  # px: room for a few cells
-
-
-def parse_settings(text: str) -> dict[str, Any]:
-    return demo_design.settings_with_defaults(json_object_option(text, "--settings"))
 
 
 def _population_of(
@@ -75,13 +75,17 @@ def render_plate(
     gains = {ch: demo_microscope.plate_gain(plate, ch, seed, amount) for ch in channels}
     culture = demo_biology.week_drift(week, seed, amount)
     cells_per_pixel = settings["cells_per_megapixel"] / 1e6
-    folder = image_root / f"Week{week}" / plate
+    # layout official: BBBC021's own folder and file names (demo_official)
+    given_names = demo_official.FOLDER in fields
+    folder = image_root / (
+        fields[demo_official.FOLDER].iloc[0] if given_names else f"Week{week}/{plate}"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     file_names: dict[str, list[str]] = {channel: [] for channel in channels}
     for well, well_fields in fields.groupby("well", sort=False):
         well_rng = np.random.default_rng(demo_biology.stable_seed(seed, "well", plate, well))
         population = _population_of(well_fields.iloc[0], settings, culture, well_rng)
-        for site in well_fields["site"]:
+        for index, site in zip(well_fields.index, well_fields["site"]):
             rng = np.random.default_rng(demo_biology.stable_seed(seed, "field", plate, well, site))
             signals = render_field(population, shape, cells_per_pixel, rng)
             for channel in channels:
@@ -89,6 +93,8 @@ def render_plate(
                     signals[channel], microscope[channel], gains[channel], rng
                 )
                 name = f"{well}_s{site}_w{CHANNEL_WAVELENGTH[channel]}{_uuid(rng)}.tif"
+                if given_names:
+                    name = fields.at[index, demo_official.file_column(channel)]
                 tifffile.imwrite(folder / name, image)
                 file_names[channel].append(name)
     return pd.DataFrame(file_names, index=fields.index)
@@ -133,33 +139,55 @@ def image_table(layout: pd.DataFrame, file_names: pd.DataFrame) -> pd.DataFrame:
 
 
 def generate(
-    settings: dict[str, Any], shape: tuple[int, int], out_dir: str | Path, workers: int = 1
+    settings: dict[str, Any],
+    shape: tuple[int, int],
+    out_dir: str | Path,
+    workers: int = 1,
+    official_tables: tuple[str | Path, str | Path] | None = None,
 ) -> dict[str, Any]:
-    """Write the dataset (see module docstring); returns counts for the summary line."""
+    """Write the dataset (see module docstring); returns counts for the summary line.
+    `official_tables`: (image table, MoA table) whose fields layout official renders."""
     settings = demo_design.settings_with_defaults(settings)
     if len(shape) != 2 or min(shape) < MIN_SIDE:
         raise InputError(f"--image-shape: expected two sizes >= {MIN_SIDE} px, got {list(shape)}")
+    official = settings["layout"] == "official"
+    if official != (official_tables is not None):
+        raise InputError(
+            "--official-image-table / --official-moa-table: needed by layout official, "
+            "and by it only"
+        )
+    if official:  # before anything is removed: a bad table or setting leaves the old dataset
+        layout, official_rows = demo_official.official_layout(
+            *official_tables, settings, list(CHANNEL_WAVELENGTH)
+        )
     out_dir = Path(out_dir)
     # A run replaces the whole dataset: no stale table may describe missing or new images.
     for table_name in (IMAGE_TABLE, MOA_TABLE):
         (out_dir / table_name).unlink(missing_ok=True)
     shutil.rmtree(out_dir / IMAGE_DIR, ignore_errors=True)
     start = time.perf_counter()
-    layout = demo_design.field_layout(
-        settings, np.random.default_rng(demo_biology.stable_seed(settings["seed"], "layout"))
-    )
+    if not official:
+        layout = demo_design.field_layout(
+            settings, np.random.default_rng(demo_biology.stable_seed(settings["seed"], "layout"))
+        )
     with atomic_dir(out_dir / IMAGE_DIR) as image_root:
         file_names = render_images(layout, settings, tuple(shape), image_root, workers)
-    moa = demo_design.moa_table(settings)
-    with atomic_path(out_dir / MOA_TABLE) as tmp:
-        moa.to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)
-    with atomic_path(out_dir / IMAGE_TABLE) as tmp:
-        image_table(layout, file_names).to_csv(tmp, index=False)
-    treated = moa[moa["compound"] != CONTROL_COMPOUND]
+    if official:  # the official tables, as they are: the real experiment's input
+        with atomic_path(out_dir / MOA_TABLE) as tmp:
+            shutil.copyfile(official_tables[1], tmp)
+        with atomic_path(out_dir / IMAGE_TABLE) as tmp:
+            official_rows.to_csv(tmp, index=False)
+    else:
+        moa = demo_design.moa_table(settings)
+        with atomic_path(out_dir / MOA_TABLE) as tmp:
+            moa.to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)
+        with atomic_path(out_dir / IMAGE_TABLE) as tmp:
+            image_table(layout, file_names).to_csv(tmp, index=False)
+    treated = layout[layout["compound"] != CONTROL_COMPOUND]
     return {
         "images": len(layout),
         "tiffs": len(layout) * len(CHANNEL_WAVELENGTH),
-        "treatments": len(treated),
+        "treatments": len(treated[["compound", "concentration"]].drop_duplicates()),
         "compounds": treated["compound"].nunique(),
         "moas": treated["moa"].nunique(),
         "plates": layout["plate"].nunique(),
@@ -177,11 +205,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="processes rendering plates (same output for any)"
     )
+    parser.add_argument(
+        "--official-image-table", help="layout official: BBBC021_v1_image.csv(.gz) to render"
+    )
+    parser.add_argument("--official-moa-table", help="layout official: BBBC021_v1_moa.csv")
     args = parser.parse_args(argv)
     if args.workers < 1:
         raise InputError(f"--workers: expected at least 1, got {args.workers}")
-    settings = parse_settings(args.settings)
-    summary = generate(settings, tuple(args.image_shape), args.out_dir, args.workers)
+    settings = json_object_option(args.settings, "--settings")  # generate() validates it
+    tables = (args.official_image_table, args.official_moa_table)
+    if any(tables) and not all(tables):
+        raise InputError("--official-image-table and --official-moa-table go together")
+    summary = generate(
+        settings,
+        tuple(args.image_shape),
+        args.out_dir,
+        args.workers,
+        official_tables=tables if all(tables) else None,
+    )
     print(
         f"demo dataset: {summary['images']} images ({summary['tiffs']} TIFFs of "
         f"{args.image_shape[0]}x{args.image_shape[1]}), {summary['treatments']} treatments, "

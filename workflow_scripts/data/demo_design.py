@@ -5,7 +5,8 @@ replicate well per plate on the `replicates` plates of that week; DMSO wells and
 plate control sit on every plate. The compounds of one MoA are spread over weeks, two of them
 sharing a week (as BBBC021's etoposide and chlorambucil do), so NSCB is defined for every MoA but
 `single_batch_moa`, whose compounds all share one week (BBBC021's statins, Week9) and which NSCB
-therefore drops.
+therefore drops. This is `layout: synthetic` (the default); `layout: official` takes BBBC021's
+own plates, wells and sites instead (demo_official.py, the rehearsal).
 """
 
 from __future__ import annotations
@@ -90,19 +91,34 @@ PLATE_WELLS = [f"{row}{col:02d}" for row in "BCDEFG" for col in range(2, 12)]
 
 # Keys of config `data.demo`, with their defaults (the demo config uses these).
 DEFAULT_SETTINGS: dict[str, Any] = {
+    # synthetic: the scaled-down design of this module; official: BBBC021's own plates, wells,
+    # sites and file names, read from data.official.image_table / moa_table (demo_official.py)
+    "layout": "synthetic",
     "seed": 0,  # seeds everything random: cells, batch effects, well layout, file UUIDs
-    "moas": "all",  # "all" or a list of BBBC021 MoA names
+    "moas": "all",  # "all" or a list of BBBC021 MoA names (official: DMSO wells always kept)
+    "plates": "all",  # official layout: "all" or a list of BBBC021 plates (Week1_22123, ...)
     "compounds_per_moa": 3,  # at most; BBBC021 has fewer for some MoAs
     "concentrations_per_compound": 2,  # the highest doses of each compound
     "n_weeks": 3,  # batches
     "replicates": 2,  # plates per week; each holds one well of every treatment of its week
-    "sites_per_well": 4,
+    "sites_per_well": 4,  # official layout: sites 1..N of BBBC021's 4 (N/4 of the fields)
     "dmso_wells_per_plate": 6,  # as on BBBC021 plates
     "single_batch_moa": "Cholesterol-lowering",  # all its compounds in one week; null: none
     "cells_per_megapixel": 450,  # DMSO cell density (about 23 cells in a 204 x 256 field)
     "phenotype_strength": 1.0,  # scales every compound effect; 0 gives DMSO-like images
     "batch_effect": 1.0,  # scales week-to-week microscope and culture differences
 }
+
+LAYOUTS = ("synthetic", "official")
+# Settings of the synthetic design only: with layout official BBBC021's table fixes them.
+SYNTHETIC_ONLY = (
+    "compounds_per_moa",
+    "concentrations_per_compound",
+    "n_weeks",
+    "replicates",
+    "dmso_wells_per_plate",
+    "single_batch_moa",
+)
 
 INTEGER_MINIMUM = {
     "seed": 0,
@@ -126,6 +142,7 @@ def settings_with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
             f"valid keys: {', '.join(DEFAULT_SETTINGS)}"
         )
     merged = {**DEFAULT_SETTINGS, **settings}
+    official = _check_layout(settings, merged)
     for key, low in INTEGER_MINIMUM.items():
         value = merged[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -153,11 +170,44 @@ def settings_with_defaults(settings: dict[str, Any]) -> dict[str, Any]:
     if len(set(merged["moas"])) != len(merged["moas"]):
         raise InputError("config key 'data.demo.moas': an MoA is listed twice")
     single = merged["single_batch_moa"]
-    if single is not None and single not in merged["moas"]:
+    if not official and single is not None and single not in merged["moas"]:
         raise InputError(
             f"config key 'data.demo.single_batch_moa': {single!r} is not among data.demo.moas"
         )
     return merged
+
+
+def _check_layout(settings: dict[str, Any], merged: dict[str, Any]) -> bool:
+    """`layout` and the keys that belong to one layout only; True for the official layout."""
+    if merged["layout"] not in LAYOUTS:
+        raise InputError(
+            f"config key 'data.demo.layout': expected one of {', '.join(LAYOUTS)}, "
+            f"got {merged['layout']!r}"
+        )
+    official = merged["layout"] == "official"
+    if official:
+        given = [key for key in SYNTHETIC_ONLY if key in settings]
+        if given:
+            raise InputError(
+                f"config key 'data.demo.{given[0]}': a setting of the synthetic layout; "
+                "layout official takes BBBC021's design (choose with plates, sites_per_well, moas)"
+            )
+    elif merged["plates"] != "all":
+        raise InputError(
+            "config key 'data.demo.plates': chooses BBBC021 plates of layout official only"
+        )
+    plates = merged["plates"]
+    if plates != "all" and (
+        not isinstance(plates, list)
+        or not plates
+        or not all(isinstance(p, str) for p in plates)
+        or len(set(plates)) != len(plates)
+    ):
+        raise InputError(
+            "config key 'data.demo.plates': expected 'all' or a list of distinct plate names, "
+            f"got {plates!r}"
+        )
+    return official
 
 
 def treatments(settings: dict[str, Any]) -> pd.DataFrame:
