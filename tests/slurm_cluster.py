@@ -25,6 +25,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from hang_guard import HANG_GUARD_S
+
 COMMANDS = (
     "munged",
     "munge",
@@ -91,7 +93,7 @@ class LocalSlurm:
         self._procs: dict[str, subprocess.Popen] = {}
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self, timeout_s: float = 60) -> None:
+    def start(self, timeout_s: float = HANG_GUARD_S) -> None:
         self._write_config()
         self._publish_config()
         self._start_munge()
@@ -146,7 +148,7 @@ class LocalSlurm:
 
     # ------------------------------------------------------------------ queries
     def run(
-        self, cmd: list[str], check: bool = True, timeout_s: float = 30
+        self, cmd: list[str], check: bool = True, timeout_s: float = HANG_GUARD_S
     ) -> subprocess.CompletedProcess:
         return subprocess.run(
             cmd, env=self.env, capture_output=True, text=True, check=check, timeout=timeout_s
@@ -302,11 +304,11 @@ PartitionName=gpu Nodes={nodes} Default=NO MaxTime=INFINITE State=UP
             group=user.pw_gid,
             extra_groups=[],
         )
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + HANG_GUARD_S
         while not (MUNGE_SOCKET.exists() and self._munge_works()):
             self._check_alive()
             if time.monotonic() > deadline:
-                raise RuntimeError("munged did not come up within 15 s")
+                raise RuntimeError(f"munged did not come up within {HANG_GUARD_S} s")
             time.sleep(0.2)
 
     def _spawn(self, name: str, cmd: list[str], **kwargs) -> None:

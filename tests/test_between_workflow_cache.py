@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hang_guard import HANG_GUARD_S
 from workflow_copy import DEMO_CONFIG, copy_repo, demo_config, snakemake, write_overlay
 
 from workflow_scripts import output_cache, timed
@@ -68,7 +69,7 @@ def run(workdir: Path, overlay: dict, name: str, *targets: str, cache: Path | No
     if cache is not None:
         args.append("--cache")
         env = {"SNAKEMAKE_OUTPUT_CACHE": str(cache)}
-    result = snakemake(workdir, *args, "--", *targets, timeout_s=900, env=env)
+    result = snakemake(workdir, *args, "--", *targets, timeout_s=HANG_GUARD_S, env=env)
     return result.stdout + result.stderr
 
 
@@ -239,7 +240,7 @@ def test_cache_on_without_a_location_stops_before_any_job(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
         check=False,
     )
     assert result.returncode != 0

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from hang_guard import HANG_GUARD_S
 
 from workflow_scripts import config as cfg
 from workflow_scripts import config_check
@@ -246,7 +247,7 @@ def _snakemake(*args, cwd=REPO):
         cwd=cwd,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     return result.returncode, result.stdout + result.stderr
 

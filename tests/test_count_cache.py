@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hang_guard import HANG_GUARD_S
 
 from workflow_scripts import config as cfg
 from workflow_scripts import count_cache
@@ -233,7 +234,7 @@ def test_a_warm_planner_imports_neither_torch_nor_timm(tmp_path, monkeypatch, ca
             cwd=tmp_path,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=HANG_GUARD_S,
         )
         assert run.returncode == 0, run.stderr[-3000:]
         return run.stdout.splitlines()
@@ -260,7 +261,7 @@ def test_a_fresh_clone_plans_the_default_config_from_the_shipped_counts(tmp_path
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=HANG_GUARD_S,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.splitlines()[-1] == "loaded: []", (

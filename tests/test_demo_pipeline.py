@@ -12,6 +12,7 @@ import zipfile
 
 import pandas as pd
 import pytest
+from hang_guard import HANG_GUARD_S
 from workflow_copy import DEMO_CONFIG, copy_repo, demo_config, snakemake
 
 from workflow_scripts import config as cfg
@@ -30,7 +31,7 @@ def demo_run(tmp_path_factory):
         DEMO_CONFIG,
         "--config",
         f"output_dir={OUTPUT_DIR}",
-        timeout_s=1800,
+        timeout_s=HANG_GUARD_S,
     )
     return workdir, workdir / OUTPUT_DIR
 
@@ -114,7 +115,7 @@ def test_snakemake_report_bundles_the_summary_with_captions(demo_run):
         f"output_dir={OUTPUT_DIR}",
         "--report",
         str(bundle),
-        timeout_s=600,
+        timeout_s=HANG_GUARD_S,
     )
     with zipfile.ZipFile(bundle) as archive:
         names = archive.namelist()

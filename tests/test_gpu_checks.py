@@ -13,6 +13,7 @@ from pathlib import Path
 import bench_train_step  # noqa: E402
 import pytest
 import torch
+from hang_guard import HANG_GUARD_S
 from workflow_copy import REPO, copy_repo
 
 BLOCKED = ("jsonschema", "albumentations", "snakemake")
@@ -62,7 +63,7 @@ def run_lib(
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=HANG_GUARD_S,
     )
     return result, time.monotonic() - start
 
@@ -73,7 +74,8 @@ def test_step_caps_are_the_limit_or_what_the_deadline_leaves(tmp_path):
         "step_cap 150; step_cap 1000; sleep 2; step_cap 1000", tmp_path, DEADLINE_S=480
     )
     first, capped, later = map(int, result.stdout.split())
-    assert (first, capped) == (150, 465) and later in (462, 463)
+    # later: 465 less the 2 s slept and however long bash itself took on this machine
+    assert (first, capped) == (150, 465) and 440 <= later <= 463
     # under MIN_STEP_S left: 0, the step is skipped
     result, _ = run_lib("step_cap 100", tmp_path, DEADLINE_S=20, MIN_STEP_S=10)
     assert result.stdout.split() == ["0"]
@@ -93,7 +95,9 @@ def test_a_step_that_ignores_its_cap_cannot_push_past_the_deadline(tmp_path):
         FINISH_RESERVE_S=reserve,
         MIN_STEP_S=2,
     )
-    assert wall <= deadline - reserve + 1.5, result.stdout
+    # the stubborn step would take 60 s: well under that shows the deadline held (slack for
+    # a busy machine's process start-up, which is no part of what is tested)
+    assert wall <= deadline - reserve + 10, result.stdout
     summary = (tmp_path / "summary.txt").read_text()
     # TERM ignored: KILL after the grace (exit 137), cap = 8 - 1 - 1
     assert re.search(r"stubborn\s+exit 137 .*\(cap 6s\)", summary), summary
@@ -173,7 +177,7 @@ def test_timm_without_dinov3_stops_the_checks_with_one_line(tmp_path, bare_node_
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 2, result.stdout + result.stderr
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
@@ -204,7 +208,7 @@ def dry_run(tmp_path: Path, *options: str) -> list[tuple[str, str]]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = (out / "summary.txt").read_text()
@@ -234,7 +238,7 @@ def test_cpu_smoke_passes_without_jsonschema_albumentations_snakemake(tmp_path, 
         env=env,
         capture_output=True,
         text=True,
-        timeout=3600,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     summary = (out / "summary.txt").read_text()
@@ -260,7 +264,7 @@ def test_unknown_option_is_a_usage_line():
         ["bash", str(REPO / "benchmarks" / "run_gpu_checks.sh"), "--bogus"],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=HANG_GUARD_S,
     )
     assert result.returncode == 2 and "usage:" in result.stderr
 

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
+from hang_guard import HANG_GUARD_S
 from workflow_copy import copy_repo, snakemake, write_overlay
 
 from workflow_scripts import config as cfg
@@ -49,7 +50,7 @@ def rehearsal(tmp_path_factory):
     overlay = write_overlay(workdir / "cut_down.yaml", OVERLAY)
     snakemake(
         workdir, "--cores", "2", "--configfile", "config/rehearsal.yaml", str(overlay),
-        timeout_s=1800,
+        timeout_s=HANG_GUARD_S,
     )  # fmt: skip
     config = cfg.deep_merge(
         cfg.load([REPO / "config.yaml", REPO / "config" / "rehearsal.yaml"]), OVERLAY

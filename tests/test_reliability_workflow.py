@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from hang_guard import HANG_GUARD_S
 from workflow_copy import (
     DEMO_CONFIG,
     REPO,
@@ -73,7 +74,7 @@ def run(tmp_path_factory):
     weights = workdir / WEIGHTS_DIR / "tiny.safetensors"
     save_weights(build_backbone(ARCH, "none", TINY), weights)
     write_overlay(workdir / "overlay.yaml", overlay(str(weights)))
-    snakemake(workdir, "--cores", "2", *config_args(workdir), timeout_s=900)
+    snakemake(workdir, "--cores", "2", *config_args(workdir), timeout_s=HANG_GUARD_S)
     return workdir
 
 
@@ -178,7 +179,7 @@ def test_new_pixels_under_the_old_names_retrain_from_scratch(run):
         old = tifffile.imread(image)
         tifffile.imwrite(image, rng.permutation(old.ravel()).reshape(old.shape))
     train = "train_" + ARCH.replace(".", "_")
-    snakemake(run, "--cores", "2", *config_args(run), "--until", train, timeout_s=900)
+    snakemake(run, "--cores", "2", *config_args(run), "--until", train, timeout_s=HANG_GUARD_S)
     log = (out / "logs" / "train" / ARCH / "DAPI.log").read_text()
     assert "resuming after epoch" not in log
     # (the weights themselves may not differ: this run's one step has lr 0 in its warm-up)
@@ -207,7 +208,7 @@ def test_second_run_on_the_same_output_dir_is_refused_naming_the_holder(run):
             cwd=run,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=HANG_GUARD_S,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
         assert result.returncode != 0
@@ -219,7 +220,9 @@ def test_second_run_on_the_same_output_dir_is_refused_naming_the_holder(run):
         holder.kill()
         holder.wait()
     # now the holder is dead: the lock is stale and the same command runs
-    snakemake(run, "--cores", "1", *config_args(run), "--forcerun", "summarize", timeout_s=300)
+    snakemake(
+        run, "--cores", "1", *config_args(run), "--forcerun", "summarize", timeout_s=HANG_GUARD_S
+    )
     assert not (out / LOCK_NAME).exists()
 
 
@@ -255,7 +258,15 @@ def test_after_kill_9_the_plain_command_recovers(run):
     # the job had begun publishing: one output exists, marked incomplete by Snakemake
     (out / "cache" / "images.parquet").write_bytes(b"partial")
     assert (out / LOCK_NAME).exists() and (run / ".snakemake" / "locks").exists()
-    snakemake(run, "--cores", "1", *config_args(run), "--until", "build_image_cache", timeout_s=300)
+    snakemake(
+        run,
+        "--cores",
+        "1",
+        *config_args(run),
+        "--until",
+        "build_image_cache",
+        timeout_s=HANG_GUARD_S,
+    )
     assert (out / "cache" / "meta.json").is_file()
     assert not list(out.glob(".cache.*.tmp"))  # the killed build's temp folder is gone
     assert not (out / LOCK_NAME).exists()

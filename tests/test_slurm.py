@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hang_guard import HANG_GUARD_S
 from slurm_cluster import LocalSlurm, unavailable_reason
 from workflow_copy import (
     DEMO_CONFIG,
@@ -50,7 +51,6 @@ TRAIN_RUNTIME_MIN = 30
 EXTRACT_RUNTIME_MIN = 20
 EXTRACT_EPOCH_RUNTIME_MIN = 5
 TRAINED_EPOCHS = (1, 2)
-PIPELINE_TIMEOUT_S = 420
 
 
 def slurm_overlay() -> dict:
@@ -128,7 +128,7 @@ def pipeline_run(cluster, tmp_path_factory):
     args = ["--profile", str(profile), "--configfile", DEMO_CONFIG, str(overlay)]
     started = time.monotonic()
     try:
-        snakemake(repo, *args, timeout_s=PIPELINE_TIMEOUT_S, env=cluster.env)
+        snakemake(repo, *args, timeout_s=HANG_GUARD_S, env=cluster.env)
     except (AssertionError, subprocess.TimeoutExpired) as err:
         raise AssertionError(f"{err}\n{slurm_logs(repo)}\n{cluster.logs()}") from None
     print(f"pipeline through SLURM: {time.monotonic() - started:.0f} s")
@@ -330,7 +330,7 @@ def test_two_node_training_runs_as_two_srun_tasks_and_matches_torchrun(cluster, 
             "--configfile",
             DEMO_CONFIG,
             str(overlay_path),
-            timeout_s=PIPELINE_TIMEOUT_S,
+            timeout_s=HANG_GUARD_S,
             env=cluster.env,
         )
     except (AssertionError, subprocess.TimeoutExpired) as err:
@@ -390,7 +390,7 @@ def test_two_node_training_runs_as_two_srun_tasks_and_matches_torchrun(cluster, 
         cwd=repo,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
         env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

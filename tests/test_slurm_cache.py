@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hang_guard import HANG_GUARD_S
 from slurm_cluster import LocalSlurm, unavailable_reason
 from test_slurm import edited_profile, slurm_overlay
 from workflow_copy import DEMO_CONFIG, copy_repo, snakemake, write_overlay
@@ -49,7 +50,7 @@ def run_experiment(repo: Path, profile: Path, env: dict, name: str, train: dict)
         str(config),
         "--",
         *targets,
-        timeout_s=420,
+        timeout_s=HANG_GUARD_S,
         env=env,
     )
     return result.stdout + result.stderr

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hang_guard import HANG_GUARD_S
 from workflow_copy import DEMO_CONFIG, copy_repo, demo_config, write_overlay
 
 ARCH = demo_config()["architectures"][0]["name"]
@@ -29,7 +30,7 @@ def dry_run(repo: Path, *args: str, prefix: tuple[str, ...] = ()) -> tuple[int, 
         cwd=repo,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=HANG_GUARD_S,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     return result.returncode, result.stdout + result.stderr

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from hang_guard import HANG_GUARD_S
 from workflow_copy import REPO
 
 CHECKS = {
@@ -19,7 +20,7 @@ CHECKS = {
 @pytest.mark.parametrize("name", CHECKS)
 def test_code_is_formatted_and_lint_clean(name):
     command = [sys.executable, "-m", *CHECKS[name]]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, f"{' '.join(CHECKS[name])}:\n{result.stdout}{result.stderr}"
 
 
@@ -37,5 +38,5 @@ def test_ruff_would_catch_an_unused_import(tmp_path):
         str(REPO / "pyproject.toml"),
         str(bad),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 1 and "F401" in result.stdout

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from hang_guard import HANG_GUARD_S
 
 from workflow_scripts import timed
 
@@ -32,7 +33,7 @@ def run_wrapper(*command: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "workflow_scripts.timed", *command],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=HANG_GUARD_S,
         check=False,
     )
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from hang_guard import HANG_GUARD_S
 from safetensors.torch import load_file
 
 from workflow_scripts.errors import InputError
@@ -198,7 +199,12 @@ def test_fetch_weights_without_the_hub_is_one_line_naming_arch_and_where_to_put_
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     command = ["-m", "workflow_scripts.model.fetch_weights", "--arch", ARCH, "--out", str(out)]
     result = subprocess.run(
-        [sys.executable, *command], capture_output=True, text=True, env=env, timeout=300, cwd=REPO
+        [sys.executable, *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=HANG_GUARD_S,
+        cwd=REPO,
     )
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()

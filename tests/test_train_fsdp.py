@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hang_guard import HANG_GUARD_S
 from safetensors.torch import load_file
 from test_train_run import (
     REPO,
@@ -356,7 +357,7 @@ def test_seven_b_width_depth_two_trains_sharded(tmp_path):
             "fsdp",
             "--activation-checkpointing",
         ],
-        timeout_s=900,
+        timeout_s=HANG_GUARD_S,
     )
     exported = load_file(job.out_dir / "epoch_0001.safetensors")
     assert exported["blocks.1.mlp.fc1_g.weight"].shape == (8192, 4096)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hang_guard import HANG_GUARD_S
 from safetensors.torch import load_file
 
 from workflow_scripts import config as cfg
@@ -30,7 +31,6 @@ ARCH = "vit_small_patch16_dinov3.lvd1689m"
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}
 CHANNELS = ["DAPI", "Tubulin", "Actin"]
 SINGLE_PROCESS = DistributedContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
-SUBPROCESS_TIMEOUT_S = 120
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 
 
@@ -250,7 +250,7 @@ def run_subprocess(args, **kwargs):
         env=env,
         capture_output=True,
         text=True,
-        timeout=SUBPROCESS_TIMEOUT_S,
+        timeout=HANG_GUARD_S,
         **kwargs,
     )
 
@@ -348,7 +348,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, cache, capsys):
         command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
+        deadline = time.monotonic() + HANG_GUARD_S
         while 2 not in log_epochs(job.out_dir) and process.poll() is None:
             assert time.monotonic() < deadline, "epoch 2 never finished"
             time.sleep(0.01)

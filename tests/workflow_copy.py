@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from hang_guard import HANG_GUARD_S
 from repo_copy import REPO, copy_repo  # noqa: F401  (re-exported for the tests)
 
 DEMO_CONFIG = "config/demo.yaml"
@@ -47,7 +48,7 @@ def write_overlay(path: Path, overlay: dict) -> Path:
 
 
 def snakemake(
-    workdir: Path, *args: str, timeout_s: float = 120, env: dict | None = None
+    workdir: Path, *args: str, timeout_s: float = HANG_GUARD_S, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """`python -m snakemake ARGS` in `workdir`; raises with Snakemake's output on failure."""
     cmd = [sys.executable, "-m", "snakemake", *args]
