@@ -217,6 +217,25 @@ print("loaded:", loaded)
 """
 
 
+def plan_in_a_new_process(cache_folder: Path, cwd: Path, shipped: bool = False) -> list[str]:
+    """PLAN_DEFAULT_CONFIG run by a fresh Python with `cache_folder` as the count cache (and the
+    shipped counts when `shipped`): its output lines, the table then the heavy modules loaded."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, count_cache.ENV_VAR: str(cache_folder), "PYTHONPATH": path}
+    if shipped:
+        env.pop(count_cache.SHIPPED_ENV_VAR)
+    run = subprocess.run(
+        [sys.executable, "-c", PLAN_DEFAULT_CONFIG],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout.splitlines()
+
+
 def test_a_warm_planner_imports_neither_torch_nor_timm(tmp_path, monkeypatch, capsys):
     folder = tmp_path / "cache"
     monkeypatch.setenv(count_cache.ENV_VAR, str(folder))
@@ -224,27 +243,12 @@ def test_a_warm_planner_imports_neither_torch_nor_timm(tmp_path, monkeypatch, ca
     exec(PLAN_DEFAULT_CONFIG, {})  # fill the folder, here, where torch is loaded anyway
     count_cache.forget()
     table = capsys.readouterr().out.splitlines()[:-1]
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, count_cache.ENV_VAR: str(folder), "PYTHONPATH": path}
-
-    def plan_in_a_new_process() -> list[str]:
-        run = subprocess.run(
-            [sys.executable, "-c", PLAN_DEFAULT_CONFIG],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=HANG_GUARD_S,
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
-        return run.stdout.splitlines()
-
-    warm = plan_in_a_new_process()
+    warm = plan_in_a_new_process(folder, tmp_path)
     assert warm[-1] == "loaded: []" and warm[:-1] == table
     # the check sees an import: one entry missing, and that count needs torch and timm
     (weights_entry, *_) = sorted(folder.glob("meta_counts/extraction_weights-*.json"))
     weights_entry.unlink()
-    assert plan_in_a_new_process()[-1] == "loaded: ['timm', 'torch', 'torchvision']"
+    assert plan_in_a_new_process(folder, tmp_path)[-1] == "loaded: ['timm', 'torch', 'torchvision']"
 
 
 def test_a_fresh_clone_plans_the_default_config_from_the_shipped_counts(tmp_path):
@@ -252,19 +256,8 @@ def test_a_fresh_clone_plans_the_default_config_from_the_shipped_counts(tmp_path
     planning of config.yaml (the CLI, the start-up check, strategies, extraction memory)
     without torch. Fails when counting code or a pinned version changed since they were
     written: then run `python -m workflow_scripts.cluster.shipped_counts --write`."""
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, count_cache.ENV_VAR: str(tmp_path / "empty"), "PYTHONPATH": path}
-    env.pop(count_cache.SHIPPED_ENV_VAR)
-    run = subprocess.run(
-        [sys.executable, "-c", PLAN_DEFAULT_CONFIG],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD_S,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.splitlines()[-1] == "loaded: []", (
+    lines = plan_in_a_new_process(tmp_path / "empty", tmp_path, shipped=True)
+    assert lines[-1] == "loaded: []", (
         "the shipped counts are stale: python -m workflow_scripts.cluster.shipped_counts --write"
     )
 

@@ -162,6 +162,24 @@ def test_single_batch_moas_are_derived_from_the_data():
     assert single_batch_moas(table) == ["X"]
 
 
+def two_concentration_table(compound, moa, batches):
+    """Treatments `{compound}@{0|1}` (row i at concentration i % 2) with their MoAs and batches."""
+    return pd.DataFrame(
+        {
+            "treatment": [f"{c}@{i % 2}" for i, c in enumerate(compound)],
+            "compound": compound,
+            "concentration": [float(i % 2) for i in range(len(compound))],
+            "moa": moa,
+            "batches": batches,
+        }
+    )
+
+
+def cosine_similarity(profiles):
+    unit = profiles / np.linalg.norm(profiles, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
 def brute_force_average_precision(similarity, compound, moa, batches, query, block_batches):
     """AP by the definition, one candidate at a time."""
     candidates = [
@@ -185,19 +203,10 @@ def test_map_matches_brute_force_on_random_profiles():
     compound = [f"c{i // 2}" for i in range(n)]  # two concentrations per compound
     moa = [f"m{(i // 2) % 4}" for i in range(n)]
     batches = [tuple(sorted({f"B{rng.integers(3)}", f"B{rng.integers(3)}"})) for _ in range(n)]
-    table = pd.DataFrame(
-        {
-            "treatment": [f"{c}@{i % 2}" for i, c in enumerate(compound)],
-            "compound": compound,
-            "concentration": [float(i % 2) for i in range(n)],
-            "moa": moa,
-            "batches": batches,
-        }
-    )
+    table = two_concentration_table(compound, moa, batches)
     profiles = rng.normal(size=(n, 6))
     metrics, predictions, _ = evaluate_profiles(profiles, table, EXACT_MAP)
-    unit = profiles / np.linalg.norm(profiles, axis=1, keepdims=True)
-    similarity = unit @ unit.T
+    similarity = cosine_similarity(profiles)
     for protocol, block in (("nsc", False), ("nscb", True)):
         rows = predictions[predictions["protocol"] == protocol]
         queries = [int(np.flatnonzero(table["treatment"] == t)[0]) for t in rows["treatment"]]
@@ -335,19 +344,10 @@ def test_queries_without_a_candidate_match_brute_force(n_batches, everywhere):
         else tuple(sorted(rng.choice(names, size=rng.integers(1, n_batches + 1), replace=False)))
         for _ in range(n)
     ]
-    table = pd.DataFrame(
-        {
-            "treatment": [f"{c}@{i % 2}" for i, c in enumerate(compound)],
-            "compound": compound,
-            "concentration": [float(i % 2) for i in range(n)],
-            "moa": moa,
-            "batches": batches,
-        }
-    )
+    table = two_concentration_table(compound, moa, batches)
     profiles = rng.normal(size=(n, 5))
     metrics, _, _ = evaluate_profiles(profiles, table, NO_MAP)
-    unit = profiles / np.linalg.norm(profiles, axis=1, keepdims=True)
-    similarity = unit @ unit.T
+    similarity = cosine_similarity(profiles)
     kept = [q for q in range(n) if moa[q] not in single_batch_moas(table)]
     for protocol, queries, block in (("nsc", range(n), False), ("nscb", kept, True)):
         value, without = brute_force_accuracy(similarity, compound, moa, batches, queries, block)
